@@ -1,0 +1,267 @@
+"""Configuration of the SRPO training loop (DESIGN.md 3.2, 3.4) and its stable hash.
+
+Every field carries its help text in ``metadata["help"]`` (reused as node tooltips). Fields whose
+metadata says ``hashed=False`` only control the run (how long, where to save, how often to report)
+and do not change the optimisation trajectory; they are left out of :func:`config_hash`, so a
+resumed run may, for example, train for more steps than the first one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..schedules import DEFAULT_DISCOUNT, DEFAULT_SHIFT, TrainingInterval
+
+DTYPES = ("fp32", "bf16")
+"""Compute dtypes: fp32 (no autocast) or bf16 autocast."""
+SIGMA_SAMPLING = ("random", "levels")
+"""How sigma_hi is chosen per micro-step: uniform in the interval, or evenly spaced levels."""
+DEFAULT_LR = 1e-5
+DEFAULT_BETAS = (0.9, 0.999)
+DEFAULT_WEIGHT_DECAY = 1e-4
+DEFAULT_THRESHOLD = 0.7
+"""ReFL threshold on the HPS scale: ``loss = relu(threshold - r)``."""
+DEFAULT_MAX_GRAD_NORM = 0.1
+"""Reference gradient-clipping max-norm."""
+DEFAULT_ROLLOUT_STEPS = 25
+DEFAULT_LATENT_SHAPE = (16, 64, 64)
+"""FLUX latent (C, H/8, W/8) of a 512x512 image."""
+DEFAULT_MAX_CONSECUTIVE_SKIPS = 3
+DEFAULT_INVERSION_SHARE = 0.5
+
+
+def _help(text: str, *, hashed: bool = True) -> dict[str, Any]:
+    """Field metadata: help text, and whether the field enters the config hash."""
+    return {"help": text, "hashed": hashed}
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """The inversion branch of Direct-Align used as a regulariser (DESIGN.md 3.2)."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_help("Train some micro-steps on the inversion branch (the paper's regulariser)."),
+    )
+    weight: float = field(
+        default=1.0,
+        metadata=_help("Loss weight of inversion micro-steps (denoise micro-steps weigh 1)."),
+    )
+    share: float = field(
+        default=DEFAULT_INVERSION_SHARE,
+        metadata=_help(
+            "Fraction of micro-steps on the inversion branch, in (0, 1). Exact per batch when"
+            " share * micro_steps is a whole number, otherwise right on average."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"regularizer weight must be a finite number >= 0, got {self.weight}")
+        if not 0.0 < self.share < 1.0:
+            raise ValueError(
+                f"regularizer share must be in (0, 1) (denoise micro-steps must remain), "
+                f"got {self.share}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one SRPO training run."""
+
+    steps: int = field(default=100, metadata=_help("Optimiser steps to train.", hashed=False))
+    lr: float = field(
+        default=DEFAULT_LR,
+        metadata=_help("AdamW learning rate (full fine-tuning 1e-5..1e-6; LoRA wants more)."),
+    )
+    betas: tuple[float, float] = field(default=DEFAULT_BETAS, metadata=_help("AdamW betas."))
+    weight_decay: float = field(
+        default=DEFAULT_WEIGHT_DECAY, metadata=_help("AdamW decoupled weight decay.")
+    )
+    batch_size: int = field(default=1, metadata=_help("Prompts (clean samples) per batch."))
+    grad_accum: int = field(
+        default=1, metadata=_help("Batches whose gradients are accumulated per optimiser step.")
+    )
+    micro_steps: int = field(
+        default=1,
+        metadata=_help(
+            "Direct-Align micro-steps (noise levels / branches) per clean sample; each is"
+            " decoded, rewarded and back-propagated, gradients accumulate."
+        ),
+    )
+    sigma_sampling: str = field(
+        default="random",
+        metadata=_help(
+            "'random': sigma_hi uniform in the interval per sample and micro-step; 'levels':"
+            " micro-step l uses the l-th of micro_steps evenly spaced levels (sigma_max first)."
+        ),
+    )
+    rollout_steps: int = field(
+        default=DEFAULT_ROLLOUT_STEPS,
+        metadata=_help("Euler steps of the no-grad online rollout that produces x0."),
+    )
+    shift: float = field(
+        default=DEFAULT_SHIFT, metadata=_help("SD3-style timestep shift of the rollout schedule.")
+    )
+    interval: TrainingInterval = field(
+        default_factory=TrainingInterval,
+        metadata=_help("Sigma interval Direct-Align trains in (early timesteps by default)."),
+    )
+    discount_ends: tuple[float, float] = field(
+        default=DEFAULT_DISCOUNT,
+        metadata=_help(
+            "Reward discount lambda at (sigma_max, sigma_min), linear in between: each"
+            " micro-step's loss is multiplied by lambda(sigma_hi)."
+        ),
+    )
+    threshold: float | None = field(
+        default=DEFAULT_THRESHOLD,
+        metadata=_help(
+            "ReFL threshold: loss = relu(threshold - reward); None trains plain -reward."
+        ),
+    )
+    max_grad_norm: float = field(
+        default=DEFAULT_MAX_GRAD_NORM,
+        metadata=_help("Clip the global gradient norm to this value before each update."),
+    )
+    seed: int = field(default=0, metadata=_help("Seed of prompts, noise and sigma draws."))
+    dtype: str = field(
+        default="fp32",
+        metadata=_help("'fp32', or 'bf16' autocast (where the device supports it)."),
+    )
+    offline: bool = field(
+        default=False,
+        metadata=_help(
+            "Train on given clean latents (real images) instead of online rollouts of the policy."
+        ),
+    )
+    latent_shape: tuple[int, int, int] = field(
+        default=DEFAULT_LATENT_SHAPE,
+        metadata=_help("Latent (C, H, W) of one sample; FLUX: (16, height / 8, width / 8)."),
+    )
+    regularizer: RegularizerConfig = field(
+        default_factory=RegularizerConfig,
+        metadata=_help("Inversion-branch regulariser settings."),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=_help(
+            "Enable the model's gradient checkpointing through the caller's hook (saves memory,"
+            " costs one extra forward).",
+            hashed=False,
+        ),
+    )
+    max_consecutive_skips: int = field(
+        default=DEFAULT_MAX_CONSECUTIVE_SKIPS,
+        metadata=_help(
+            "Stop with an error after this many consecutive non-finite steps.", hashed=False
+        ),
+    )
+    preview_every: int = field(
+        default=0,
+        metadata=_help("Attach a decoded preview every N steps (0: never).", hashed=False),
+    )
+    checkpoint_every: int = field(
+        default=0,
+        metadata=_help(
+            "Save a checkpoint every N steps (0: only at the end and when stopped).", hashed=False
+        ),
+    )
+    checkpoint_path: str | None = field(
+        default=None,
+        metadata=_help(
+            "Checkpoint file to save to and resume from (None: no checkpoints).", hashed=False
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "micro_steps",
+            "rollout_steps",
+            "max_consecutive_skips",
+        ):
+            _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("preview_every", "checkpoint_every"):
+            _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _require(_positive(self.lr), f"lr must be a finite number > 0, got {self.lr}")
+        _require(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _require(
+            self.sigma_sampling in SIGMA_SAMPLING,
+            f"sigma_sampling must be one of {SIGMA_SAMPLING}, got {self.sigma_sampling!r}",
+        )
+        _require(_positive(self.shift), f"shift must be a finite number > 0, got {self.shift}")
+        _require(
+            len(self.discount_ends) == 2 and all(d >= 0 for d in self.discount_ends),
+            f"discount_ends must be two numbers >= 0, got {self.discount_ends}",
+        )
+        _require(
+            self.threshold is None or math.isfinite(self.threshold),
+            f"threshold must be a finite number or None, got {self.threshold}",
+        )
+        _require(
+            _positive(self.max_grad_norm),
+            f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}",
+        )
+        _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(
+            len(self.latent_shape) == 3 and all(int(n) >= 1 for n in self.latent_shape),
+            f"latent_shape must be (C, H, W) with positive sizes, got {self.latent_shape}",
+        )
+
+
+def _positive(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def hashed_fields(config: TrainConfig) -> dict[str, Any]:
+    """The config as a JSON-ready dict, without the run-control fields (``hashed=False``)."""
+    full = asdict(config)
+    return {f.name: full[f.name] for f in fields(config) if f.metadata.get("hashed", True)}
+
+
+def config_json(config: TrainConfig) -> str:
+    """Canonical JSON of :func:`hashed_fields` (sorted keys, no whitespace)."""
+    return json.dumps(hashed_fields(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(config: TrainConfig) -> str:
+    """``sha256(config_json(config))`` as hex: equal for configs that train identically."""
+    return hashlib.sha256(config_json(config).encode("utf-8")).hexdigest()
+
+
+def config_differences(saved_json: str, config: TrainConfig) -> list[str]:
+    """Human-readable ``"key: saved -> now"`` lines for each hashed field that differs."""
+    saved = _flatten(json.loads(saved_json))
+    now = _flatten(json.loads(config_json(config)))
+    keys = sorted(set(saved) | set(now))
+    return [
+        f"{k}: {saved.get(k, '<absent>')!r} (checkpoint) vs {now.get(k, '<absent>')!r} (now)"
+        for k in keys
+        if saved.get(k) != now.get(k)
+    ]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,339 @@
+"""The SRPO training loop (DESIGN.md 3.4), generic over model, decoder, reward and parameters.
+
+Per optimiser step: for each of ``grad_accum`` batches draw prompts and eps, make x0 (no-grad
+online rollout of the current policy from that eps, or offline latents), run the planned
+micro-steps (:mod:`.step`, gradients accumulate), then clip, step AdamW, checkpoint, report.
+A step with a non-finite loss or gradient is skipped (no update); too many in a row raise
+:class:`TrainingDivergedError` without touching the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from ..protocols import ConditionedVelocity, Decoder, RewardFn
+from .checkpoint import (
+    check_compatible,
+    load_checkpoint,
+    make_state,
+    restore_state,
+    save_checkpoint,
+    seed_global_rngs,
+)
+from .config import TrainConfig
+from .data import (
+    Batch,
+    CondCollate,
+    PromptItem,
+    bind_cond,
+    cat_conds,
+    check_latents,
+    collate_checked,
+    draw_eps,
+    draw_indices,
+    offline_x0,
+    online_x0,
+)
+from .step import (
+    MicroOutcome,
+    autocast_context,
+    clip_gradients,
+    plan_micro_steps,
+    run_micro_step,
+)
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised after ``max_consecutive_skips`` consecutive non-finite steps."""
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    """What one optimiser step reports. ``step`` is its 0-based index (the ``step`` the reward
+    saw); rewards are means over all samples and micro-steps; ``grad_norm`` is the pre-clip norm;
+    ``preview`` the first sample's decoded image (3, H, W) in [0, 1] every ``preview_every``."""
+
+    step: int
+    loss: float
+    reward: float
+    reward_pos: float
+    reward_neg: float
+    grad_norm: float
+    step_time_s: float
+    skipped: bool
+    preview: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended: steps done in total, whether ``should_stop`` interrupted it, the
+    checkpoint written last (None when checkpoints are off), the step it resumed from (None for a
+    fresh run) and the metrics of the steps run now (previews dropped)."""
+
+    steps_done: int
+    interrupted: bool
+    checkpoint_path: str | None
+    resumed_from: int | None
+    history: list[StepMetrics] = field(default_factory=list)
+
+
+StepCallback = Callable[[StepMetrics], None]
+StopCheck = Callable[[], bool]
+
+
+class SRPOTrainer:
+    """Trains ``params`` so that ``reward(decoder(direct_align(...)))`` rises (DESIGN.md 3.4).
+
+    model: ``v = model(x (B,C,H,W), sigma (B,), cond)``; decoder: latent -> image in [0, 1];
+    reward: a :class:`~srpo_core.protocols.RewardFn`; params: the trainable tensors (LoRA weights
+    or a model's parameters); prompts: the prompt set, drawn with replacement; offline_latents:
+    (N, C, H, W) clean latents for ``config.offline``; collate_cond: batch conds (default
+    :func:`cat_conds`); enable_gradient_checkpointing: called once when the config asks for it.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: ConditionedVelocity,
+        decoder: Decoder,
+        reward: RewardFn,
+        params: Iterable[torch.nn.Parameter],
+        prompts: Sequence[PromptItem],
+        *,
+        offline_latents: Tensor | None = None,
+        collate_cond: CondCollate = cat_conds,
+        enable_gradient_checkpointing: Callable[[], None] | None = None,
+    ) -> None:
+        self.config, self.model, self.decoder, self.reward = config, model, decoder, reward
+        self.params = list(params)
+        self.prompts = list(prompts)
+        self.offline_latents, self.collate = offline_latents, collate_cond
+        _check_inputs(self)
+        if config.gradient_checkpointing:
+            if enable_gradient_checkpointing is None:
+                raise ValueError(
+                    "gradient_checkpointing is on but no enable_gradient_checkpointing hook was"
+                    " given: pass one that enables it on your model, or turn the flag off"
+                )
+            enable_gradient_checkpointing()
+        self.device = self.params[0].device
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.consecutive_skips = 0
+
+    # --- run control -------------------------------------------------------------------------
+
+    def run(
+        self,
+        callback: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        resume: bool = True,
+    ) -> TrainResult:
+        """Train until ``config.steps`` are done or ``should_stop()`` (checked before each step)
+        returns True; checkpoint periodically, at the end and on stop."""
+        resumed_from = self.resume() if resume else None
+        if resumed_from is None:
+            seed_global_rngs(self.config.seed)
+        history: list[StepMetrics] = []
+        interrupted = False
+        while self.step < self.config.steps:
+            if should_stop is not None and should_stop():
+                interrupted = True
+                break
+            metrics = self.train_step()
+            history.append(replace(metrics, preview=None))
+            if self._checkpoint_due(metrics):
+                self.save()
+            if callback is not None:
+                callback(metrics)
+        self.optimizer.zero_grad(set_to_none=True)
+        ran = bool(history) or resumed_from is None
+        path = self.save() if ran else self.config.checkpoint_path
+        return TrainResult(self.step, interrupted, path, resumed_from, history)
+
+    def resume(self) -> int | None:
+        """Load ``config.checkpoint_path`` if it exists; return its step (None if nothing)."""
+        path = self.config.checkpoint_path
+        if path is None or not os.path.exists(path):
+            return None
+        state = load_checkpoint(path)
+        check_compatible(state, self.config, self.params, path)
+        restore_state(state, self.params, self.optimizer, self.generator)
+        self.step, self.consecutive_skips = state.step, state.consecutive_skips
+        return state.step
+
+    def save(self) -> str | None:
+        """Atomically write the checkpoint (when a path is configured); return the path."""
+        path = self.config.checkpoint_path
+        if path is not None:
+            state = make_state(
+                self.step,
+                self.consecutive_skips,
+                self.params,
+                self.optimizer,
+                self.generator,
+                self.config,
+            )
+            save_checkpoint(path, state)
+        return path
+
+    def _checkpoint_due(self, metrics: StepMetrics) -> bool:
+        every = self.config.checkpoint_every
+        return every > 0 and not metrics.skipped and self.step % every == 0
+
+    # --- one optimiser step ------------------------------------------------------------------
+
+    def train_step(self) -> StepMetrics:
+        """Accumulate gradients over grad_accum batches x micro_steps, then clip and update."""
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        outcomes: list[MicroOutcome] = []
+        for i in range(self.config.grad_accum):
+            outcomes += self._run_batch(self.draw_batch(), keep_first_image=i == 0)
+        grad_norm = clip_gradients(self.params, self.config.max_grad_norm)
+        finite = all(o.finite for o in outcomes) and math.isfinite(grad_norm)
+        if finite:
+            self._check_gradients_reached()
+            self.optimizer.step()
+            self.consecutive_skips = 0
+        else:
+            self._skip(grad_norm)
+        metrics = _summarise(self.step, outcomes, grad_norm, time.perf_counter() - start, finite)
+        self.step += 1
+        return metrics
+
+    def draw_batch(self) -> Batch:
+        """Prompts, eps and x0 for one batch (from the loop's generator, in that order)."""
+        cfg = self.config
+        items = [
+            self.prompts[i] for i in draw_indices(len(self.prompts), cfg.batch_size, self.generator)
+        ]
+        cond = collate_checked(self.collate, items)
+        eps = draw_eps(cfg.batch_size, cfg.latent_shape, self.generator, self.device)
+        if self.offline_latents is not None:  # given exactly when cfg.offline (checked in init)
+            idx = draw_indices(len(self.offline_latents), cfg.batch_size, self.generator)
+            x0 = offline_x0(self.offline_latents, idx, self.device)
+        else:
+            with autocast_context(self.device, cfg.dtype):
+                x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
+        return Batch([item.text for item in items], cond, x0, eps)
+
+    def _run_batch(self, batch: Batch, keep_first_image: bool) -> list[MicroOutcome]:
+        plan = plan_micro_steps(self.config, len(batch.prompts), self.generator)
+        velocity = bind_cond(self.model, batch.cond)
+        preview = keep_first_image and self._preview_due()
+        return [
+            run_micro_step(
+                velocity,
+                self.decoder,
+                self.reward,
+                batch,
+                micro,
+                self.config,
+                self.step,
+                keep_image=preview and j == 0,
+            )
+            for j, micro in enumerate(plan)
+        ]
+
+    def _preview_due(self) -> bool:
+        every = self.config.preview_every
+        return every > 0 and self.step % every == 0
+
+    def _check_gradients_reached(self) -> None:
+        if all(p.grad is None for p in self.params):
+            raise RuntimeError(
+                "none of the trainable parameters received a gradient: are they used by the"
+                " model passed to the trainer (and do they have requires_grad=True)?"
+            )
+
+    def _skip(self, grad_norm: float) -> None:
+        """Drop this step's gradients; raise after too many consecutive skips."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= self.config.max_consecutive_skips:
+            raise TrainingDivergedError(
+                f"training diverged: {self.consecutive_skips} consecutive steps (up to step "
+                f"{self.step}) had a non-finite loss or gradient (last grad norm {grad_norm}); "
+                f"their updates were skipped. The last checkpoint "
+                f"({self.config.checkpoint_path}) was left untouched. Try a lower learning rate "
+                f"(now {self.config.lr}) or dtype fp32, and check that the reward and decoder "
+                "return finite values for these images."
+            )
+
+
+def _check_inputs(trainer: SRPOTrainer) -> None:
+    """Clear errors for inputs the config cannot validate on its own."""
+    cfg = trainer.config
+    if not trainer.params:
+        raise ValueError("params is empty: pass the trainable parameters (e.g. LoRA weights)")
+    if not all(p.requires_grad for p in trainer.params):
+        raise ValueError("every trainable parameter must have requires_grad=True")
+    if not trainer.prompts:
+        raise ValueError("prompts is empty: give at least one PromptItem(text, cond)")
+    if cfg.offline != (trainer.offline_latents is not None):
+        raise ValueError(
+            "config.offline=True needs offline_latents (N, C, H, W), and offline latents need "
+            f"config.offline=True (offline={cfg.offline}, latents given: "
+            f"{trainer.offline_latents is not None})"
+        )
+    if trainer.offline_latents is not None:
+        check_latents(trainer.offline_latents, cfg.latent_shape)
+
+
+def _summarise(
+    step: int, outcomes: list[MicroOutcome], grad_norm: float, seconds: float, finite: bool
+) -> StepMetrics:
+    """Metrics of one step: summed (already averaged) loss, mean rewards, first preview."""
+    previews = [o.image for o in outcomes if o.image is not None]
+    return StepMetrics(
+        step=step,
+        loss=sum(o.loss for o in outcomes),
+        reward=float(torch.cat([o.reward for o in outcomes]).mean()),
+        reward_pos=float(torch.cat([o.reward_pos for o in outcomes]).mean()),
+        reward_neg=float(torch.cat([o.reward_neg for o in outcomes]).mean()),
+        grad_norm=grad_norm,
+        step_time_s=seconds,
+        skipped=not finite,
+        preview=previews[0] if previews else None,
+    )
+
+
+def train(
+    config: TrainConfig,
+    model: ConditionedVelocity,
+    decoder: Decoder,
+    reward: RewardFn,
+    params: Iterable[torch.nn.Parameter],
+    prompts: Sequence[PromptItem],
+    *,
+    offline_latents: Tensor | None = None,
+    collate_cond: CondCollate = cat_conds,
+    enable_gradient_checkpointing: Callable[[], None] | None = None,
+    callback: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Build an :class:`SRPOTrainer` and run it (see there and :meth:`SRPOTrainer.run`)."""
+    trainer = SRPOTrainer(
+        config,
+        model,
+        decoder,
+        reward,
+        params,
+        prompts,
+        offline_latents=offline_latents,
+        collate_cond=collate_cond,
+        enable_gradient_checkpointing=enable_gradient_checkpointing,
+    )
+    return trainer.run(callback=callback, should_stop=should_stop, resume=resume)
