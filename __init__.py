@@ -1,0 +1,23 @@
+"""ComfyUI entry point of the SRPO node pack (V3 API).
+
+ComfyUI loads this file as the package ``custom_nodes/<folder>`` and awaits ``comfy_entrypoint``.
+There is deliberately no ``NODE_CLASS_MAPPINGS``: ComfyUI ignores ``comfy_entrypoint`` in a
+module that defines the V1 mapping.
+
+The ComfyUI imports happen inside ``comfy_entrypoint``, not at import time: pytest (whose rootdir
+is this folder) imports this file as a package while collecting, where comfy_api does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from comfy_api.latest import ComfyExtension
+
+
+async def comfy_entrypoint() -> ComfyExtension:
+    """Called by ComfyUI when it loads the pack: the extension that registers every SRPO node."""
+    from .nodes import SRPOExtension
+
+    return SRPOExtension()

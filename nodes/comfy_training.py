@@ -1,0 +1,322 @@
+"""Training-side adapters between ComfyUI objects and the srpo_core protocols.
+
+Nothing here is a node. The node families (``trainer.py``, ``toyworld.py``, ...) use these to turn a
+ModelPatcher, its conditioning and a VAE into the callables srpo_core trains with:
+
+- trainable weight adapters (LoRA, LoHa, LoKr, OFT) attached through ``comfy.weight_adapter`` the
+  way the stock TrainLoraNode does, so the result is a LORA_MODEL that SaveLoRA and
+  LoraModelLoader accept;
+- per-block gradient checkpointing that survives ComfyUI's in-place residual adds;
+- a ``ConditionedVelocity`` evaluated through ComfyUI's own sampling machinery (model patches,
+  hooks, Flux guidance and pooled output all work as in KSampler);
+- a differentiable ``Decoder`` around a ComfyUI VAE.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import comfy.samplers
+import torch
+import torch.utils.checkpoint
+from comfy.weight_adapter import adapter_maps, adapters
+
+from ..srpo_core.direct_align import velocity_from_denoised
+from ..srpo_core.protocols import ConditionedVelocity
+from ..srpo_core.rewards import release_inference_tensors
+
+log = logging.getLogger(__name__)
+
+ADAPTER_ALGORITHMS = tuple(adapter_maps)
+"""Weight-adapter algorithms ComfyUI can train (``comfy.weight_adapter.adapter_maps``)."""
+DEFAULT_LORA_ALPHA = 1.0
+"""Alpha of newly created adapters (the stock TrainLoraNode's choice)."""
+COND_KEY = "srpo_prompt_{}"
+"""Key under which the i-th prompt's conditioning is registered with the guider."""
+
+
+# --- trainable adapters ---------------------------------------------------------------------
+
+
+class WeightDiff(torch.nn.Module):
+    """A trainable additive difference for 1-d weights and biases: ``w -> w + diff``."""
+
+    def __init__(self, diff: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.diff = diff
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return w + self.diff.to(w)
+
+    def passive_memory_usage(self) -> int:
+        return self.diff.nelement() * self.diff.element_size()
+
+    def move_to(self, device: torch.device) -> int:
+        self.to(device=device)
+        return self.passive_memory_usage()
+
+
+@dataclass
+class AdapterSet:
+    """Trainable adapters attached to a ModelPatcher; ``state`` is the LORA_MODEL state dict."""
+
+    state: dict[str, torch.nn.Parameter] = field(default_factory=dict)
+    modules: list[torch.nn.Module] = field(default_factory=list)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The tensors to optimise (the state also holds frozen ones, e.g. LoRA alpha)."""
+        return [p for p in self.state.values() if p.requires_grad]
+
+    def freeze(self) -> dict[str, torch.Tensor]:
+        """Stop training; return the LORA_MODEL state dict (detached tensors)."""
+        for module in self.modules:
+            module.requires_grad_(False)
+        return {k: v.detach() for k, v in self.state.items()}
+
+
+def _existing_adapter(prefix: str, existing: dict[str, torch.Tensor]) -> Any:
+    alpha = float(existing.get(f"{prefix}.weight.alpha", DEFAULT_LORA_ALPHA))
+    dora_scale = existing.get(f"{prefix}.weight.dora_scale")
+    for adapter_cls in adapters:
+        found = adapter_cls.load(prefix, existing, alpha, dora_scale)
+        if found is not None:
+            return found
+    return None
+
+
+def _new_diff(shape: torch.Size, dtype: torch.dtype, existing: torch.Tensor | None) -> Any:
+    init = existing.to(dtype) if existing is not None else torch.zeros(shape, dtype=dtype)
+    return torch.nn.Parameter(init.clone(), requires_grad=True)
+
+
+def attach_adapters(
+    mp: Any,
+    *,
+    algorithm: str,
+    rank: int,
+    dtype: torch.dtype,
+    existing: dict[str, torch.Tensor] | None = None,
+) -> AdapterSet:
+    """Wrap every patchable weight of ``mp.model`` with a trainable adapter (in place on ``mp``).
+
+    Matrices get ``algorithm`` adapters of ``rank`` (or continue an ``existing`` LoRA state dict);
+    1-d weights and biases get additive diffs (``<module>.diff`` / ``<module>.diff_b``), which also
+    replaces inference tensors (e.g. Flux RMSNorm scales) in the autograd graph by normal ones.
+    """
+    if algorithm not in adapter_maps:
+        raise ValueError(
+            f"unknown adapter algorithm {algorithm!r}; choose one of {ADAPTER_ALGORITHMS}"
+        )
+    existing = existing or {}
+    out = AdapterSet()
+    for name, module in mp.model.named_modules():
+        if not hasattr(module, "weight_function"):
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight.ndim >= 2:
+            loaded = _existing_adapter(name, existing)
+            if loaded is not None:
+                adapter = loaded.to_train().to(dtype)
+            else:
+                adapter = (
+                    adapter_maps[algorithm]
+                    .create_train(weight, rank=rank, alpha=DEFAULT_LORA_ALPHA)
+                    .to(dtype)
+                )
+            for pname, param in adapter.named_parameters():
+                out.state[f"{name}.{pname}"] = param
+            mp.add_weight_wrapper(f"{name}.weight", adapter)
+            out.modules.append(adapter)
+        elif weight is not None:
+            diff = _new_diff(weight.shape, dtype, existing.get(f"{name}.diff"))
+            out.state[f"{name}.diff"] = diff
+            out.modules.append(WeightDiff(diff))
+            mp.add_weight_wrapper(f"{name}.weight", out.modules[-1])
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            diff_b = _new_diff(bias.shape, dtype, existing.get(f"{name}.diff_b"))
+            out.state[f"{name}.diff_b"] = diff_b
+            out.modules.append(WeightDiff(diff_b))
+            mp.add_weight_wrapper(f"{name}.bias", out.modules[-1])
+    if not out.state:
+        raise ValueError("this model has no weights ComfyUI can wrap with trainable adapters")
+    return out
+
+
+def replace_inference_parameters(mp: Any) -> list[str]:
+    """Object-patch every inference-mode parameter no adapter wraps with a normal clone.
+
+    Weights loaded by ComfyUI's loaders are inference tensors, which autograd refuses to save. Most
+    are wrapped by adapters (their wrapped value is a fresh tensor); the rest (e.g. Flux RMSNorm
+    ``scale``) are swapped on the cloned patcher only, so the base model stays untouched.
+    """
+    patched = []
+    for module_name, module in mp.model.named_modules():
+        if hasattr(module, "weight_function"):
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            if param.is_inference():
+                key = f"{module_name}.{pname}" if module_name else pname
+                clone = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+                mp.add_object_patch(key, clone)
+                patched.append(key)
+    return patched
+
+
+# --- gradient checkpointing -----------------------------------------------------------------
+
+
+def _clone_tensors(values: Any) -> Any:
+    if isinstance(values, torch.Tensor):
+        return values.clone()
+    if isinstance(values, tuple | list):
+        return type(values)(_clone_tensors(v) for v in values)
+    if isinstance(values, dict):
+        return {k: _clone_tensors(v) for k, v in values.items()}
+    return values
+
+
+def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` under torch.utils.checkpoint, cloning its tensor inputs inside the checkpoint.
+
+    ComfyUI's Flux blocks add residuals in place (``x += ...``); cloning inside the checkpointed
+    function keeps the saved inputs intact for the recomputation (DESIGN.md 8).
+    """
+
+    def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return forward(*_clone_tensors(args), **_clone_tensors(kwargs))
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(run, args, kwargs, use_reentrant=False)
+
+    return wrapper
+
+
+def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a diffusion model: children of its ModuleLists (Flux: double and
+    single stream blocks)."""
+    return [
+        block
+        for child in diffusion_model.children()
+        if isinstance(child, torch.nn.ModuleList)
+        for block in child
+    ]
+
+
+@contextmanager
+def block_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Within the context, each transformer block's forward is checkpointed; yields the count.
+
+    Even without memory pressure this is needed for back-propagation through ComfyUI's Flux,
+    whose blocks modify their inputs in place.
+    """
+    blocks = transformer_blocks(diffusion_model) if enabled else []
+    saved = [block.__dict__.get("forward") for block in blocks]
+    for block in blocks:
+        block.forward = _checkpointed(block.forward)  # type: ignore[method-assign]
+    try:
+        yield len(blocks)
+    finally:
+        for block, previous in zip(blocks, saved, strict=True):
+            if previous is None:
+                del block.forward  # the class's forward is back
+            else:
+                block.forward = previous  # type: ignore[method-assign]
+
+
+# --- velocity through ComfyUI's sampling machinery -----------------------------------------
+
+
+class PromptSetGuider(comfy.samplers.CFGGuider):
+    """A guider holding one conditioning per prompt; cfg 1 (FLUX-dev style distilled guidance
+    travels inside the conditioning as ``guidance``)."""
+
+    def __init__(self, model_patcher: Any, conds: list[Any]) -> None:
+        super().__init__(model_patcher)
+        self.inner_set_conds({COND_KEY.format(i): c for i, c in enumerate(conds)})
+        self.set_cfg(1.0)
+
+
+Session = Callable[[ConditionedVelocity, torch.device], None]
+"""The training body: called once with the model's velocity and its device."""
+
+
+class _SessionSampler(comfy.samplers.Sampler):
+    """A 'sampler' whose sample() runs a training session with the prepared model and conds."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def sample(  # type: ignore[override]
+        self,
+        model_wrap: Any,
+        sigmas: torch.Tensor,
+        extra_args: dict[str, Any],
+        callback: Any,
+        noise: torch.Tensor,
+        latent_image: torch.Tensor | None = None,
+        denoise_mask: torch.Tensor | None = None,
+        disable_pbar: bool = False,
+    ) -> torch.Tensor:
+        inner, conds = model_wrap.inner_model, model_wrap.conds
+        options, seed = extra_args["model_options"], extra_args.get("seed")
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+            sigma = sigma.to(device=x.device, dtype=torch.float32)
+            denoised = comfy.samplers.sampling_function(
+                inner, x, sigma, None, conds[COND_KEY.format(cond)], 1.0, options, seed
+            )
+            return velocity_from_denoised(x, denoised.to(x.dtype), sigma.to(x.dtype))
+
+        self.session(velocity, noise.device)
+        return noise
+
+
+def run_session(mp: Any, conds: list[Any], latent_shape: tuple[int, ...], session: Session) -> None:
+    """Load ``mp`` with ComfyUI's sampling preparation and call ``session(velocity, device)``.
+
+    ``velocity(x, sigma, i)`` evaluates the model under the i-th conditioning of ``conds`` on
+    latents in the model's own (``process_in``) space.
+    """
+    guider = PromptSetGuider(mp, conds)
+    dummy = torch.zeros(latent_shape)
+    guider.sample(dummy, dummy, _SessionSampler(session), torch.tensor([1.0, 0.0]), seed=0)
+
+
+# --- differentiable decoding ----------------------------------------------------------------
+
+
+@dataclass
+class VAEDecoder:
+    """Differentiable ``latent (process_in space) -> image (B, 3, H, W) in [0, 1]``.
+
+    ``z_vae = latent_format.process_out(z)``, then the VAE's decoder module and its own output
+    mapping. ComfyUI's ``VAE.decode`` runs without grad, so this calls a frozen copy of the module
+    whose weights are normal tensors (the loader's are inference tensors autograd cannot save).
+    """
+
+    module: torch.nn.Module
+    latent_format: Any
+    process_output: Callable[[torch.Tensor], torch.Tensor]
+    dtype: torch.dtype
+
+    @classmethod
+    def for_training(cls, vae: Any, latent_format: Any) -> VAEDecoder:
+        with torch.inference_mode(False):
+            module = copy.deepcopy(vae.first_stage_model)
+            release_inference_tensors(module)
+        module.requires_grad_(False).eval()
+        return cls(module, latent_format, vae.process_output, vae.vae_dtype)
+
+    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
+        if next(self.module.parameters()).device != latent.device:
+            self.module.to(latent.device)
+        z = self.latent_format.process_out(latent).to(self.dtype)
+        return self.process_output(self.module.decode(z).float())

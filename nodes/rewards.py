@@ -1,0 +1,285 @@
+"""Reward nodes: load a reward model, configure a control-word reward, score images (DESIGN.md 3.3).
+
+Values passed on: SRPO_REWARD_MODEL is a ``srpo_core.rewards.ClipReward``; SRPO_REWARD is a
+``srpo_core.rewards.ControlWordReward``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import comfy.model_management
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ..srpo_core.rewards import (
+    HPS_ARCH,
+    REWARD_MODES,
+    ClipReward,
+    ControlWordReward,
+    ControlWordRewardConfig,
+    ControlWords,
+    load_hps_v21,
+    load_open_clip_reward,
+    load_pickscore,
+    score_control_pair,
+)
+from ..srpo_core.schedules import DENOISE_K
+from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of
+
+REWARD_FOLDER = "srpo_rewards"
+"""models/srpo_rewards: where reward checkpoints go (models/clip is searched too)."""
+REWARD_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
+ARCHITECTURES = ("HPSv2.1", "PickScore", "open_clip")
+"""Reward architectures: HPSv2.1 (ViT-H-14 + HPS_v2.1_compressed.pt), PickScore (HF CLIP
+safetensors), any open_clip architecture by name."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCORE_FORMAT = "{i:>3}  total {total:+.4f}  pos {pos:+.4f}  neg {neg:+.4f}"
+
+
+def register_folders() -> None:
+    """Register models/srpo_rewards with folder_paths (idempotent)."""
+    if REWARD_FOLDER not in folder_paths.folder_names_and_paths:
+        path = os.path.join(folder_paths.models_dir, REWARD_FOLDER)
+        folder_paths.folder_names_and_paths[REWARD_FOLDER] = ([path], REWARD_EXTENSIONS)
+
+
+def reward_files() -> list[str]:
+    """Checkpoints in models/srpo_rewards, then models/clip."""
+    register_folders()
+    names = folder_paths.get_filename_list(REWARD_FOLDER)
+    return names + [n for n in folder_paths.get_filename_list("clip") if n not in names]
+
+
+def reward_path(name: str) -> str:
+    for folder in (REWARD_FOLDER, "clip"):
+        path = folder_paths.get_full_path(folder, name)
+        if path is not None:
+            return path
+    raise ValueError(
+        f"reward checkpoint {name!r} not found in models/{REWARD_FOLDER} or models/clip"
+    )
+
+
+def load_reward(architecture: str, path: str, arch: str, dtype: torch.dtype) -> ClipReward:
+    """Build a reward model outside inference mode (its image path must stay differentiable)."""
+    device = comfy.model_management.get_torch_device()
+    with torch.inference_mode(False):
+        if architecture == "HPSv2.1":
+            return load_hps_v21(path, device=device, dtype=dtype)
+        if architecture == "PickScore":
+            return load_pickscore(path, device=device, dtype=dtype)
+        return load_open_clip_reward(arch, path, device=device, dtype=dtype)
+
+
+class SRPOLoadRewardModel(io.ComfyNode):
+    """Loads a CLIP-style reward model (HPSv2.1, PickScore or an open_clip checkpoint)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SRPOLoadRewardModel",
+            display_name="Load Reward Model (SRPO)",
+            category=CATEGORY,
+            description="Loads a reward model from models/srpo_rewards (or models/clip). Pickle"
+            " checkpoints are read with weights_only=True; keys are checked strictly.",
+            inputs=[
+                io.Combo.Input(
+                    "checkpoint",
+                    options=reward_files(),
+                    tooltip="HPS_v2.1_compressed.pt, PickScore model.safetensors, or an open_clip"
+                    " checkpoint, in models/srpo_rewards (or models/clip).",
+                ),
+                io.Combo.Input(
+                    "architecture",
+                    options=list(ARCHITECTURES),
+                    default="HPSv2.1",
+                    tooltip="HPSv2.1: ViT-H-14 with HPS weights; PickScore: HF CLIP safetensors;"
+                    " open_clip: the architecture named below.",
+                ),
+                io.String.Input(
+                    "open_clip_arch",
+                    default=HPS_ARCH,
+                    tooltip="open_clip architecture name (only for architecture=open_clip).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(DTYPES),
+                    default="bf16",
+                    tooltip="Compute dtype of the reward model (bf16 halves its memory).",
+                ),
+            ],
+            outputs=[SRPORewardModel.Output(display_name="reward_model")],
+        )
+
+    @classmethod
+    def execute(
+        cls, checkpoint: str, architecture: str, open_clip_arch: str, dtype: str
+    ) -> io.NodeOutput:
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        path = reward_path(checkpoint)
+        return io.NodeOutput(load_reward(architecture, path, open_clip_arch.strip(), DTYPES[dtype]))
+
+
+def _words_input(name: str, default: tuple[str, ...], polarity: str) -> Any:
+    return io.String.Input(
+        name,
+        multiline=True,
+        default="\n".join(default),
+        tooltip=f"{polarity} control words, one per line; one pair is used per step, cycling."
+        " Each is prepended to the prompt as '<word>. <prompt>'.",
+    )
+
+
+class SRPOControlWordReward(io.ComfyNode):
+    """Semantic Relative Preference: a reward steered by positive and negative control words."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        defaults = ControlWords()
+        cfg = ControlWordRewardConfig
+        return io.Schema(
+            node_id="SRPOControlWordReward",
+            display_name="Control-Word Reward (SRPO)",
+            category=CATEGORY,
+            description="Turns a reward model into SRPO's text-conditioned reward: control words"
+            " are prepended to the prompt and positive and negative are contrasted, so the"
+            " reward model's general biases cancel.",
+            inputs=[
+                SRPORewardModel.Input("reward_model", tooltip="From Load Reward Model (SRPO)."),
+                _words_input("positive_words", defaults.positive, "Positive"),
+                _words_input("negative_words", defaults.negative, "Negative"),
+                io.Combo.Input(
+                    "mode",
+                    options=list(REWARD_MODES),
+                    default="cfg",
+                    tooltip=help_of(cfg, "mode"),
+                ),
+                io.Float.Input(
+                    "k_early",
+                    default=DENOISE_K[0],
+                    min=0.0,
+                    max=5.0,
+                    step=0.01,
+                    tooltip="cfg mode: k at the noisy end of the training interval (reference"
+                    " 0.1), denoise branch.",
+                ),
+                io.Float.Input(
+                    "k_late",
+                    default=DENOISE_K[1],
+                    min=0.0,
+                    max=5.0,
+                    step=0.01,
+                    tooltip="cfg mode: k at the late end of the interval (reference 0.25).",
+                ),
+                io.Float.Input(
+                    "scale",
+                    default=1.0,
+                    min=0.0,
+                    max=1000.0,
+                    step=0.1,
+                    tooltip=help_of(cfg, "scale", "Set the trainer's threshold on this scale."),
+                ),
+            ],
+            outputs=[SRPOReward.Output(display_name="reward")],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        reward_model: ClipReward,
+        positive_words: str,
+        negative_words: str,
+        mode: str,
+        k_early: float,
+        k_late: float,
+        scale: float,
+    ) -> io.NodeOutput:
+        words = ControlWords.from_text(positive_words, negative_words)
+        config = ControlWordRewardConfig(
+            words=words,
+            mode=mode,
+            k_denoise=(k_early, k_late),
+            scale=scale,  # type: ignore[arg-type]
+        )
+        return io.NodeOutput(ControlWordReward(reward_model, config))
+
+
+class SRPORewardScore(io.ComfyNode):
+    """Scores images under a prompt with one positive/negative control-word pair."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SRPORewardScore",
+            display_name="Reward Score (SRPO)",
+            category=CATEGORY,
+            description="Scores each image under '<positive>. <prompt>' vs '<negative>. <prompt>':"
+            " compare before/after SRPO, or try control words before training. Defaults give"
+            " the paper's SGP-HPS metric (Real photo vs CG render).",
+            is_output_node=True,
+            inputs=[
+                SRPORewardModel.Input("reward_model", tooltip="From Load Reward Model (SRPO)."),
+                io.Image.Input("images", tooltip="Images to score."),
+                io.String.Input("prompt", multiline=True, default="", tooltip="Their prompt."),
+                io.String.Input("positive", default="Real photo", tooltip="Positive control word."),
+                io.String.Input("negative", default="CG render", tooltip="Negative control word."),
+                io.Combo.Input(
+                    "mode",
+                    options=list(REWARD_MODES),
+                    default="srp",
+                    tooltip="srp: pos minus neg similarity; sgp: pos only; cfg: (1+k) pos - neg.",
+                ),
+                io.Float.Input(
+                    "k", default=0.0, min=0.0, max=5.0, step=0.01, tooltip="cfg mode: k."
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="table", tooltip="Per-image scores as text."),
+                io.Float.Output(display_name="mean", tooltip="Mean total score."),
+                io.Float.Output(
+                    display_name="scores", is_output_list=True, tooltip="Per-image total scores."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        reward_model: ClipReward,
+        images: torch.Tensor,
+        prompt: str,
+        positive: str,
+        negative: str,
+        mode: str,
+        k: float,
+    ) -> io.NodeOutput:
+        if not positive.strip() or not negative.strip():
+            raise ValueError("positive and negative control words must not be empty")
+        batch = images.movedim(-1, 1)[:, :3].to(reward_model.device)
+        with torch.no_grad():
+            terms = score_control_pair(
+                reward_model,
+                batch,
+                [prompt] * batch.shape[0],
+                positive.strip(),
+                negative.strip(),
+                mode=mode,  # type: ignore[arg-type]
+                k=k,
+            )
+        total = terms.total.float().cpu().tolist()
+        rows = [
+            SCORE_FORMAT.format(i=i, total=t, pos=p, neg=n)
+            for i, (t, p, n) in enumerate(
+                zip(total, terms.positive.tolist(), terms.negative.tolist(), strict=True)
+            )
+        ]
+        mean = sum(total) / len(total)
+        table = "\n".join([f"'{positive}' vs '{negative}' ({mode})", *rows, f"mean {mean:+.4f}"])
+        return io.NodeOutput(table, mean, total, ui={"text": [table]})
+
+
+NODES: list[type[io.ComfyNode]] = [SRPOLoadRewardModel, SRPOControlWordReward, SRPORewardScore]

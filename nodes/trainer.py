@@ -1,0 +1,532 @@
+"""Direct-Align Trainer and Inversion Regularizer nodes (DESIGN.md 3.2, 3.4, 4).
+
+The trainer only translates node inputs into a ``srpo_core.training.TrainConfig``, builds the
+model/decoder/reward callables with :mod:`.comfy_training`, runs ``srpo_core.training.train`` and
+wraps the results (MODEL with the adapters applied, LORA_MODEL, LOSS_MAP, previews, steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+import node_helpers
+import numpy as np
+import torch
+from comfy_api.latest import io
+from PIL import Image
+
+from ..srpo_core.rewards import ControlWordReward
+from ..srpo_core.schedules import INVERSION_K, TrainingInterval
+from ..srpo_core.training import (
+    PromptItem,
+    RegularizerConfig,
+    StepMetrics,
+    TrainConfig,
+    TrainResult,
+    train,
+)
+from . import comfy_training as bridge
+from .prompts import PromptSet
+from .types import CATEGORY, SRPOPrompts, SRPORegularizer, SRPOReward, default_of, help_of
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "srpo_checkpoints"
+"""Sub-folder of ComfyUI's output folder where resumable training checkpoints live."""
+PREVIEW_MAX_SIZE = 512
+"""Longest side of the live preview frames sent to the UI."""
+LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+"""Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
+MAX_RESOLUTION = 4096
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """What the Inversion Regularizer node hands to the trainer."""
+
+    config: RegularizerConfig
+    k_inversion: tuple[float, float] = INVERSION_K
+
+
+class SRPOInversionRegularizer(io.ComfyNode):
+    """Enables the inversion branch of Direct-Align as the paper's regulariser."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SRPOInversionRegularizer",
+            display_name="Inversion Regularizer (SRPO)",
+            category=CATEGORY,
+            description="Trains a share of micro-steps on the inversion branch of Direct-Align: the"
+            " model step runs from the less noisy point upward, so the same reward objective"
+            " pushes the model the other way (with pos/neg control words swapped).",
+            inputs=[
+                io.Float.Input(
+                    "weight",
+                    default=default_of(RegularizerConfig, "weight"),
+                    min=0.0,
+                    max=10.0,
+                    step=0.05,
+                    tooltip=help_of(RegularizerConfig, "weight"),
+                ),
+                io.Float.Input(
+                    "share",
+                    default=default_of(RegularizerConfig, "share"),
+                    min=0.01,
+                    max=0.99,
+                    step=0.01,
+                    tooltip=help_of(RegularizerConfig, "share"),
+                ),
+                io.Float.Input(
+                    "k_early",
+                    default=INVERSION_K[0],
+                    min=0.0,
+                    max=5.0,
+                    step=0.01,
+                    tooltip="cfg reward mode: k of the inversion branch at the noisy end of the"
+                    " interval (reference 0.3).",
+                ),
+                io.Float.Input(
+                    "k_late",
+                    default=INVERSION_K[1],
+                    min=0.0,
+                    max=5.0,
+                    step=0.01,
+                    tooltip="cfg reward mode: k of the inversion branch at the late end of the"
+                    " interval (reference 0.01).",
+                ),
+            ],
+            outputs=[SRPORegularizer.Output(display_name="regularizer")],
+        )
+
+    @classmethod
+    def execute(cls, weight: float, share: float, k_early: float, k_late: float) -> io.NodeOutput:
+        config = RegularizerConfig(enabled=True, weight=weight, share=share)
+        return io.NodeOutput(InversionSettings(config, (k_early, k_late)))
+
+
+def _trainer_inputs() -> list[Any]:
+    t = TrainConfig
+    interval = TrainingInterval()
+    return [
+        io.Model.Input("model", tooltip="The flow model to fine-tune (FLUX, SD3, ...)."),
+        io.Vae.Input("vae", tooltip="The model's VAE; decodes recovered latents for the reward."),
+        SRPOPrompts.Input("prompts", tooltip="Training prompts (SRPO Prompt Set)."),
+        SRPOReward.Input("reward", tooltip="Control-word reward (SRPO Control-Word Reward)."),
+        io.Int.Input("steps", default=50, min=1, max=100000, tooltip=help_of(t, "steps")),
+        io.Float.Input(
+            "learning_rate",
+            default=1e-4,
+            min=1e-8,
+            max=1.0,
+            step=1e-6,
+            tooltip=help_of(t, "lr", "LoRA: 1e-4 is a good start."),
+        ),
+        io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank (adapter size)."),
+        io.Combo.Input(
+            "algorithm",
+            options=list(bridge.ADAPTER_ALGORITHMS),
+            default="LoRA",
+            tooltip="Weight-adapter algorithm (comfy.weight_adapter), as in the stock Train LoRA.",
+        ),
+        io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=help_of(t, "batch_size")),
+        io.Int.Input("grad_accum", default=1, min=1, max=256, tooltip=help_of(t, "grad_accum")),
+        io.Int.Input("micro_steps", default=1, min=1, max=16, tooltip=help_of(t, "micro_steps")),
+        io.Int.Input(
+            "rollout_steps", default=25, min=1, max=200, tooltip=help_of(t, "rollout_steps")
+        ),
+        io.Int.Input(
+            "width", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image width."
+        ),
+        io.Int.Input(
+            "height", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image height."
+        ),
+        io.Float.Input(
+            "guidance",
+            default=3.5,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            tooltip="Distilled guidance put into the conditioning (FLUX.1-dev; ignored by"
+            " models without a guidance embedding).",
+        ),
+        io.Float.Input(
+            "sigma_max",
+            default=interval.sigma_max,
+            min=0.01,
+            max=0.999,
+            step=0.01,
+            tooltip=help_of(TrainingInterval, "sigma_max"),
+        ),
+        io.Float.Input(
+            "sigma_min",
+            default=interval.sigma_min,
+            min=0.001,
+            max=0.99,
+            step=0.01,
+            tooltip=help_of(TrainingInterval, "sigma_min"),
+        ),
+        io.Float.Input(
+            "gt_ratio",
+            default=interval.gt_ratio,
+            min=0.0,
+            max=0.99,
+            step=0.01,
+            tooltip=help_of(TrainingInterval, "gt_ratio"),
+        ),
+        io.Float.Input(
+            "threshold",
+            default=default_of(t, "threshold"),
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip=help_of(t, "threshold"),
+        ),
+        io.Float.Input(
+            "max_grad_norm",
+            default=default_of(t, "max_grad_norm"),
+            min=1e-4,
+            max=1e4,
+            step=0.01,
+            tooltip=help_of(t, "max_grad_norm"),
+        ),
+        io.Int.Input(
+            "seed",
+            default=0,
+            min=0,
+            max=0xFFFFFFFFFFFFFFFF,
+            control_after_generate=True,
+            tooltip=help_of(t, "seed"),
+        ),
+        io.Combo.Input(
+            "training_dtype", options=["fp32", "bf16"], default="bf16", tooltip=help_of(t, "dtype")
+        ),
+        io.Combo.Input(
+            "lora_dtype",
+            options=list(LORA_DTYPES),
+            default="bf16",
+            tooltip="Storage dtype of the trained adapter weights.",
+        ),
+        io.Boolean.Input(
+            "gradient_checkpointing",
+            default=True,
+            tooltip="Checkpoint each transformer block: far less memory, one extra forward."
+            " Back-propagation through ComfyUI's Flux needs it (in-place residual adds).",
+        ),
+        io.Int.Input(
+            "preview_every",
+            default=5,
+            min=1,
+            max=10000,
+            tooltip="Send a live preview (the recovered image of the first sample) every N steps,"
+            " starting with the first; they also come out as the previews batch.",
+        ),
+        io.String.Input(
+            "checkpoint_name",
+            default="",
+            tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/ (empty: none)."
+            " If it exists and the settings match, training resumes from it; it is saved"
+            " every checkpoint_every steps, at the end and on interrupt.",
+        ),
+        io.Int.Input(
+            "checkpoint_every",
+            default=0,
+            min=0,
+            max=100000,
+            tooltip=help_of(t, "checkpoint_every"),
+        ),
+        SRPORegularizer.Input(
+            "regularizer",
+            optional=True,
+            tooltip="Inversion Regularizer settings; without it only the denoise branch trains.",
+        ),
+        io.Latent.Input(
+            "real_latents",
+            optional=True,
+            tooltip="Offline SRPO: clean latents of real images (VAE Encode) instead of online"
+            " rollouts of the model.",
+        ),
+        io.LoraModel.Input(
+            "existing_lora",
+            optional=True,
+            tooltip="Continue training this LORA_MODEL (same algorithm and keys).",
+        ),
+    ]
+
+
+def flow_shift(model: Any) -> float:
+    """The SD3-style shift equivalent to the model's own flow schedule.
+
+    ``sigma(t) = s t / (1 + (s - 1) t)`` gives ``s = sigma(0.5) / (1 - sigma(0.5))``; FLUX's
+    ``e^mu / (e^mu + 1/t - 1)`` is the same family with ``s = e^mu``. Raises for non-flow models.
+    """
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.CONST):
+        raise ValueError(
+            "SRPO trains flow-matching models (FLUX, SD3, Chroma, ...): this model's sampling is "
+            f"{type(sampling).__mro__[1].__name__}, not a flow (CONST) schedule"
+        )
+    sigma_half = float(sampling.percent_to_sigma(0.5))
+    return sigma_half / (1.0 - sigma_half)
+
+
+def latent_shape(model: Any, vae: Any, width: int, height: int) -> tuple[int, int, int]:
+    """(C, H, W) of the model's latent for an image of ``width`` x ``height`` pixels."""
+    channels = int(model.get_model_object("latent_format").latent_channels)
+    factor = int(vae.spacial_compression_decode())
+    if width % factor or height % factor:
+        raise ValueError(f"width and height must be multiples of the VAE's factor {factor}")
+    return channels, height // factor, width // factor
+
+
+def checkpoint_path(name: str) -> str | None:
+    """``output/srpo_checkpoints/<name>.ckpt`` for a plain name; None for an empty one."""
+    name = name.strip()
+    if not name:
+        return None
+    if os.path.basename(name) != name or name in {".", ".."}:
+        raise ValueError(f"checkpoint_name must be a plain file name, got {name!r}")
+    folder = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_DIR)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{name}.ckpt")
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> PIL RGB."""
+    array = image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+class Progress:
+    """Step callback: ComfyUI progress bar with live previews, console log, loss history."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total, self.bar = total, comfy.utils.ProgressBar(total)
+        self.bar.update_absolute(start, total)
+        self.losses: list[float] = []
+        self.previews: list[torch.Tensor] = []
+
+    def __call__(self, m: StepMetrics) -> None:
+        self.losses.append(m.loss)
+        preview = None
+        if m.preview is not None:
+            self.previews.append(m.preview)
+            preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
+        self.bar.update_absolute(m.step + 1, self.total, preview)
+        log.info(
+            "SRPO step %d/%d  loss %.4f  reward %.4f (pos %.4f, neg %.4f)  grad %.3g  %.2fs%s",
+            m.step + 1,
+            self.total,
+            m.loss,
+            m.reward,
+            m.reward_pos,
+            m.reward_neg,
+            m.grad_norm,
+            m.step_time_s,
+            "  skipped (non-finite)" if m.skipped else "",
+        )
+
+    def preview_batch(self) -> torch.Tensor:
+        """IMAGE batch (N, H, W, 3) of the collected previews."""
+        return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+
+
+def index_conds(conds: list[Any]) -> Any:
+    """Collate for the trainer: PromptItem.cond holds the prompt's index."""
+    return list(conds)
+
+
+def grouped_velocity(velocity: Any) -> Any:
+    """Batch a ``velocity(x, sigma, prompt_index)`` over per-sample prompt indices.
+
+    Samples that share a prompt run together; outputs are put back in batch order.
+    """
+
+    def run(x: torch.Tensor, sigma: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        order: list[int] = []
+        pieces = []
+        for idx in dict.fromkeys(indices):
+            rows = [b for b, i in enumerate(indices) if i == idx]
+            order += rows
+            pieces.append(velocity(x[rows], sigma[rows], idx))
+        inverse = torch.argsort(torch.tensor(order, device=x.device))
+        return torch.cat(pieces)[inverse]
+
+    return run
+
+
+@dataclass
+class TrainerSettings:
+    """Node inputs grouped: the engine config plus what only the adapter layer needs."""
+
+    config: TrainConfig
+    rank: int
+    algorithm: str
+    lora_dtype: torch.dtype
+    guidance: float
+    k_inversion: tuple[float, float]
+
+
+def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
+    """Validate the node inputs and turn them into a TrainConfig (raises before any work)."""
+    regularizer: InversionSettings | None = kw.get("regularizer")
+    offline = real_latents is not None
+    if offline:
+        shape = tuple(int(s) for s in real_latents["samples"].shape[1:])
+        if len(shape) != 3:
+            raise ValueError(f"real_latents must be image latents (N, C, H, W), got {shape}")
+    else:
+        shape = latent_shape(model, vae, kw["width"], kw["height"])
+    interval = TrainingInterval(kw["sigma_max"], kw["sigma_min"], kw["gt_ratio"])
+    config = TrainConfig(
+        steps=kw["steps"],
+        lr=kw["learning_rate"],
+        batch_size=kw["batch_size"],
+        grad_accum=kw["grad_accum"],
+        micro_steps=kw["micro_steps"],
+        rollout_steps=kw["rollout_steps"],
+        shift=flow_shift(model),
+        interval=interval,
+        threshold=kw["threshold"],
+        max_grad_norm=kw["max_grad_norm"],
+        seed=kw["seed"],
+        dtype=kw["training_dtype"],
+        offline=offline,
+        latent_shape=(shape[0], shape[1], shape[2]),
+        regularizer=regularizer.config if regularizer else RegularizerConfig(),
+        gradient_checkpointing=kw["gradient_checkpointing"],
+        preview_every=kw["preview_every"],
+        checkpoint_every=kw["checkpoint_every"],
+        checkpoint_path=checkpoint_path(kw["checkpoint_name"]),
+    )
+    return TrainerSettings(
+        config=config,
+        rank=kw["rank"],
+        algorithm=kw["algorithm"],
+        lora_dtype=LORA_DTYPES[kw["lora_dtype"]],
+        guidance=kw["guidance"],
+        k_inversion=regularizer.k_inversion if regularizer else INVERSION_K,
+    )
+
+
+def align_reward(reward: ControlWordReward, settings: TrainerSettings) -> ControlWordReward:
+    """The reward with the trainer's interval (its k ramps) and the regulariser's k schedule."""
+    config = dataclasses.replace(
+        reward.config, interval=settings.config.interval, k_inversion=settings.k_inversion
+    )
+    return ControlWordReward(reward.model, config)
+
+
+def run_training(
+    model: Any,
+    vae: Any,
+    prompts: PromptSet,
+    reward: ControlWordReward,
+    settings: TrainerSettings,
+    real_latents: Any,
+    existing_lora: dict[str, torch.Tensor] | None,
+) -> tuple[Any, bridge.AdapterSet, TrainResult, Progress]:
+    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup."""
+    cfg = settings.config
+    mp = model.clone()
+    adapters = bridge.attach_adapters(
+        mp,
+        algorithm=settings.algorithm,
+        rank=settings.rank,
+        dtype=settings.lora_dtype,
+        existing=existing_lora,
+    )
+    bridge.replace_inference_parameters(mp)
+    mp.model.requires_grad_(False)
+    conds = [
+        node_helpers.conditioning_set_values(c, {"guidance": settings.guidance})
+        for c in prompts.conds
+    ]
+    items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
+    decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
+    reward = align_reward(reward, settings)
+    progress = Progress(cfg.steps, start=0)
+    outcome: list[TrainResult] = []
+
+    def session(velocity: Any, device: torch.device) -> None:
+        reward.model.to(device)
+        offline = None
+        if real_latents is not None:
+            offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
+        with bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing):
+            result = train(
+                cfg,
+                grouped_velocity(velocity),
+                decoder,
+                reward,
+                adapters.parameters(),
+                items,
+                offline_latents=offline,
+                collate_cond=index_conds,
+                enable_gradient_checkpointing=lambda: None,
+                callback=progress,
+                should_stop=comfy.model_management.processing_interrupted,
+            )
+        outcome.append(result)
+
+    shape = (cfg.batch_size, *cfg.latent_shape)
+    bridge.run_session(mp, conds, shape, session)
+    return mp, adapters, outcome[0], progress
+
+
+class SRPODirectAlignTrainer(io.ComfyNode):
+    """SRPO fine-tuning: Direct-Align with a control-word reward, as a LoRA."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SRPODirectAlignTrainer",
+            display_name="Direct-Align Trainer (SRPO)",
+            category=CATEGORY,
+            description="Fine-tunes a flow model with SRPO: rollouts (or real latents), Direct-"
+            "Align at early timesteps, a control-word reward, gradient ascent on a LoRA.",
+            inputs=_trainer_inputs(),
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with the LoRA applied."),
+                io.LoraModel.Output(display_name="lora", tooltip="For Save LoRA Weights."),
+                io.LossMap.Output(display_name="loss", tooltip="For Plot Loss Graph."),
+                io.Image.Output(
+                    display_name="previews", tooltip="Recovered images during training."
+                ),
+                io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model: Any, vae: Any, prompts: PromptSet, reward: Any, **kw: Any
+    ) -> io.NodeOutput:
+        real_latents, existing = kw.pop("real_latents", None), kw.pop("existing_lora", None)
+        if not isinstance(reward, ControlWordReward):
+            raise ValueError("reward must come from an SRPO Control-Word Reward node")
+        settings = build_settings(model, vae, real_latents, kw)
+        with torch.inference_mode(False), torch.enable_grad():
+            mp, adapters, result, progress = run_training(
+                model, vae, prompts, reward, settings, real_latents, existing
+            )
+            lora = adapters.freeze()
+        if result.interrupted:
+            log.info(
+                "SRPO training interrupted at step %d; checkpoint: %s",
+                result.steps_done,
+                result.checkpoint_path,
+            )
+            comfy.model_management.throw_exception_if_processing_interrupted()
+        return io.NodeOutput(
+            mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done
+        )
+
+
+NODES: list[type[io.ComfyNode]] = [SRPODirectAlignTrainer, SRPOInversionRegularizer]

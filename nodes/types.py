@@ -1,0 +1,39 @@
+"""Custom value types passed between SRPO nodes, and small helpers shared by the node families."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from comfy_api.latest import io
+
+SRPORewardModel = io.Custom("SRPO_REWARD_MODEL")
+"""A ``srpo_core.rewards.ClipReward`` (frozen CLIP-style reward model)."""
+SRPOReward = io.Custom("SRPO_REWARD")
+"""A ``srpo_core.rewards.ControlWordReward`` (reward model + control words + mode + k)."""
+SRPOPrompts = io.Custom("SRPO_PROMPTS")
+"""A ``PromptSet``: prompt texts and their encoded conditionings."""
+SRPORegularizer = io.Custom("SRPO_REGULARIZER")
+"""A ``srpo_core.training.RegularizerConfig`` plus its discount settings."""
+
+CATEGORY = "SRPO"
+
+
+def help_of(cls: type, name: str, extra: str = "") -> str:
+    """The help text of dataclass field ``name`` (used as a node tooltip), plus ``extra``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            text = str(f.metadata.get("help", ""))
+            return f"{text} {extra}".strip()
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default value of dataclass field ``name`` (calls default factories)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    raise KeyError(f"{cls.__name__} has no default for {name!r}")

@@ -1,0 +1,129 @@
+"""ComfyUI imported into the test process, for node-level tests of the pack's adapters.
+
+The HTTP tests in tests/integration drive a real server; these call node classes directly on tiny
+real ComfyUI models (Flux architecture, TAESD-layout VAE) to check the adapter logic quickly.
+ComfyUI's root goes first on sys.path (it has top-level ``nodes``/``utils`` modules); the pack is
+imported as the package ``comfyui_srpo`` the way ComfyUI imports custom nodes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from scripts.comfyui import ComfyUISetupError, ensure_comfyui
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACK_NAME = "comfyui_srpo"
+TINY_FLUX = {
+    "image_model": "flux",
+    "hidden_size": 64,
+    "num_heads": 2,
+    "axes_dim": [8, 12, 12],
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 32,
+    "context_in_dim": 32,
+    "mlp_ratio": 4.0,
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "guidance_embed": True,
+}
+"""A 0.2 M-parameter Flux in ComfyUI's own architecture (DESIGN.md 8)."""
+WEIGHT_STD = 0.02
+
+
+def import_comfy(root: Path) -> None:
+    """Import ComfyUI's modules from ``root`` as ``main.py --cpu`` would configure them."""
+    sys.path.insert(0, str(root))
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu"]
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args
+        import comfy.model_management
+    finally:
+        sys.argv = argv
+
+
+def import_pack() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack() -> ModuleType:
+    """The pack, imported as ComfyUI imports it, with ComfyUI importable."""
+    try:
+        install = ensure_comfyui()
+    except ComfyUISetupError as error:
+        pytest.fail(f"cannot provide ComfyUI: {error}", pytrace=False)
+    import_comfy(install.root)
+    return import_pack()
+
+
+def randomize(module: torch.nn.Module, seed: int, std: float = WEIGHT_STD) -> None:
+    """ComfyUI skips weight init: give every tensor explicit seeded values."""
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * std for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+
+
+@pytest.fixture
+def tiny_flux(pack: ModuleType) -> Any:
+    """A ModelPatcher around a tiny real comfy.model_base.Flux with seeded weights, built in
+    inference mode like ComfyUI's loaders do."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        model = comfy.supported_models.Flux(dict(TINY_FLUX)).get_model({}, device=cpu)
+        randomize(model.diffusion_model, seed=0)
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+@pytest.fixture
+def tiny_vae(pack: ModuleType) -> Any:
+    """comfy.sd.VAE around a TAESD-layout 16-channel autoencoder with seeded weights."""
+    import comfy.sd
+    import comfy.taesd.taesd
+
+    with torch.inference_mode():
+        taesd = comfy.taesd.taesd.TAESD(latent_channels=16)
+        g = torch.Generator().manual_seed(1)
+        state = {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in taesd.state_dict().items()}
+        state["vae_scale"] = torch.tensor(1.0)
+        state["vae_shift"] = torch.tensor(0.0)
+        return comfy.sd.VAE(sd=state)
+
+
+def make_flux_cond(seed: int, tokens: int = 5) -> list[Any]:
+    """A ComfyUI conditioning for the tiny Flux (context + pooled output)."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, tokens, TINY_FLUX["context_in_dim"], generator=g)
+    pooled = torch.randn(1, TINY_FLUX["vec_in_dim"], generator=g)
+    return [[context, {"pooled_output": pooled}]]
+
+
+@pytest.fixture
+def flux_cond() -> Any:
+    """``flux_cond(seed)``: a seeded conditioning for the tiny Flux."""
+    return make_flux_cond

@@ -1,0 +1,99 @@
+"""The Direct-Align Trainer node on tiny real ComfyUI models (Flux, TAESD VAE, open_clip)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import open_clip
+import pytest
+import torch
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+}
+SETTINGS = {
+    "steps": 3,
+    "learning_rate": 1e-3,
+    "rank": 4,
+    "algorithm": "LoRA",
+    "batch_size": 2,
+    "grad_accum": 1,
+    "micro_steps": 2,
+    "rollout_steps": 3,
+    "width": 64,
+    "height": 64,
+    "guidance": 3.5,
+    "sigma_max": 0.95,
+    "sigma_min": 0.75,
+    "gt_ratio": 0.9,
+    "threshold": 0.7,
+    "max_grad_norm": 1.0,
+    "seed": 0,
+    "training_dtype": "fp32",
+    "lora_dtype": "fp32",
+    "gradient_checkpointing": True,
+    "preview_every": 1,
+    "checkpoint_name": "",
+    "checkpoint_every": 0,
+}
+
+
+@pytest.fixture
+def reward(pack: ModuleType) -> Any:
+    from comfyui_srpo.nodes.rewards import SRPOControlWordReward
+    from comfyui_srpo.srpo_core.rewards import ClipReward
+
+    torch.manual_seed(0)
+    with torch.inference_mode():  # as in a ComfyUI node: ClipReward must undo inference tensors
+        model = ClipReward(open_clip.CLIP(**TINY_CLIP), open_clip.get_tokenizer("ViT-B-32"))
+    return SRPOControlWordReward.execute(model, "bright", "dark", "cfg", 0.1, 0.25, 1.0).args[0]
+
+
+@pytest.fixture
+def prompts(pack: ModuleType, flux_cond: Any) -> Any:
+    from comfyui_srpo.nodes.prompts import PromptSet
+
+    return PromptSet(["a red square", "a blue circle"], [flux_cond(1), flux_cond(2)])
+
+
+def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any
+) -> None:
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer, SRPOInversionRegularizer
+
+    base = {k: v.clone() for k, v in tiny_flux.model.diffusion_model.state_dict().items()}
+    regularizer = SRPOInversionRegularizer.execute(1.0, 0.5, 0.3, 0.01).args[0]
+    with torch.inference_mode():  # ComfyUI runs every node in inference mode
+        out = SRPODirectAlignTrainer.execute(
+            tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **SETTINGS
+        )
+    model, lora, loss, previews, steps = out.args
+    assert steps == 3
+    assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
+    assert previews.shape == (3, 64, 64, 3)
+    assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
+    ups = [v for k, v in lora.items() if k.endswith("lora_up.weight")]
+    assert ups and all(float(v.abs().sum()) > 0 for v in ups), "LoRA up weights were trained"
+    assert not any(v.requires_grad for v in lora.values())
+    for key, value in tiny_flux.model.diffusion_model.state_dict().items():
+        assert torch.equal(value, base[key]), f"base weight {key} changed"
+    assert model is not tiny_flux
+
+
+def test_trainer_rejects_bad_settings_before_training(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any
+) -> None:
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    bad = dict(SETTINGS, sigma_min=0.96)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
+    bad = dict(SETTINGS, width=60)
+    with pytest.raises(ValueError, match="multiples of the VAE's factor 8"):
+        SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
+    bad = dict(SETTINGS, checkpoint_name="../escape")
+    with pytest.raises(ValueError, match="plain file name"):
+        SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
