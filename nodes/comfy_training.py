@@ -50,7 +50,7 @@ class WeightDiff(torch.nn.Module):
         super().__init__()
         self.diff = diff
 
-    def __call__(self, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return w + self.diff.to(w)
 
     def passive_memory_usage(self) -> int:
@@ -220,7 +220,7 @@ def block_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True) 
     blocks = transformer_blocks(diffusion_model) if enabled else []
     saved = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
-        block.forward = _checkpointed(block.forward)  # type: ignore[method-assign]
+        block.forward = _checkpointed(block.forward)
     try:
         yield len(blocks)
     finally:
@@ -228,7 +228,7 @@ def block_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True) 
             if previous is None:
                 del block.forward  # the class's forward is back
             else:
-                block.forward = previous  # type: ignore[method-assign]
+                block.forward = previous
 
 
 # --- velocity through ComfyUI's sampling machinery -----------------------------------------
@@ -254,7 +254,7 @@ class _SessionSampler(comfy.samplers.Sampler):
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def sample(  # type: ignore[override]
+    def sample(
         self,
         model_wrap: Any,
         sigmas: torch.Tensor,
@@ -302,7 +302,7 @@ class VAEDecoder:
     whose weights are normal tensors (the loader's are inference tensors autograd cannot save).
     """
 
-    module: torch.nn.Module
+    module: Any
     latent_format: Any
     process_output: Callable[[torch.Tensor], torch.Tensor]
     dtype: torch.dtype

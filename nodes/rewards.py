@@ -7,7 +7,7 @@ Values passed on: SRPO_REWARD_MODEL is a ``srpo_core.rewards.ClipReward``; SRPO_
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import comfy.model_management
 import folder_paths
@@ -21,6 +21,7 @@ from ..srpo_core.rewards import (
     ControlWordReward,
     ControlWordRewardConfig,
     ControlWords,
+    RewardMode,
     load_hps_v21,
     load_open_clip_reward,
     load_pickscore,
@@ -199,11 +200,10 @@ class SRPOControlWordReward(io.ComfyNode):
         scale: float,
     ) -> io.NodeOutput:
         words = ControlWords.from_text(positive_words, negative_words)
+        if mode not in REWARD_MODES:
+            raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}")
         config = ControlWordRewardConfig(
-            words=words,
-            mode=mode,
-            k_denoise=(k_early, k_late),
-            scale=scale,  # type: ignore[arg-type]
+            words=words, mode=cast(RewardMode, mode), k_denoise=(k_early, k_late), scale=scale
         )
         return io.NodeOutput(ControlWordReward(reward_model, config))
 
@@ -267,7 +267,7 @@ class SRPORewardScore(io.ComfyNode):
                 [prompt] * batch.shape[0],
                 positive.strip(),
                 negative.strip(),
-                mode=mode,  # type: ignore[arg-type]
+                mode=cast(RewardMode, mode),
                 k=k,
             )
         total = terms.total.float().cpu().tolist()
