@@ -149,22 +149,23 @@ def attach_adapters(
 
 
 def replace_inference_parameters(mp: Any) -> list[str]:
-    """Object-patch every inference-mode parameter no adapter wraps with a normal clone.
+    """Object-patch every parameter that no adapter wraps with a normal (non-inference) clone.
 
     Weights loaded by ComfyUI's loaders are inference tensors, which autograd refuses to save. Most
     are wrapped by adapters (their wrapped value is a fresh tensor); the rest (e.g. Flux RMSNorm
-    ``scale``) are swapped on the cloned patcher only, so the base model stays untouched.
+    ``scale``) are swapped on the cloned patcher only, so the base model stays untouched. All of
+    them are patched, not only inference tensors: the model may still carry another clone's
+    object patches (after an interrupted run), which are restored when that clone is unloaded.
     """
     patched = []
     for module_name, module in mp.model.named_modules():
         if hasattr(module, "weight_function"):
             continue
         for pname, param in module.named_parameters(recurse=False):
-            if param.is_inference():
-                key = f"{module_name}.{pname}" if module_name else pname
-                clone = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
-                mp.add_object_patch(key, clone)
-                patched.append(key)
+            key = f"{module_name}.{pname}" if module_name else pname
+            clone = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
+            mp.add_object_patch(key, clone)
+            patched.append(key)
     return patched
 
 

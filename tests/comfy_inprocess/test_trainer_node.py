@@ -97,3 +97,40 @@ def test_trainer_rejects_bad_settings_before_training(
     bad = dict(SETTINGS, checkpoint_name="../escape")
     with pytest.raises(ValueError, match="plain file name"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
+
+
+def test_interrupt_leaves_a_checkpoint_that_resumes(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any, tmp_path: Any
+) -> None:
+    """POST /interrupt's flag stops training within a step; re-queueing resumes from there."""
+    import comfy.model_management
+    import comfy.utils
+    import folder_paths
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.srpo_core.training import load_checkpoint
+
+    folder_paths.set_output_directory(str(tmp_path))
+    settings = dict(SETTINGS, steps=4, checkpoint_name="run1", preview_every=2)
+    path = tmp_path / "srpo_checkpoints" / "run1.ckpt"
+
+    def interrupt_at_step_2(value: int, total: int, preview: Any, node_id: Any = None) -> None:
+        if value == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
+    try:
+        with (
+            torch.inference_mode(),
+            pytest.raises(comfy.model_management.InterruptProcessingException),
+        ):
+            SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        comfy.model_management.interrupt_current_processing(False)
+    assert load_checkpoint(str(path)).step == 2
+
+    with torch.inference_mode():
+        out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+    _, _, loss, _, steps = out.args
+    assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
+    assert load_checkpoint(str(path)).step == 4
