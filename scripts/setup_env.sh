@@ -19,7 +19,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "[setup] installing into $venv (torch: $torch_spec)" >&2
 # shellcheck disable=SC2086
 "${pip[@]}" $torch_spec
-"${pip[@]}" -r "$root/requirements.txt" "pytest>=8" "ruff>=0.6" "mypy>=1.10" websocket-client requests
+"${pip[@]}" -r "$root/requirements.txt" "pytest>=8" "ruff>=0.6" "mypy>=1.10" websocket-client requests selenium
 # A real ComfyUI for the integration tests and the demo (SRPO_COMFYUI_DIR: use your own instead).
 "$venv/bin/python" "$root/scripts/comfyui.py" setup >/dev/null
 echo "$want" > "$stamp"

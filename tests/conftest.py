@@ -1,11 +1,97 @@
-"""Shared pytest setup: tests run offline and know where the repository is."""
+"""Shared pytest setup.
+
+Every test runs offline (no model hub). The real ComfyUI fixtures live here so that the
+integration and browser tests share one server per session: ``comfy`` is the running
+``ComfyServer`` (provisioned by scripts/comfyui.py, all its writable folders in a session tmp
+dir); ``comfy_client`` is a fresh HTTP + websocket client per test. Startup time, node count
+and every node-import problem in ComfyUI's log are printed in pytest's terminal summary.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from scripts.comfy_server import ComfyClient, ComfyServer, import_problems, tree_files
+from scripts.comfyui import ComfyUIInstall, ComfyUISetupError, ensure_comfyui, link_instructions
+
+SUMMARY = pytest.StashKey[list[str]]()
+"""Lines for the terminal summary, collected while the session runs."""
+
+
+def summarize(config: pytest.Config, line: str) -> None:
+    config.stash.setdefault(SUMMARY, []).append(line)
+
+
+@pytest.fixture(scope="session")
+def comfy_install(pytestconfig: pytest.Config) -> ComfyUIInstall:
+    """ComfyUI located or provisioned, with this pack linked into its custom_nodes."""
+    began = time.monotonic()
+    try:
+        install = ensure_comfyui()
+    except ComfyUISetupError as error:
+        pytest.fail(f"cannot provide ComfyUI: {error}", pytrace=False)
+    if install.pack_link is None:
+        pytest.fail(link_instructions(install.root), pytrace=False)
+    origin = "SRPO_COMFYUI_DIR" if install.user_provided else "cached"
+    summarize(
+        pytestconfig,
+        f"ComfyUI at {install.root} ({origin}); ready in {time.monotonic() - began:.1f} s",
+    )
+    return install
+
+
+@pytest.fixture(scope="session")
+def comfy_tree_before(comfy_install: ComfyUIInstall) -> frozenset[str]:
+    """The ComfyUI tree's files before the server starts (tests must not write into it)."""
+    return tree_files(comfy_install.root)
+
+
+@pytest.fixture(scope="session")
+def comfy(
+    comfy_install: ComfyUIInstall,
+    comfy_tree_before: frozenset[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    pytestconfig: pytest.Config,
+) -> Iterator[ComfyServer]:
+    """One running ComfyUI server for the whole session."""
+    server = ComfyServer(
+        comfy_install.root, tmp_path_factory.mktemp("comfyui"), python=comfy_install.python
+    )
+    with server:
+        with server.client() as client:
+            node_count = len(client.object_info())
+        summarize(
+            pytestconfig,
+            f"server started in {server.startup_seconds:.1f} s, {node_count} node types, "
+            f"log {server.dirs.log}",
+        )
+        for line in import_problems(server.log_text()):
+            summarize(pytestconfig, f"import problem: {line.strip()}")
+        yield server
+
+
+@pytest.fixture
+def comfy_client(comfy: ComfyServer) -> Iterator[ComfyClient]:
+    """A client with its own websocket, closed after the test."""
+    with comfy.client() as client:
+        yield client
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """Prints what the session learned about ComfyUI (also when every test passed)."""
+    lines = config.stash.get(SUMMARY, [])
+    if lines:
+        terminalreporter.section("ComfyUI")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfy_server import (
+from PIL import Image
+
+from scripts.comfy_server import (
     TERMINAL_EVENTS,
     ComfyClient,
     ComfyServer,
@@ -18,8 +20,6 @@ from comfy_server import (
     import_problems,
     tree_files,
 )
-from PIL import Image
-
 from scripts.comfyui import ComfyUIInstall
 
 pytestmark = pytest.mark.comfyui

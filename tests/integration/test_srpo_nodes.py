@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from comfy_server import ComfyClient
+
+from scripts.comfy_server import ComfyClient
 
 pytestmark = pytest.mark.comfyui
 

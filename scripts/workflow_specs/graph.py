@@ -1,0 +1,71 @@
+"""A compact way to describe a ComfyUI graph in Python: nodes, their widget values, their links.
+
+A ``WorkflowSpec`` is what a person writes; ``scripts/workflows.py`` turns it into the API prompt,
+the UI (LiteGraph) workflow and a PNG, using the server's ``/object_info`` for everything the
+description leaves out (input order, defaults, output names, types).
+
+    wf = WorkflowSpec("demo", "Demo", "One line for the title card.")
+    unet = wf.add("UNETLoader", unet_name="flux1-dev.safetensors")
+    sampler = wf.add("KSampler", "KSampler (base)", model=unet.out(), seed=7, ...)
+
+Keyword arguments of ``add`` are inputs by name: an ``Out`` (from ``node.out(...)``) makes a link,
+anything else is a widget value. Widget inputs left out take the node's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Value = bool | int | float | str
+"""A widget value as it appears in the API prompt and in ``widgets_values``."""
+
+
+class WorkflowError(ValueError):
+    """A workflow description does not fit the node definitions the server reports."""
+
+
+@dataclass(frozen=True)
+class Out:
+    """Output ``output`` (index, or output name from /object_info) of node ``node_id``."""
+
+    node_id: int
+    output: int | str = 0
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: its id (1, 2, ... in the order added), class type, values, links, title."""
+
+    id: int
+    class_type: str
+    values: dict[str, Value]
+    links: dict[str, Out]
+    title: str | None = None
+
+    def out(self, output: int | str = 0) -> Out:
+        """A reference to one of this node's outputs, by index or by output name."""
+        return Out(self.id, output)
+
+
+@dataclass
+class WorkflowSpec:
+    """A named graph: ``name`` is the file stem, ``title`` and ``summary`` go on the PNG card."""
+
+    name: str
+    title: str
+    summary: str
+    nodes: list[NodeSpec] = field(default_factory=list)
+
+    def add(self, class_type: str, title: str | None = None, **inputs: Value | Out) -> NodeSpec:
+        """Append a node; ``Out`` inputs become links, other inputs widget values."""
+        links = {name: value for name, value in inputs.items() if isinstance(value, Out)}
+        values = {name: value for name, value in inputs.items() if not isinstance(value, Out)}
+        for name, link in links.items():
+            if not 1 <= link.node_id <= len(self.nodes):
+                raise WorkflowError(
+                    f"{self.name}: input {name!r} of {class_type} links to node {link.node_id},"
+                    " which is not added yet (add sources before the nodes that use them)"
+                )
+        node = NodeSpec(len(self.nodes) + 1, class_type, values, links, title)
+        self.nodes.append(node)
+        return node
