@@ -319,7 +319,7 @@ class Progress:
         if m.preview is not None:
             self.previews.append(m.preview)
             preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
-        self.bar.update_absolute(m.step + 1, self.total, preview)
+        self.bar.update_absolute(m.step + 1, self.total, preview)  # raises on /interrupt
         log.info(
             "SRPO step %d/%d  loss %.4f  reward %.4f (pos %.4f, neg %.4f)  grad %.3g  %.2fs%s",
             m.step + 1,
@@ -473,6 +473,7 @@ def run_training(
                 enable_gradient_checkpointing=lambda: None,
                 callback=progress,
                 should_stop=comfy.model_management.processing_interrupted,
+                interrupts=(comfy.model_management.InterruptProcessingException,),
             )
         outcome.append(result)
 

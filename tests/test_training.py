@@ -199,6 +199,38 @@ def test_stop_and_resume_is_bit_identical(tmp_path: Path) -> None:
     assert torch.equal(full.generator.get_state(), second.generator.get_state())
 
 
+class Interrupted(Exception):
+    """Stands in for a host's "stop now" exception raised from inside a model call."""
+
+
+def test_interrupt_inside_a_step_rewinds_saves_and_resumes_bit_identically(
+    tmp_path: Path,
+) -> None:
+    steps = 4
+    full = _trainer(config(steps=steps, checkpoint_path=str(tmp_path / "a.pt")), TinyVelocity())
+    full.run()
+
+    cfg = config(steps=steps, checkpoint_path=str(tmp_path / "b.pt"))
+    first = _trainer(cfg, TinyVelocity())
+    forward = first.model
+
+    def interrupted_model(x: Tensor, sigma: Tensor, cond: Tensor) -> Tensor:
+        if first.step == 2:  # step 2 has already drawn its prompts and noise: must be rewound
+            raise Interrupted
+        return forward(x, sigma, cond)
+
+    first.model = interrupted_model
+    with pytest.raises(Interrupted):
+        first.run(interrupts=(Interrupted,))
+    assert load_checkpoint(cfg.checkpoint_path or "").step == 2
+
+    second = _trainer(cfg, TinyVelocity(seed=99))
+    resumed = second.run()
+    assert resumed.resumed_from == 2 and resumed.steps_done == steps
+    assert all_equal(full.params, second.params)
+    assert torch.equal(full.generator.get_state(), second.generator.get_state())
+
+
 def test_resume_with_other_config_names_the_difference(tmp_path: Path) -> None:
     path = str(tmp_path / "ck.pt")
     run(config(steps=2, checkpoint_path=path))

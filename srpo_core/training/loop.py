@@ -20,9 +20,11 @@ from torch import Tensor
 
 from ..protocols import ConditionedVelocity, Decoder, RewardFn
 from .checkpoint import (
+    capture_rng,
     check_compatible,
     load_checkpoint,
     make_state,
+    restore_rng,
     restore_state,
     save_checkpoint,
     seed_global_rngs,
@@ -138,9 +140,17 @@ class SRPOTrainer:
         callback: StepCallback | None = None,
         should_stop: StopCheck | None = None,
         resume: bool = True,
+        interrupts: tuple[type[BaseException], ...] = (),
     ) -> TrainResult:
         """Train until ``config.steps`` are done or ``should_stop()`` (checked before each step)
-        returns True; checkpoint periodically, at the end and on stop."""
+        returns True; checkpoint periodically, at the end and on stop.
+
+        ``interrupts``: exception types that mean "stop now" when raised from inside a step or
+        the callback (ComfyUI raises its interrupt from any model op). The unfinished step is
+        rewound (RNG states as at its start, gradients dropped; the optimiser had not stepped),
+        the checkpoint is written and the exception re-raised, so a resumed run continues
+        exactly as an uninterrupted one would.
+        """
         resumed_from = self.resume() if resume else None
         if resumed_from is None:
             seed_global_rngs(self.config.seed)
@@ -150,12 +160,23 @@ class SRPOTrainer:
             if should_stop is not None and should_stop():
                 interrupted = True
                 break
-            metrics = self.train_step()
+            rng_at_start = capture_rng(self.generator)
+            try:
+                metrics = self.train_step()
+            except interrupts:
+                restore_rng(rng_at_start, self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.save()
+                raise
             history.append(replace(metrics, preview=None))
             if self._checkpoint_due(metrics):
                 self.save()
             if callback is not None:
-                callback(metrics)
+                try:
+                    callback(metrics)
+                except interrupts:
+                    self.save()
+                    raise
         self.optimizer.zero_grad(set_to_none=True)
         ran = bool(history) or resumed_from is None
         path = self.save() if ran else self.config.checkpoint_path
@@ -323,6 +344,7 @@ def train(
     callback: StepCallback | None = None,
     should_stop: StopCheck | None = None,
     resume: bool = True,
+    interrupts: tuple[type[BaseException], ...] = (),
 ) -> TrainResult:
     """Build an :class:`SRPOTrainer` and run it (see there and :meth:`SRPOTrainer.run`)."""
     trainer = SRPOTrainer(
@@ -336,4 +358,6 @@ def train(
         collate_cond=collate_cond,
         enable_gradient_checkpointing=enable_gradient_checkpointing,
     )
-    return trainer.run(callback=callback, should_stop=should_stop, resume=resume)
+    return trainer.run(
+        callback=callback, should_stop=should_stop, resume=resume, interrupts=interrupts
+    )

@@ -114,8 +114,9 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     path = tmp_path / "srpo_checkpoints" / "run1.ckpt"
 
     def interrupt_at_step_2(value: int, total: int, preview: Any, node_id: Any = None) -> None:
-        if value == 2:
+        if value == 2:  # as POST /interrupt does, then the server's hook raises from the bar
             comfy.model_management.interrupt_current_processing(True)
+            comfy.model_management.throw_exception_if_processing_interrupted()
 
     comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
     try:
