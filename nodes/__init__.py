@@ -17,9 +17,9 @@ from types import ModuleType
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import preview, prompts, rewards, trainer, weights
+from . import preview, prompts, rewards, toyworld, trainer, weights
 
-NODE_FAMILIES: tuple[ModuleType, ...] = (weights, rewards, prompts, trainer, preview)
+NODE_FAMILIES: tuple[ModuleType, ...] = (weights, rewards, prompts, trainer, preview, toyworld)
 """The node-family modules, in the order their nodes are registered."""
 
 

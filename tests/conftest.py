@@ -58,9 +58,19 @@ def comfy(
     tmp_path_factory: pytest.TempPathFactory,
     pytestconfig: pytest.Config,
 ) -> Iterator[ComfyServer]:
-    """One running ComfyUI server for the whole session."""
+    """One running ComfyUI server for the whole session.
+
+    Its output/loras folder is also a LoRA model folder, so a LoRA saved by one prompt can be
+    loaded by the stock LoRA loaders in the next.
+    """
+    work = tmp_path_factory.mktemp("comfyui")
+    paths = work / "extra_model_paths.yaml"
+    paths.write_text(f"srpo_tests:\n  base_path: {work / 'output'}\n  loras: loras\n")
     server = ComfyServer(
-        comfy_install.root, tmp_path_factory.mktemp("comfyui"), python=comfy_install.python
+        comfy_install.root,
+        work,
+        python=comfy_install.python,
+        extra_args=("--extra-model-paths-config", str(paths)),
     )
     with server:
         with server.client() as client:

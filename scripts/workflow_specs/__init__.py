@@ -16,6 +16,11 @@ from collections.abc import Callable
 
 from scripts.workflow_specs.flux import srpo_finetune_flux, srpo_sample_flux
 from scripts.workflow_specs.graph import WorkflowSpec
+from scripts.workflow_specs.toyworld import srpo_finetune_toyworld
 
-WORKFLOWS: tuple[Callable[[], WorkflowSpec], ...] = (srpo_sample_flux, srpo_finetune_flux)
+WORKFLOWS: tuple[Callable[[], WorkflowSpec], ...] = (
+    srpo_sample_flux,
+    srpo_finetune_flux,
+    srpo_finetune_toyworld,
+)
 """Every shipped workflow, in the order they are built."""
