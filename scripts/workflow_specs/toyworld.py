@@ -19,7 +19,7 @@ SAMPLER = {"steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simpl
 """The toy generator's recommended settings (toyworld.json 'sampling')."""
 TRAIN = {
     "steps": 30,
-    "learning_rate": 2e-3,
+    "learning_rate": 5e-4,
     "rank": 8,
     "batch_size": 2,
     "micro_steps": 1,
@@ -35,7 +35,8 @@ TRAIN = {
     "gradient_checkpointing": True,
     "preview_every": 5,
 }
-"""A few dozen CPU-sized steps; LoRA at a higher lr than FLUX needs."""
+"""A few dozen CPU-sized steps. At lr 2e-3 the toy reward is hacked within 30 steps (the
+shapes wash out to white); 5e-4 brightens the scene and keeps the content."""
 
 
 def sample(wf: WorkflowSpec, label: str, model: Out, clip: Out, vae: Out) -> Out:
