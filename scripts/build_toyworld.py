@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from scripts.toyworld.comfy_env import import_comfy
+    from scripts.comfy_inprocess import import_comfy
     from scripts.toyworld.record import compare_weights
     from srpo_core.toyworld.assets import default_assets_dir
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from scripts.comfy_inprocess import pack_module
 from srpo_core.toyworld.captions import caption
 from srpo_core.toyworld.data import Scene, rng_for
 from srpo_core.toyworld.flow_matching import (
@@ -29,7 +30,6 @@ from srpo_core.toyworld.flow_matching import (
 from srpo_core.toyworld.optim import cosine_lr
 from srpo_core.toyworld.text_encoder import BpeVocabulary, ToyTextEncoder
 
-from .backprop import make_blocks_backprop_safe
 from .init import init_transformer, init_unit_gain
 
 FLUX_CONFIG: dict[str, Any] = {
@@ -123,32 +123,33 @@ def train_generator(
 ) -> None:
     """Flow-matching training of Flux + text encoder on (latent, caption) pairs, in place."""
     dm: nn.Module = model.diffusion_model
-    make_blocks_backprop_safe(dm, use_checkpoint=True)
-    params = [*dm.parameters(), *encoder.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = rng_for(cfg.caption_seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    dm.train()
-    encoder.train()
-    for step in range(cfg.steps):
-        pick = torch.randint(len(scenes), (cfg.batch,), generator=generator)
-        x0 = latents[pick]
-        eps = torch.randn(x0.shape, generator=generator)
-        sigma = logit_normal_sigma(cfg.batch, generator, cfg.sigma_mean, cfg.sigma_std)
-        context, pooled = encoder(
-            vocab(training_prompts([scenes[i] for i in pick], rng, cfg.uncond_prob))
-        )
-        loss = flow_matching_loss(
-            velocity(model, noised(x0, eps, sigma), sigma, context, pooled), x0, eps
-        )
-        for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        optimiser.step()
-        if step % LOG_EVERY == 0 or step == cfg.steps - 1:
-            log(f"generator step {step:5d}  loss {loss.item():.4f}")
+    # ComfyUI's Flux blocks add residuals in place: checkpoint each block with cloned inputs.
+    with pack_module("nodes.comfy_training").block_checkpointing(dm):
+        params = [*dm.parameters(), *encoder.parameters()]
+        optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        rng = rng_for(cfg.caption_seed)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        dm.train()
+        encoder.train()
+        for step in range(cfg.steps):
+            pick = torch.randint(len(scenes), (cfg.batch,), generator=generator)
+            x0 = latents[pick]
+            eps = torch.randn(x0.shape, generator=generator)
+            sigma = logit_normal_sigma(cfg.batch, generator, cfg.sigma_mean, cfg.sigma_std)
+            context, pooled = encoder(
+                vocab(training_prompts([scenes[i] for i in pick], rng, cfg.uncond_prob))
+            )
+            loss = flow_matching_loss(
+                velocity(model, noised(x0, eps, sigma), sigma, context, pooled), x0, eps
+            )
+            for group in optimiser.param_groups:
+                group["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            optimiser.step()
+            if step % LOG_EVERY == 0 or step == cfg.steps - 1:
+                log(f"generator step {step:5d}  loss {loss.item():.4f}")
     dm.eval()
     encoder.eval()
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from scripts.comfy_inprocess import pack_module
 from srpo_core.toyworld import data
 from srpo_core.toyworld.assets import AssetConfig, load_config
 from srpo_core.toyworld.captions import PHRASINGS
@@ -24,7 +25,6 @@ from srpo_core.toyworld.reward_training import RewardTrainConfig, train_reward
 from srpo_core.toyworld.text_encoder import BpeVocabulary, TextEncoderArchitecture, ToyTextEncoder
 
 from . import evaluate as ev
-from .comfy_models import load_flux, load_vae
 from .generator import FLUX_CONFIG, GeneratorTrainConfig, build_flux, init_generator
 from .generator import train_generator as fit_generator
 from .record import RECORD_JSON, RECORD_MD, environment, file_table, save_weights, write_record
@@ -81,7 +81,7 @@ of the model's own ModelSamplingFlux, at CFG 1 and 3 (3 is the recommended setti
 - Generator (`flux.safetensors`, `text_encoder.safetensors`): comfy.ldm.flux with the explicit
   config in `toyworld.json`, trained by flow matching (logit-normal sigma, v = eps - x0) on
   process_in-space latents, jointly with the tiny text encoder (10 % empty prompts for CFG).
-  In ComfyUI: `scripts/toyworld/comfy_models.py` gives `load_flux` (ModelPatcher), `load_clip`
+  In ComfyUI: the pack's `nodes/toyworld.py` gives `load_flux` (ModelPatcher), `load_clip`
   (comfy.sd.CLIP for the stock CLIPTextEncode) and `load_vae` (comfy.sd.VAE).
 - All weights are stored as float16; every number above is measured after reloading them.
 
@@ -224,8 +224,9 @@ class LoadedWorld:
 
         config = load_config(out)
         self.config = config
-        self.vae = load_vae(out)
-        self.flux = load_flux(out).model
+        toyworld = pack_module("nodes.toyworld")
+        self.vae = toyworld.load_vae(out, config)
+        self.flux = toyworld.load_flux(out, config).model
         arch = TextEncoderArchitecture(**config.text_encoder)
         self.vocab = BpeVocabulary(config.toy_bpe_ids, config.max_tokens)
         self.encoder = ToyTextEncoder(arch, len(self.vocab))

@@ -8,19 +8,15 @@ imported as the package ``comfyui_srpo`` the way ComfyUI imports custom nodes.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 
+from scripts.comfy_inprocess import import_comfy, import_pack
 from scripts.comfyui import ComfyUISetupError, ensure_comfyui
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PACK_NAME = "comfyui_srpo"
 TINY_FLUX = {
     "image_model": "flux",
     "hidden_size": 64,
@@ -40,32 +36,6 @@ TINY_FLUX = {
 }
 """A 0.2 M-parameter Flux in ComfyUI's own architecture (DESIGN.md 8)."""
 WEIGHT_STD = 0.02
-
-
-def import_comfy(root: Path) -> None:
-    """Import ComfyUI's modules from ``root`` as ``main.py --cpu`` would configure them."""
-    sys.path.insert(0, str(root))
-    argv = sys.argv
-    sys.argv = [argv[0], "--cpu"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.cli_args
-        import comfy.model_management
-    finally:
-        sys.argv = argv
-
-
-def import_pack() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        PACK_NAME, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from scripts.toyworld.comfy_env import find_comfyui, import_comfy
+from scripts.comfy_inprocess import import_comfy, pack_module
+from scripts.comfyui import ComfyUISetupError, comfyui_dir
 from srpo_core.toyworld import data
-from srpo_core.toyworld.assets import default_assets_dir
+from srpo_core.toyworld.assets import default_assets_dir, load_config
 
 ASSETS = default_assets_dir()
 PROMPTS = ["a red circle", "a green square", "a blue triangle", "a yellow circle"]
@@ -22,8 +23,8 @@ PROMPTS = ["a red circle", "a green square", "a blue triangle", "a yellow circle
 
 def _comfy_root() -> Any:
     try:
-        return find_comfyui()
-    except FileNotFoundError:
+        return comfyui_dir()
+    except ComfyUISetupError:
         return None
 
 
@@ -61,23 +62,20 @@ def recorded() -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def vae(comfy: None) -> Any:
-    from scripts.toyworld.comfy_models import load_vae
 
-    return load_vae(ASSETS)
+    return pack_module("nodes.toyworld").load_vae(ASSETS, load_config(ASSETS))
 
 
 @pytest.fixture(scope="module")
 def clip(comfy: None) -> Any:
-    from scripts.toyworld.comfy_models import load_clip
 
-    return load_clip(ASSETS)
+    return pack_module("nodes.toyworld").load_clip(ASSETS, load_config(ASSETS))
 
 
 @pytest.fixture(scope="module")
 def flux(comfy: None) -> Any:
-    from scripts.toyworld.comfy_models import load_flux
 
-    return load_flux(ASSETS)
+    return pack_module("nodes.toyworld").load_flux(ASSETS, load_config(ASSETS))
 
 
 def test_vae_is_recognised_as_16_channel_taesd(vae: Any, recorded: dict[str, float]) -> None:
@@ -140,7 +138,6 @@ def test_stock_ksampler_matches_build_sampler(flux: Any, clip: Any, vae: Any) ->
 
 
 def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> None:
-    from scripts.toyworld.backprop import make_blocks_backprop_safe, restore_blocks
     from scripts.toyworld.generator import FLUX_CONFIG, build_flux, velocity
     from scripts.toyworld.init import init_transformer
 
@@ -151,10 +148,11 @@ def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> No
     context, pooled = torch.randn(2, 4, 32), torch.randn(2, 32)
     with pytest.raises(RuntimeError, match="inplace"):
         velocity(model, x, sigma, context, pooled).square().sum().backward()
-    model.diffusion_model.zero_grad(set_to_none=True)
-    make_blocks_backprop_safe(model.diffusion_model)
-    velocity(model, x, sigma, context, pooled).square().sum().backward()
     dm = model.diffusion_model
+    dm.zero_grad(set_to_none=True)
+    with pack_module("nodes.comfy_training").block_checkpointing(dm) as blocks:
+        velocity(model, x, sigma, context, pooled).square().sum().backward()
+    assert blocks == FLUX_CONFIG["depth"] + FLUX_CONFIG["depth_single_blocks"]
     for name in (
         "img_in.weight",
         "double_blocks.0.img_attn.qkv.weight",
@@ -162,7 +160,7 @@ def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> No
     ):
         grad = dm.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
-    restore_blocks(dm)
+    assert all("forward" not in block.__dict__ for block in dm.double_blocks), "restored"
 
 
 @pytest.mark.slow
