@@ -187,3 +187,19 @@ def test_interrupt_stops_training_and_leaves_a_checkpoint(comfy: ComfyServer) ->
     assert checkpoint.is_file()
     print(f"\ninterrupt honoured {stopped_after:.1f} s after POST /interrupt")
     assert stopped_after < 60
+
+
+def test_training_reports_progress_and_live_previews(bright_run: dict[str, Any]) -> None:
+    """The websocket carries the trainer's step progress and preview frames (preview_every 5)."""
+    result = bright_run["result"]
+    prompt = toy_prompt()
+    trainer_id = next(k for k, n in prompt.items() if n["class_type"] == "SRPODirectAlignTrainer")
+    progress = [
+        e["data"]
+        for e in result.events
+        if e.get("type") == "progress" and e["data"].get("node") == trainer_id
+    ]
+    assert [p["value"] for p in progress][-1] == TRAIN_STEPS
+    assert all(p["max"] == TRAIN_STEPS for p in progress)
+    previews = [e for e in result.events if e.get("type") == "binary"]
+    assert len(previews) >= TRAIN_STEPS // 5
