@@ -60,12 +60,15 @@ def comfy(
 ) -> Iterator[ComfyServer]:
     """One running ComfyUI server for the whole session.
 
-    Its output/loras folder is also a LoRA model folder, so a LoRA saved by one prompt can be
-    loaded by the stock LoRA loaders in the next.
+    Its output/loras and output/diffusion_models folders are also model folders, so a LoRA saved
+    by one prompt can be loaded by the stock LoRA loaders in the next, and tests can add weights.
     """
     work = tmp_path_factory.mktemp("comfyui")
     paths = work / "extra_model_paths.yaml"
-    paths.write_text(f"srpo_tests:\n  base_path: {work / 'output'}\n  loras: loras\n")
+    paths.write_text(
+        f"srpo_tests:\n  base_path: {work / 'output'}\n  loras: loras\n"
+        "  diffusion_models: diffusion_models\n"
+    )
     server = ComfyServer(
         comfy_install.root,
         work,
