@@ -28,7 +28,7 @@ from ..srpo_core.rewards import (
     score_control_pair,
 )
 from ..srpo_core.schedules import DENOISE_K
-from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of
+from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of, k_schedule_inputs
 
 REWARD_FOLDER = "srpo_rewards"
 """models/srpo_rewards: where reward checkpoints go (models/clip is searched too)."""
@@ -159,23 +159,7 @@ class SRPOControlWordReward(io.ComfyNode):
                     default="cfg",
                     tooltip=help_of(cfg, "mode"),
                 ),
-                io.Float.Input(
-                    "k_early",
-                    default=DENOISE_K[0],
-                    min=0.0,
-                    max=5.0,
-                    step=0.01,
-                    tooltip="cfg mode: k at the noisy end of the training interval (reference"
-                    " 0.1), denoise branch.",
-                ),
-                io.Float.Input(
-                    "k_late",
-                    default=DENOISE_K[1],
-                    min=0.0,
-                    max=5.0,
-                    step=0.01,
-                    tooltip="cfg mode: k at the late end of the interval (reference 0.25).",
-                ),
+                *k_schedule_inputs(DENOISE_K, "denoise"),
                 io.Float.Input(
                     "scale",
                     default=1.0,

@@ -34,7 +34,15 @@ from ..srpo_core.training import (
 )
 from . import comfy_training as bridge
 from .prompts import PromptSet
-from .types import CATEGORY, SRPOPrompts, SRPORegularizer, SRPOReward, default_of, help_of
+from .types import (
+    CATEGORY,
+    SRPOPrompts,
+    SRPORegularizer,
+    SRPOReward,
+    default_of,
+    help_of,
+    k_schedule_inputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,24 +92,7 @@ class SRPOInversionRegularizer(io.ComfyNode):
                     step=0.01,
                     tooltip=help_of(RegularizerConfig, "share"),
                 ),
-                io.Float.Input(
-                    "k_early",
-                    default=INVERSION_K[0],
-                    min=0.0,
-                    max=5.0,
-                    step=0.01,
-                    tooltip="cfg reward mode: k of the inversion branch at the noisy end of the"
-                    " interval (reference 0.3).",
-                ),
-                io.Float.Input(
-                    "k_late",
-                    default=INVERSION_K[1],
-                    min=0.0,
-                    max=5.0,
-                    step=0.01,
-                    tooltip="cfg reward mode: k of the inversion branch at the late end of the"
-                    " interval (reference 0.01).",
-                ),
+                *k_schedule_inputs(INVERSION_K, "inversion"),
             ],
             outputs=[SRPORegularizer.Output(display_name="regularizer")],
         )

@@ -19,6 +19,26 @@ SRPORegularizer = io.Custom("SRPO_REGULARIZER")
 CATEGORY = "SRPO"
 
 
+K_MAX = 5.0
+"""Upper bound of the CFG-like reward's k in the node UI."""
+
+
+def k_schedule_inputs(ends: tuple[float, float], branch: str) -> list[io.Input]:
+    """``k_early`` / ``k_late`` inputs of the CFG-like reward's k ramp for one branch."""
+    return [
+        io.Float.Input(
+            f"k_{end}",
+            default=value,
+            min=0.0,
+            max=K_MAX,
+            step=0.01,
+            tooltip=f"cfg reward mode: k of the {branch} branch at the {where} end of the"
+            f" training interval (reference {value}).",
+        )
+        for end, where, value in (("early", "noisy", ends[0]), ("late", "late", ends[1]))
+    ]
+
+
 def help_of(cls: type, name: str, extra: str = "") -> str:
     """The help text of dataclass field ``name`` (used as a node tooltip), plus ``extra``."""
     for f in dataclasses.fields(cls):
