@@ -17,7 +17,7 @@ import open_clip
 import torch
 from torch import Tensor
 
-from srpo_core.toyworld.captions import control_prompt
+from srpo_core.rewards.control_words import control_prompt
 from srpo_core.toyworld.data import (
     COLOUR_NAMES,
     LIGHTING_WORDS,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..rewards.control_words import control_prompt
 from .data import COLOUR_NAMES, LIGHTING_WORDS, NEUTRAL, SURFACE_WORDS, Scene
 
 STYLE_WORD_PROB = 0.8
@@ -20,11 +21,6 @@ SWAP_PROB = 0.5
 def base_prompt(scene: Scene) -> str:
     """The style-free prompt of a scene: ``"a <colour> <shape>"``."""
     return f"a {scene.colour} {scene.shape}"
-
-
-def control_prompt(word: str, prompt: str) -> str:
-    """SRPO control-word prompt ``"<word>. <prompt>"`` (DESIGN.md 3.3)."""
-    return f"{word}. {prompt}"
 
 
 def _phrase(style: list[str], scene: Scene, form: int) -> str:
