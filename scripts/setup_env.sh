@@ -9,7 +9,7 @@ venv="$root/.venv"
 py="${SRPO_PYTHON:-python3}"
 torch_spec="${SRPO_TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
 stamp="$venv/.srpo-installed"
-want="$(cat "$root/requirements.txt" "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
+want="$(cat "$root/requirements.txt" "$root/tests/requirements.txt" "$root/pyproject.toml" "$root/scripts/setup_env.sh" | sha256sum | cut -c1-16)"
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -19,7 +19,7 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "[setup] installing into $venv (torch: $torch_spec)" >&2
 # shellcheck disable=SC2086
 "${pip[@]}" $torch_spec
-"${pip[@]}" -r "$root/requirements.txt" "pytest>=8" "ruff>=0.6" "mypy>=1.10" websocket-client requests selenium
+"${pip[@]}" -r "$root/requirements.txt" -r "$root/tests/requirements.txt"
 # A real ComfyUI for the integration tests and the demo (SRPO_COMFYUI_DIR: use your own instead).
 "$venv/bin/python" "$root/scripts/comfyui.py" setup >/dev/null
 echo "$want" > "$stamp"
