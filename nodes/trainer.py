@@ -7,9 +7,9 @@ wraps the results (MODEL with the adapters applied, LORA_MODEL, LOSS_MAP, previe
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +20,11 @@ import node_helpers
 import numpy as np
 import torch
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 from PIL import Image
 
 from ..srpo_core.rewards import ControlWordReward
-from ..srpo_core.schedules import INVERSION_K, TrainingInterval
+from ..srpo_core.schedules import DENOISE_K, INVERSION_K, TrainingInterval
 from ..srpo_core.training import (
     PromptItem,
     RegularizerConfig,
@@ -32,6 +33,8 @@ from ..srpo_core.training import (
     TrainResult,
     train,
 )
+from ..srpo_core.training.config import PAIRINGS
+from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig
 from . import comfy_training as bridge
 from .prompts import PromptSet
 from .types import (
@@ -53,18 +56,13 @@ PREVIEW_MAX_SIZE = 512
 LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 """Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
 MAX_RESOLUTION = 4096
-
-
-@dataclass(frozen=True)
-class InversionSettings:
-    """What the Inversion Regularizer node hands to the trainer."""
-
-    config: RegularizerConfig
-    k_inversion: tuple[float, float] = INVERSION_K
+GUARD_OFF = "off"
+GUARD_CHOICES = (*GUARD_ACTIONS, GUARD_OFF)
+"""Trainer's hacking_guard input: warn, stop (keep the best state), off."""
 
 
 class SRPOInversionRegularizer(io.ComfyNode):
-    """Enables the inversion branch of Direct-Align as the paper's regulariser."""
+    """Adds the inversion branch of Direct-Align (the paper's regulariser) to training."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -72,9 +70,12 @@ class SRPOInversionRegularizer(io.ComfyNode):
             node_id="SRPOInversionRegularizer",
             display_name="Inversion Regularizer (SRPO)",
             category=CATEGORY,
-            description="Trains a share of micro-steps on the inversion branch of Direct-Align: the"
-            " model step runs from the less noisy point upward, so the same reward objective"
-            " pushes the model the other way (with pos/neg control words swapped).",
+            description="Adds inversion-branch micro-steps (by default one per denoise"
+            " micro-step, same samples and noise levels, as the reference does). The model step"
+            " runs upward from the less noisy point and the reward swaps its control words; the"
+            " two flips cancel, so this branch also pushes toward the positive words. What it"
+            " changes is the weighting: in cfg mode (1 + k) sits on the negative words, with its"
+            " own k schedule (the paper's decoupling of reward and penalty across timesteps).",
             inputs=[
                 io.Float.Input(
                     "weight",
@@ -83,6 +84,12 @@ class SRPOInversionRegularizer(io.ComfyNode):
                     max=10.0,
                     step=0.05,
                     tooltip=help_of(RegularizerConfig, "weight"),
+                ),
+                io.Combo.Input(
+                    "pairing",
+                    options=list(PAIRINGS),
+                    default=default_of(RegularizerConfig, "pairing"),
+                    tooltip=help_of(RegularizerConfig, "pairing"),
                 ),
                 io.Float.Input(
                     "share",
@@ -98,9 +105,17 @@ class SRPOInversionRegularizer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, weight: float, share: float, k_early: float, k_late: float) -> io.NodeOutput:
-        config = RegularizerConfig(enabled=True, weight=weight, share=share)
-        return io.NodeOutput(InversionSettings(config, (k_early, k_late)))
+    def execute(
+        cls, weight: float, pairing: str, share: float, k_early: float, k_late: float
+    ) -> io.NodeOutput:
+        config = RegularizerConfig(
+            enabled=True,
+            weight=weight,
+            pairing=pairing,
+            share=share,
+            k_inversion=(k_early, k_late),
+        )
+        return io.NodeOutput(config)
 
 
 def _trainer_inputs() -> list[Any]:
@@ -129,7 +144,13 @@ def _trainer_inputs() -> list[Any]:
         ),
         io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=help_of(t, "batch_size")),
         io.Int.Input("grad_accum", default=1, min=1, max=256, tooltip=help_of(t, "grad_accum")),
-        io.Int.Input("micro_steps", default=1, min=1, max=16, tooltip=help_of(t, "micro_steps")),
+        io.Int.Input(
+            "noise_levels",
+            default=1,
+            min=1,
+            max=16,
+            tooltip=help_of(t, "micro_steps", "Discount lambda: 1 at the early end, 0.5 late."),
+        ),
         io.Int.Input(
             "rollout_steps", default=25, min=1, max=200, tooltip=help_of(t, "rollout_steps")
         ),
@@ -172,6 +193,7 @@ def _trainer_inputs() -> list[Any]:
             step=0.01,
             tooltip=help_of(TrainingInterval, "gt_ratio"),
         ),
+        *k_schedule_inputs(DENOISE_K, "denoise"),
         io.Float.Input(
             "threshold",
             default=default_of(t, "threshold"),
@@ -218,6 +240,15 @@ def _trainer_inputs() -> list[Any]:
             max=10000,
             tooltip="Send a live preview (the recovered image of the first sample) every N steps,"
             " starting with the first; they also come out as the previews batch.",
+        ),
+        io.Combo.Input(
+            "hacking_guard",
+            options=list(GUARD_CHOICES),
+            default="warn",
+            tooltip="Reward-hacking guard: every few steps, sample fixed seeds and watch what the"
+            " reward cannot fake (blown-out pixels, colour, texture, diversity, distance from the"
+            " base samples). warn: log and show it on the node; stop: also end training and keep"
+            " the best state before it fired; off: no checks (saves a rollout every few steps).",
         ),
         io.String.Input(
             "checkpoint_name",
@@ -303,6 +334,7 @@ class Progress:
         self.bar.update_absolute(start, total)
         self.losses: list[float] = []
         self.previews: list[torch.Tensor] = []
+        self.guard_warnings: list[str] = []
 
     def __call__(self, m: StepMetrics) -> None:
         self.losses.append(m.loss)
@@ -323,10 +355,64 @@ class Progress:
             m.step_time_s,
             "  skipped (non-finite)" if m.skipped else "",
         )
+        if m.guard is not None:
+            self.report_guard(m)
+
+    def report_guard(self, m: StepMetrics) -> None:
+        """Log a guard check; a firing one is a warning, also shown on the node."""
+        check = m.guard
+        if check is None:
+            return
+        if check.fired:
+            message = check.message()
+            self.guard_warnings.append(message)
+            log.warning(message)
+            node_text("\n".join(self.guard_warnings))
+        else:
+            s = check.signals
+            log.info(
+                "SRPO guard step %d: reward %+.4f, saturated %.1f%%, distance %.3f: ok",
+                check.step,
+                s.reward,
+                100 * s.saturation,
+                s.base_distance,
+            )
 
     def preview_batch(self) -> torch.Tensor:
         """IMAGE batch (N, H, W, 3) of the collected previews."""
         return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+
+
+def node_text(text: str) -> None:
+    """Show ``text`` on the executing node (ComfyUI's progress-text channel) when a server runs.
+
+    The server module is looked up, not imported: when the pack is imported without a server
+    (in-process use) there is nobody to show it to, and the log has the text anyway.
+    """
+    context = get_executing_context()
+    server = sys.modules.get("server")
+    prompt_server = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if context is not None and prompt_server is not None:
+        prompt_server.send_progress_text(text, context.node_id)
+
+
+def guard_summary(result: TrainResult) -> str:
+    """The guard's verdict over a run, as text for the node's output."""
+    checks = result.guard_checks
+    if not checks:
+        return "reward-hacking guard: off"
+    base, last = checks[0].signals, checks[-1].signals
+    fired = [c for c in checks if c.fired]
+    lines = [
+        f"reward-hacking guard: {len(checks) - 1} checks, {len(fired)} fired",
+        f"reward {base.reward:+.4f} -> {last.reward:+.4f}; saturated pixels"
+        f" {base.saturation:.1%} -> {last.saturation:.1%}; distance from base"
+        f" {last.base_distance:.3f}",
+    ]
+    lines += [c.message() for c in fired]
+    if result.guard_stopped:
+        lines.append(f"training stopped; kept the state of step {result.steps_done}")
+    return "\n".join(lines)
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -362,12 +448,20 @@ class TrainerSettings:
     algorithm: str
     lora_dtype: torch.dtype
     guidance: float
-    k_inversion: tuple[float, float]
+
+
+def guard_config(choice: str) -> GuardConfig:
+    """The hacking_guard input as a GuardConfig."""
+    if choice not in GUARD_CHOICES:
+        raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
+    if choice == GUARD_OFF:
+        return GuardConfig(enabled=False)
+    return GuardConfig(action=choice)
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
     """Validate the node inputs and turn them into a TrainConfig (raises before any work)."""
-    regularizer: InversionSettings | None = kw.get("regularizer")
+    regularizer: RegularizerConfig | None = kw.get("regularizer")
     offline = real_latents is not None
     if offline:
         shape = tuple(int(s) for s in real_latents["samples"].shape[1:])
@@ -381,17 +475,19 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         lr=kw["learning_rate"],
         batch_size=kw["batch_size"],
         grad_accum=kw["grad_accum"],
-        micro_steps=kw["micro_steps"],
+        micro_steps=kw["noise_levels"],
         rollout_steps=kw["rollout_steps"],
         shift=flow_shift(model),
         interval=interval,
+        k_denoise=(kw["k_early"], kw["k_late"]),
         threshold=kw["threshold"],
         max_grad_norm=kw["max_grad_norm"],
         seed=kw["seed"],
         dtype=kw["training_dtype"],
         offline=offline,
         latent_shape=(shape[0], shape[1], shape[2]),
-        regularizer=regularizer.config if regularizer else RegularizerConfig(),
+        regularizer=regularizer if regularizer is not None else RegularizerConfig(),
+        guard=guard_config(kw["hacking_guard"]),
         gradient_checkpointing=kw["gradient_checkpointing"],
         preview_every=kw["preview_every"],
         checkpoint_every=kw["checkpoint_every"],
@@ -403,16 +499,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         algorithm=kw["algorithm"],
         lora_dtype=LORA_DTYPES[kw["lora_dtype"]],
         guidance=kw["guidance"],
-        k_inversion=regularizer.k_inversion if regularizer else INVERSION_K,
     )
-
-
-def align_reward(reward: ControlWordReward, settings: TrainerSettings) -> ControlWordReward:
-    """The reward with the trainer's interval (its k ramps) and the regulariser's k schedule."""
-    config = dataclasses.replace(
-        reward.config, interval=settings.config.interval, k_inversion=settings.k_inversion
-    )
-    return ControlWordReward(reward.model, config)
 
 
 def run_training(
@@ -442,7 +529,6 @@ def run_training(
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
     decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
-    reward = align_reward(reward, settings)
     progress = Progress(cfg.steps, start=0)
     outcome: list[TrainResult] = []
 
@@ -493,6 +579,10 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                     display_name="previews", tooltip="Recovered images during training."
                 ),
                 io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
+                io.String.Output(
+                    display_name="guard_report",
+                    tooltip="The reward-hacking guard's checks and warnings as text.",
+                ),
             ],
         )
 
@@ -516,8 +606,9 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 result.checkpoint_path,
             )
             comfy.model_management.throw_exception_if_processing_interrupted()
+        report = guard_summary(result)
         return io.NodeOutput(
-            mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done
+            mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done, report
         )
 
 

@@ -21,7 +21,7 @@ SETTINGS = {
     "algorithm": "LoRA",
     "batch_size": 2,
     "grad_accum": 1,
-    "micro_steps": 2,
+    "noise_levels": 2,
     "rollout_steps": 3,
     "width": 64,
     "height": 64,
@@ -29,6 +29,8 @@ SETTINGS = {
     "sigma_max": 0.95,
     "sigma_min": 0.75,
     "gt_ratio": 0.9,
+    "k_early": 0.1,
+    "k_late": 0.25,
     "threshold": 0.7,
     "max_grad_norm": 1.0,
     "seed": 0,
@@ -36,6 +38,7 @@ SETTINGS = {
     "lora_dtype": "fp32",
     "gradient_checkpointing": True,
     "preview_every": 1,
+    "hacking_guard": "warn",
     "checkpoint_name": "",
     "checkpoint_every": 0,
 }
@@ -49,7 +52,7 @@ def reward(pack: ModuleType) -> Any:
     torch.manual_seed(0)
     with torch.inference_mode():  # as in a ComfyUI node: ClipReward must undo inference tensors
         model = ClipReward(open_clip.CLIP(**TINY_CLIP), open_clip.get_tokenizer("ViT-B-32"))
-    return SRPOControlWordReward.execute(model, "bright", "dark", "cfg", 0.1, 0.25, 1.0).args[0]
+    return SRPOControlWordReward.execute(model, "bright", "dark", "cfg", 1.0).args[0]
 
 
 @pytest.fixture
@@ -65,13 +68,14 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer, SRPOInversionRegularizer
 
     base = {k: v.clone() for k, v in tiny_flux.model.diffusion_model.state_dict().items()}
-    regularizer = SRPOInversionRegularizer.execute(1.0, 0.5, 0.3, 0.01).args[0]
+    regularizer = SRPOInversionRegularizer.execute(1.0, "paired", 0.5, 0.3, 0.01).args[0]
     with torch.inference_mode():  # ComfyUI runs every node in inference mode
         out = SRPODirectAlignTrainer.execute(
             tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **SETTINGS
         )
-    model, lora, loss, previews, steps = out.args
+    model, lora, loss, previews, steps, report = out.args
     assert steps == 3
+    assert report.startswith("reward-hacking guard: 0 checks")  # every 5 steps: baseline only
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
     assert previews.shape == (3, 64, 64, 3)
     assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
@@ -132,6 +136,6 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
 
     with torch.inference_mode():
         out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
-    _, _, loss, _, steps = out.args
+    _, _, loss, _, steps, _ = out.args
     assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
     assert load_checkpoint(str(path)).step == 4
