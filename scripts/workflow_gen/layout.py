@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scripts.workflow_specs.nodedefs import InputDef
-from scripts.workflow_specs.resolve import ResolvedNode
+from scripts.workflow_gen.nodedefs import InputDef
+from scripts.workflow_gen.resolve import ResolvedNode
 
 TITLE_HEIGHT = 30
 """LiteGraph's NODE_TITLE_HEIGHT: the title bar above ``pos``."""

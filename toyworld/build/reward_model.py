@@ -22,17 +22,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from srpo_core.rewards.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize
+
+from ..runtime.reward import CONFIG_FILE, WEIGHTS_FILE
 from .captions import AXES, CANDIDATES
 from .data import Scene
 
-CONFIG_FILE = "open_clip_config.json"
-"""open_clip's local-dir config file name."""
-WEIGHTS_FILE = "open_clip_model.safetensors"
-"""open_clip's preferred local-dir checkpoint name."""
 VOCAB_SIZE = 49408
 """Size of open_clip's SimpleTokenizer vocabulary (BPE tokens + start/end of text)."""
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -74,7 +71,7 @@ def model_cfg(arch: RewardArchitecture) -> dict[str, Any]:
 
 def preprocess_cfg(arch: RewardArchitecture) -> dict[str, Any]:
     """open_clip ``preprocess_cfg``: image size and the OpenAI mean/std normalisation."""
-    return {"size": arch.image_size, "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD)}
+    return {"size": arch.image_size, "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD)}
 
 
 def build_model(arch: RewardArchitecture, seed: int) -> open_clip.CLIP:
@@ -105,27 +102,9 @@ def save_local_dir(
     save_file(state, str(directory / WEIGHTS_FILE))
 
 
-def load_local_dir(directory: Path) -> tuple[open_clip.CLIP, Callable[..., Tensor]]:
-    """Load (model in eval mode, tokenizer) from a local-dir written by ``save_local_dir``."""
-    if not (directory / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{directory / CONFIG_FILE} is missing: rebuild with scripts/build_toyworld.py"
-        )
-    name = f"local-dir:{directory}"
-    model = open_clip.create_model(name, device="cpu")
-    return model.eval(), open_clip.get_tokenizer(name)
-
-
-def normalise_images(images: Tensor) -> Tensor:
-    """OpenAI CLIP normalisation ``(x - mean) / std`` of images (B, 3, H, W) in [0, 1]."""
-    mean = torch.tensor(OPENAI_MEAN, dtype=images.dtype, device=images.device)
-    std = torch.tensor(OPENAI_STD, dtype=images.dtype, device=images.device)
-    return (images - mean[:, None, None]) / std[:, None, None]
-
-
 def image_features(model: open_clip.CLIP, images: Tensor) -> Tensor:
     """Unit image features (B, D) of images (B, 3, S, S) in [0, 1] at the model's input size."""
-    return model.encode_image(normalise_images(images), normalize=True)
+    return model.encode_image(normalize(images, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD), normalize=True)
 
 
 def text_features(

@@ -10,24 +10,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scripts.comfy_inprocess import pack_module
-from srpo_core.toyworld import data
-from srpo_core.toyworld.assets import AssetConfig, load_config
-from srpo_core.toyworld.captions import PHRASINGS
-from srpo_core.toyworld.reward_model import (
-    RewardArchitecture,
-    architecture_dict,
-    build_model,
-    load_local_dir,
-    save_local_dir,
-)
-from srpo_core.toyworld.reward_training import RewardTrainConfig, train_reward
-from srpo_core.toyworld.text_encoder import BpeVocabulary, TextEncoderArchitecture, ToyTextEncoder
-
+from ..runtime.config import AssetConfig, load_config
+from ..runtime.reward import load_local_dir
+from ..runtime.text_encoder import BpeVocabulary, TextEncoderArchitecture, ToyTextEncoder
+from . import data
 from . import evaluate as ev
+from .captions import PHRASINGS
 from .generator import FLUX_CONFIG, GeneratorTrainConfig, build_flux, init_generator
 from .generator import train_generator as fit_generator
 from .record import RECORD_JSON, RECORD_MD, environment, file_table, save_weights, write_record
+from .reward_model import (
+    RewardArchitecture,
+    architecture_dict,
+    build_model,
+    save_local_dir,
+)
+from .reward_training import RewardTrainConfig, train_reward
 from .vae import (
     FLUX_SCALE,
     FLUX_SHIFT,
@@ -63,7 +61,7 @@ of the model's own ModelSamplingFlux, at CFG 1 and 3 (3 is the recommended setti
 
 ## How the files are made
 
-- Data: procedural 64x64 scenes (`srpo_core/toyworld/data.py`): a red/green/blue/yellow
+- Data: procedural 64x64 scenes (`toyworld/build/data.py`): a red/green/blue/yellow
   circle/square/triangle on a grey background; lighting bright/dark/in between (gain on the whole
   image), surface smooth/grainy (a fixed 8x8 texture tile). Captions name colour and shape and,
   with probability 0.8 each, the style words, in four phrasings including the SRPO control form
@@ -81,13 +79,13 @@ of the model's own ModelSamplingFlux, at CFG 1 and 3 (3 is the recommended setti
 - Generator (`flux.safetensors`, `text_encoder.safetensors`): comfy.ldm.flux with the explicit
   config in `toyworld.json`, trained by flow matching (logit-normal sigma, v = eps - x0) on
   process_in-space latents, jointly with the tiny text encoder (10 % empty prompts for CFG).
-  In ComfyUI: the pack's `nodes/toyworld.py` gives `load_flux` (ModelPatcher), `load_clip`
+  In ComfyUI: `toyworld/runtime/comfy_models.py` gives `load_flux` (ModelPatcher), `load_clip`
   (comfy.sd.CLIP for the stock CLIPTextEncode) and `load_vae` (comfy.sd.VAE).
 - All weights are stored as float16; every number above is measured after reloading them.
 
 ## Rebuilding and determinism
 
-`python scripts/build_toyworld.py --out nodes/toyworld_assets` (about 13-15 min on 2 cores).
+`python scripts/build_toyworld.py --out toyworld/assets` (about 13-15 min on 2 cores).
 With the same machine, torch build and thread count the rebuilt safetensors are identical bit
 for bit. `--check` rebuilds into a temporary directory: identical weights pass; otherwise (another
 CPU or torch build: floating-point order differs and training diverges) it passes when every
@@ -222,11 +220,12 @@ class LoadedWorld:
     def __init__(self, out: Path) -> None:
         from safetensors.torch import load_file
 
+        from ..runtime import comfy_models  # needs comfy, imported by the build's main
+
         config = load_config(out)
         self.config = config
-        toyworld = pack_module("nodes.toyworld")
-        self.vae = toyworld.load_vae(out, config)
-        self.flux = toyworld.load_flux(out, config).model
+        self.vae = comfy_models.load_vae(out, config)
+        self.flux = comfy_models.load_flux(out, config).model
         arch = TextEncoderArchitecture(**config.text_encoder)
         self.vocab = BpeVocabulary(config.toy_bpe_ids, config.max_tokens)
         self.encoder = ToyTextEncoder(arch, len(self.vocab))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scripts.workflow_specs.graph import Out, Value, WorkflowSpec
+from scripts.workflow_gen.graph import Out, Value, WorkflowSpec
 
 FLUX_UNET = "flux1-dev.safetensors"
 FLUX_CLIP_L = "clip_l.safetensors"

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from scripts.workflow_specs.layout import Box, layout
-from scripts.workflow_specs.nodedefs import CONTROL_VALUE
-from scripts.workflow_specs.resolve import ResolvedNode
+from scripts.workflow_gen.layout import Box, layout
+from scripts.workflow_gen.nodedefs import CONTROL_VALUE
+from scripts.workflow_gen.resolve import ResolvedNode
 
 UI_SCHEMA_VERSION = 0.4
 MODE_ALWAYS = 0

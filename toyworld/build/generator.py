@@ -1,7 +1,7 @@
 """The toy generator: a tiny ComfyUI Flux (explicit config) trained by flow matching on VAE latents.
 
 Latents live in Flux's ``process_in`` space (what KSampler integrates in); the text encoder
-(``srpo_core.toyworld.text_encoder``) supplies ``context`` and ``pooled_output`` (Flux ``y``).
+(``toyworld.runtime.text_encoder``) supplies ``context`` and ``pooled_output`` (Flux ``y``).
 The model is called exactly as ComfyUI's ``BaseModel._apply_model`` calls it:
 ``diffusion_model(model_sampling.calculate_input(sigma, x), model_sampling.timestep(sigma),
 context=..., y=...)`` returns the velocity ``v``.
@@ -17,20 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from scripts.comfy_inprocess import pack_module
-from srpo_core.toyworld.captions import caption
-from srpo_core.toyworld.data import Scene, rng_for
-from srpo_core.toyworld.flow_matching import (
-    cfg_velocity,
-    euler_sample,
-    flow_matching_loss,
-    logit_normal_sigma,
-    noised,
-)
-from srpo_core.toyworld.optim import cosine_lr
-from srpo_core.toyworld.text_encoder import BpeVocabulary, ToyTextEncoder
+from scripts.comfy_harness.inprocess import pack_module
+from srpo_core.direct_align import x_t
+from srpo_core.sampling import euler_rollout
 
+from ..runtime.text_encoder import BpeVocabulary, ToyTextEncoder
+from .captions import caption
+from .data import Scene, rng_for
+from .flow_matching import cfg_velocity, flow_matching_loss, logit_normal_sigma
 from .init import init_transformer, init_unit_gain
+from .optim import cosine_lr
 
 FLUX_CONFIG: dict[str, Any] = {
     "image_model": "flux",
@@ -104,7 +100,7 @@ def init_generator(model: Any, encoder: ToyTextEncoder, seed: int) -> None:
     0.02 the conditioning signal starts negligible and the generator learns to ignore the prompt
     (measured: chance-level colour accuracy after 1500 steps; with unit gain 96 % after 500).
     """
-    from srpo_core.toyworld.text_encoder import init_text_encoder
+    from ..runtime.text_encoder import init_text_encoder
 
     dm = model.diffusion_model
     init_transformer(dm, seed)
@@ -140,7 +136,7 @@ def train_generator(
                 vocab(training_prompts([scenes[i] for i in pick], rng, cfg.uncond_prob))
             )
             loss = flow_matching_loss(
-                velocity(model, noised(x0, eps, sigma), sigma, context, pooled), x0, eps
+                velocity(model, x_t(x0, eps, sigma), sigma, context, pooled), x0, eps
             )
             for group in optimiser.param_groups:
                 group["lr"] = cosine_lr(step, cfg.steps, cfg.warmup, cfg.lr)
@@ -182,4 +178,6 @@ def sample(
             return v_c
         return cfg_velocity(v_c, velocity(model, x, sigma, u_context, u_pooled), cfg_scale)
 
-    return euler_sample(v, eps, flux_sigmas(model, steps))
+    sigmas = flux_sigmas(model, steps)
+    # ComfyUI starts flow models at noise_scaling: sigma_0 * eps + (1 - sigma_0) * 0.
+    return euler_rollout(v, sigmas[0] * eps, sigmas)

@@ -1,11 +1,11 @@
 """The committed toy-world assets: where they are and what their JSON config says.
 
-Layout of the assets directory (``nodes/toyworld_assets`` in this repository)::
+Layout of the assets directory (``toyworld/assets`` in this repository)::
 
     toyworld.json                  architecture configs, latent format, tokenizer, file list
     vae.safetensors                TAESD layout, 16 latent channels (comfy.sd.VAE loads it)
     flux.safetensors               comfy.ldm.flux.model.Flux state dict (explicit config)
-    text_encoder.safetensors       srpo_core.toyworld.text_encoder.ToyTextEncoder
+    text_encoder.safetensors       toyworld.runtime.text_encoder.ToyTextEncoder
     reward/open_clip_config.json   open_clip local-dir reward model
     reward/open_clip_model.safetensors
     BUILD_RECORD.md, build_record.json   how the files were made and how good they are
@@ -29,8 +29,8 @@ MAX_TOTAL_BYTES = 25 * 1024 * 1024
 
 
 def default_assets_dir() -> Path:
-    """``<repo>/nodes/toyworld_assets`` (the committed assets)."""
-    return Path(__file__).resolve().parents[2] / "nodes" / "toyworld_assets"
+    """``toyworld/assets`` next to this package (the committed assets)."""
+    return Path(__file__).resolve().parents[1] / "assets"
 
 
 @dataclass

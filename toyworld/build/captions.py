@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rewards.control_words import control_prompt
+from srpo_core.rewards.control_words import control_prompt
+
 from .data import COLOUR_NAMES, LIGHTING_WORDS, NEUTRAL, SURFACE_WORDS, Scene
 
 STYLE_WORD_PROB = 0.8

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.workflow_specs.graph import Value, WorkflowError
+from scripts.workflow_gen.graph import Value, WorkflowError
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 """Input types the frontend shows as widgets (all others are link-only sockets)."""

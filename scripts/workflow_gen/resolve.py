@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scripts.workflow_specs.graph import NodeSpec, Value, WorkflowError, WorkflowSpec
-from scripts.workflow_specs.nodedefs import (
+from scripts.workflow_gen.graph import NodeSpec, Value, WorkflowError, WorkflowSpec
+from scripts.workflow_gen.nodedefs import (
     MODEL_FOLDER_INPUTS,
     InputDef,
     NodeDef,

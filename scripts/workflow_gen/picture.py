@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from scripts.workflow_specs.layout import SLOT_HEIGHT, TITLE_HEIGHT
+from scripts.workflow_gen.layout import SLOT_HEIGHT, TITLE_HEIGHT
 
 CANVAS_WIDTH = 1280
 MARGIN = 32

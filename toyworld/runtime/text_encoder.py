@@ -7,13 +7,17 @@ in toy-world captions); unknown ids map to ``UNK``. The encoder returns
     context (B, L, width)   -> Flux ``context`` (txt tokens, context_in_dim = width)
     pooled  (B, pooled_dim) -> Flux ``y`` / ComfyUI ``pooled_output`` (vec_in_dim = pooled_dim)
 
-It is plain torch; the ComfyUI ``CLIP`` adapter around it lives outside srpo_core.
+It needs no ComfyUI: its layers come from ``operations``, a namespace with ``Linear``,
+``LayerNorm`` and ``Embedding`` (as in ComfyUI's own models). The build trains it with ``torch.nn``;
+inside ComfyUI, ``comfy_models.ToyClipModel`` builds it with ``comfy.ops.manual_cast`` (same
+arithmetic in float32; weights cast to the input's dtype and device otherwise).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import open_clip
 import torch
@@ -26,6 +30,8 @@ UNK = 1
 """Vocabulary index of BPE tokens outside the toy vocabulary."""
 RESERVED = 2
 """Indices below this are reserved (PAD, UNK)."""
+TORCH_OPERATIONS: Any = nn
+"""Default ``operations``: plain ``torch.nn`` layers (``comfy.ops.manual_cast`` inside ComfyUI)."""
 
 
 @dataclass
@@ -79,15 +85,16 @@ class BpeVocabulary:
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``; x (B, L, W)."""
 
-    def __init__(self, arch: TextEncoderArchitecture) -> None:
+    def __init__(self, arch: TextEncoderArchitecture, operations: Any = TORCH_OPERATIONS) -> None:
         super().__init__()
+        ops = operations
         self.heads = arch.heads
-        self.norm1 = nn.LayerNorm(arch.width)
-        self.qkv = nn.Linear(arch.width, 3 * arch.width)
-        self.proj = nn.Linear(arch.width, arch.width)
-        self.norm2 = nn.LayerNorm(arch.width)
-        self.fc1 = nn.Linear(arch.width, arch.mlp_ratio * arch.width)
-        self.fc2 = nn.Linear(arch.mlp_ratio * arch.width, arch.width)
+        self.norm1 = ops.LayerNorm(arch.width)
+        self.qkv = ops.Linear(arch.width, 3 * arch.width)
+        self.proj = ops.Linear(arch.width, arch.width)
+        self.norm2 = ops.LayerNorm(arch.width)
+        self.fc1 = ops.Linear(arch.width, arch.mlp_ratio * arch.width)
+        self.fc2 = ops.Linear(arch.mlp_ratio * arch.width, arch.width)
 
     def attention(self, x: Tensor, keep: Tensor) -> Tensor:
         """Multi-head self-attention over non-pad keys; x (B, L, W), keep (B, L) bool."""
@@ -105,14 +112,20 @@ class Block(nn.Module):
 class ToyTextEncoder(nn.Module):
     """Token indices (B, L) -> (context (B, L, width), pooled (B, pooled_dim))."""
 
-    def __init__(self, arch: TextEncoderArchitecture, vocab_size: int) -> None:
+    def __init__(
+        self,
+        arch: TextEncoderArchitecture,
+        vocab_size: int,
+        operations: Any = TORCH_OPERATIONS,
+    ) -> None:
         super().__init__()
+        ops = operations
         self.arch = arch
-        self.token_embedding = nn.Embedding(vocab_size, arch.width)
+        self.token_embedding = ops.Embedding(vocab_size, arch.width)
         self.position = nn.Parameter(torch.zeros(arch.max_tokens, arch.width))
-        self.blocks = nn.ModuleList([Block(arch) for _ in range(arch.layers)])
-        self.final_norm = nn.LayerNorm(arch.width)
-        self.pooled_proj = nn.Linear(arch.width, arch.pooled_dim)
+        self.blocks = nn.ModuleList([Block(arch, ops) for _ in range(arch.layers)])
+        self.final_norm = ops.LayerNorm(arch.width)
+        self.pooled_proj = ops.Linear(arch.width, arch.pooled_dim)
 
     def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         keep = tokens != PAD

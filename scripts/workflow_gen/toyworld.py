@@ -6,7 +6,7 @@ seeds are sampled before and after, so the effect is visible (and measured by sc
 
 from __future__ import annotations
 
-from scripts.workflow_specs.graph import Out, WorkflowSpec
+from scripts.workflow_gen.graph import Out, WorkflowSpec
 
 PROMPT = "a red circle"
 TRAIN_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")

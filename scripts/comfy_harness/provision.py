@@ -1,8 +1,10 @@
 """A real ComfyUI for the SRPO pack's tests and demo: provision it, link the pack in, start it.
 
-    python scripts/comfyui.py setup [--link]     provision (once) and link; prints the ComfyUI dir
-    python scripts/comfyui.py path               prints the ComfyUI dir (never provisions)
-    python scripts/comfyui.py start [ARGS...]    setup, then run ComfyUI's main.py with ARGS
+    python scripts/comfy_harness/provision.py CMD
+
+    setup [--link]     provision (once) and link; prints the ComfyUI dir
+    path               prints the ComfyUI dir (never provisions)
+    start [ARGS...]    setup, then run ComfyUI's main.py with ARGS
 
 Where ComfyUI comes from:
 
@@ -39,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 """The pack's repository root: what ``custom_nodes/comfyui-srpo`` links to."""
 CACHE_DIR = REPO_ROOT / ".cache" / "comfyui"
 """Git-ignored home of the provisioned ComfyUI."""
@@ -363,7 +365,7 @@ def comfyui_dir() -> Path:
     if not is_provisioned(CACHED_COMFYUI_DIR):
         raise ComfyUISetupError(
             f"No provisioned ComfyUI in {CACHED_COMFYUI_DIR}: run "
-            f"`python scripts/comfyui.py setup` first. {HINT_USE_OWN}"
+            f"`python scripts/comfy_harness/provision.py setup` first. {HINT_USE_OWN}"
         )
     return CACHED_COMFYUI_DIR
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from srpo_core.toyworld.data import render_batch, rng_for, sample_scene
-from srpo_core.toyworld.optim import cosine_lr
-
+from .data import render_batch, rng_for, sample_scene
 from .init import init_taesd_transport
+from .optim import cosine_lr
 
 LATENT_CHANNELS = 16
 """Latent channels of the toy VAE (Flux's latent layout)."""

@@ -1,8 +1,8 @@
 """ComfyUI imported as a library into this process, and the pack imported as ComfyUI does.
 
 For scripts and tests that work on ComfyUI objects in-process (the toy-world build, node-level
-tests). ComfyUI is the one ``scripts/comfyui.py`` provides (``SRPO_COMFYUI_DIR`` or the cached
-copy) unless a directory is given; it is imported with ``--cpu`` as ``main.py --cpu`` would
+tests). ComfyUI is the one ``provision.py`` provides (``SRPO_COMFYUI_DIR`` or the cached copy)
+unless a directory is given; it is imported with ``--cpu`` as ``main.py --cpu`` would
 configure it (DESIGN.md 8). The pack is imported as the package ``comfyui_srpo``: its modules use
 relative imports, and ComfyUI has top-level ``nodes``/``utils`` modules of its own.
 """
@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from scripts.comfyui import comfyui_dir, is_comfyui_dir
+from scripts.comfy_harness.provision import comfyui_dir, is_comfyui_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_NAME = "comfyui_srpo"
 """Module name the pack gets in this process (ComfyUI uses the custom_nodes folder name)."""
 

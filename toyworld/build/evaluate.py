@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from srpo_core.rewards.control_words import control_prompt
-from srpo_core.toyworld.data import (
+
+from ..runtime.text_encoder import BpeVocabulary, ToyTextEncoder
+from .data import (
     COLOUR_NAMES,
     LIGHTING_WORDS,
     SHAPES,
@@ -27,10 +29,8 @@ from srpo_core.toyworld.data import (
     render_batch,
     sample_scenes,
 )
-from srpo_core.toyworld.reward_model import image_features, text_features, zero_shot_accuracy
-from srpo_core.toyworld.text_encoder import BpeVocabulary, ToyTextEncoder
-
 from .generator import sample
+from .reward_model import image_features, text_features, zero_shot_accuracy
 
 EVAL_SEED = 777_000
 """First seed of the held-out evaluation sets (training streams use seeds < 10_000)."""

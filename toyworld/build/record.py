@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from srpo_core.toyworld.assets import asset_files
+from ..runtime.config import asset_files
 
 STORAGE_DTYPE = torch.float16
 """dtype of committed weights (halves the size; quality is measured on the stored weights)."""
@@ -69,7 +69,7 @@ def markdown(record: dict[str, Any]) -> str:
     lines = [
         "# Toy world build record",
         "",
-        "Made by `python scripts/build_toyworld.py` (see that script and `scripts/toyworld/`).",
+        "Made by `python scripts/build_toyworld.py` (see that script and `toyworld/build/`).",
         "Every number is measured on held-out seeds with the stored (float16) weights.",
         "",
         "## Quality",

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scripts.workflow_specs.flux import srpo_finetune_flux, srpo_sample_flux
-from scripts.workflow_specs.graph import WorkflowSpec
-from scripts.workflow_specs.toyworld import srpo_finetune_toyworld
+from scripts.workflow_gen.flux import srpo_finetune_flux, srpo_sample_flux
+from scripts.workflow_gen.graph import WorkflowSpec
+from scripts.workflow_gen.toyworld import srpo_finetune_toyworld
 
 WORKFLOWS: tuple[Callable[[], WorkflowSpec], ...] = (
     srpo_sample_flux,

@@ -1,0 +1,1 @@
+"""Run-time half of the toy world: asset config, text encoder, reward loader."""
