@@ -22,7 +22,7 @@ TRAIN = {
     "learning_rate": 5e-4,
     "rank": 8,
     "batch_size": 2,
-    "micro_steps": 1,
+    "noise_levels": 1,
     "rollout_steps": 8,
     "width": IMAGE_SIZE,
     "height": IMAGE_SIZE,
@@ -88,6 +88,7 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
     )
     wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
     wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+    wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     before = sample(wf, "before", model, clip, vae)
     after = sample(wf, "after", trainer.out("model"), clip, vae)
     wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_toy_before")
