@@ -66,22 +66,23 @@ BASE = GuardSignals(0.1, 0.01, 0.2, 0.01, 0.3, 0.0)
     ("name", "below", "beyond", "reason"),
     [
         ("saturation", 0.025, 0.04, "saturated pixels 1.0% -> 4.0%"),
-        ("colourfulness", 0.11, 0.05, "colourfulness 0.200 -> 0.050"),
-        ("colourfulness", 0.29, 0.31, "colourfulness 0.200 -> 0.310"),
-        ("hf_energy", 0.014, 0.016, "high-frequency energy 0.0100 -> 0.0160"),
+        ("colourfulness", 0.11, 0.09, "colourfulness 0.200 -> 0.090"),
+        ("hf_energy", 0.019, 0.021, "high-frequency energy 0.0100 -> 0.0210"),
         ("diversity", 0.16, 0.14, "diversity 0.300 -> 0.140"),
-        ("base_distance", 0.24, 0.26, "distance from base samples 0.260"),
+        ("base_distance", 0.49, 0.51, "distance from base samples 0.510"),
     ],
 )
 def test_each_signal_drifts_past_its_threshold(
     name: str, below: float, beyond: float, reason: str
 ) -> None:
-    """Default thresholds: saturation +0.02, colour and texture +-50 %, diversity x0.5,
-    distance 0.25."""
+    """Default thresholds: saturation +0.02, colour -50 %, texture +100 %, diversity x0.5,
+    distance 0.5; a rise in colour and a fall in texture are not flagged."""
     cfg = GuardConfig()
     assert drift_reasons(BASE, BASE, cfg) == []
     assert drift_reasons(dataclasses.replace(BASE, **{name: below}), BASE, cfg) == []
     assert drift_reasons(dataclasses.replace(BASE, **{name: beyond}), BASE, cfg) == [reason]
+    unflagged = {"colourfulness": 0.9, "hf_energy": 0.0001}
+    assert drift_reasons(dataclasses.replace(BASE, **unflagged), BASE, cfg) == []
 
 
 def test_guard_config_validation() -> None:

@@ -7,10 +7,16 @@ baseline. A check *fires* when the reward is at or above its baseline (it climbs
 at least one signal has drifted beyond its threshold:
 
 - saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels);
-- colourfulness: ``|C / C_base - 1| > max_relative_change`` (colour drained or exploded);
-- high-frequency energy: ``|E / E_base - 1| > max_relative_change`` (noise or smear);
+- colourfulness: ``1 - C / C_base > max_colour_loss`` (colour drained);
+- high-frequency energy: ``E / E_base - 1 > max_hf_rise`` (texture turning into noise);
 - diversity: ``D / D_base < min_diversity_ratio`` (samples collapse onto one picture);
 - distance from base: ``mean_b d_b > max_base_distance`` (far from the base model's samples).
+
+Only the harmful direction of colourfulness and high-frequency energy is flagged. Calibrated on
+the toy world (docs/FIDELITY.md), where a gentle "bright" run raises the colourfulness of the
+guard's samples and smooths them as much as a hacked run does, so a rise in colour or a fall in
+texture does not tell the two apart there; saturation, diversity and the distance from the base
+samples do. The thresholds are settings: tighten them for subtle real-model fine-tuning.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ DEFAULT_GUARD_EVERY = 5
 DEFAULT_GUARD_SAMPLES = 4
 DEFAULT_GUARD_SEED = 20250906
 DEFAULT_MAX_SATURATION_RISE = 0.02
-DEFAULT_MAX_RELATIVE_CHANGE = 0.5
+DEFAULT_MAX_COLOUR_LOSS = 0.5
+DEFAULT_MAX_HF_RISE = 1.0
 DEFAULT_MIN_DIVERSITY_RATIO = 0.5
-DEFAULT_MAX_BASE_DISTANCE = 0.25
+DEFAULT_MAX_BASE_DISTANCE = 0.5
 TINY = 1e-8
 """Guards ratios of signals that are zero at baseline."""
 
@@ -64,9 +71,13 @@ class GuardConfig:
         default=DEFAULT_MAX_SATURATION_RISE,
         metadata=_help("Fire when the saturated-pixel fraction rises more than this."),
     )
-    max_relative_change: float = field(
-        default=DEFAULT_MAX_RELATIVE_CHANGE,
-        metadata=_help("Fire when colourfulness or high-frequency energy change by more than this"),
+    max_colour_loss: float = field(
+        default=DEFAULT_MAX_COLOUR_LOSS,
+        metadata=_help("Fire when colourfulness falls by more than this fraction of its start."),
+    )
+    max_hf_rise: float = field(
+        default=DEFAULT_MAX_HF_RISE,
+        metadata=_help("Fire when high-frequency energy rises by more than this fraction."),
     )
     min_diversity_ratio: float = field(
         default=DEFAULT_MIN_DIVERSITY_RATIO,
@@ -86,7 +97,8 @@ class GuardConfig:
             )
         for name in (
             "max_saturation_rise",
-            "max_relative_change",
+            "max_colour_loss",
+            "max_hf_rise",
             "min_diversity_ratio",
             "max_base_distance",
         ):
@@ -119,9 +131,9 @@ def measure(images: Tensor, base: Tensor, reward: Tensor) -> GuardSignals:
     )
 
 
-def _relative_change(now: float, base: float) -> float:
-    """``|now / base - 1|`` (with a tiny floor on base)."""
-    return abs(now / max(base, TINY) - 1.0)
+def _ratio(now: float, base: float) -> float:
+    """``now / base`` (with a tiny floor on base)."""
+    return now / max(base, TINY)
 
 
 def drift_reasons(now: GuardSignals, base: GuardSignals, config: GuardConfig) -> list[str]:
@@ -129,9 +141,9 @@ def drift_reasons(now: GuardSignals, base: GuardSignals, config: GuardConfig) ->
     reasons = []
     if now.saturation - base.saturation > config.max_saturation_rise:
         reasons.append(f"saturated pixels {base.saturation:.1%} -> {now.saturation:.1%}")
-    if _relative_change(now.colourfulness, base.colourfulness) > config.max_relative_change:
+    if 1.0 - _ratio(now.colourfulness, base.colourfulness) > config.max_colour_loss:
         reasons.append(f"colourfulness {base.colourfulness:.3f} -> {now.colourfulness:.3f}")
-    if _relative_change(now.hf_energy, base.hf_energy) > config.max_relative_change:
+    if _ratio(now.hf_energy, base.hf_energy) - 1.0 > config.max_hf_rise:
         reasons.append(f"high-frequency energy {base.hf_energy:.4f} -> {now.hf_energy:.4f}")
     if now.diversity < config.min_diversity_ratio * base.diversity:
         reasons.append(f"diversity {base.diversity:.3f} -> {now.diversity:.3f}")

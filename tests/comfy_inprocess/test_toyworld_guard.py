@@ -32,6 +32,8 @@ def guarded_run(lr: float) -> Any:
 
     model, clip, vae, reward_model = load_toyworld(default_assets_dir())
     inputs = {
+        "algorithm": "LoRA",
+        "grad_accum": 1,
         **TRAIN,
         "learning_rate": lr,
         "sigma_max": 0.95,
@@ -62,6 +64,7 @@ def test_guard_fires_before_the_toy_world_washes_out_and_is_quiet_when_gentle(
     fired = [c for c in checks if c.fired]
     assert fired, "the guard never fired at lr 2e-3"
     assert fired[0].signals.saturation < WASHED_OUT, "it fired only after the wash-out"
+    assert checks[-1].signals.saturation > 10 * WASHED_OUT, "lr 2e-3 no longer washes out"
 
     gentle = guarded_run(float(TRAIN["learning_rate"]))
     for c in gentle.guard_checks:
