@@ -18,12 +18,13 @@ from .dcp import full_state, save_export
 from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
 from .parallel import (
     World,
+    check_divisible,
     init_world,
     is_distributed,
-    local_samples,
     mean_over_ranks,
     shard_fsdp,
     shutdown,
+    world_size_from_env,
     wrap_ddp,
 )
 from .progress import Progress
@@ -132,9 +133,9 @@ def run_from_file(path: str) -> Path:
     """Check the run file, train on this rank, export; returns the exported file's path."""
     run = load(path)
     check_paths(run)
+    check_divisible(run.train.batch_size, world_size_from_env())
     world = init_world()
     try:
-        local_samples(run.train.batch_size, world)  # world size must divide the batch
         torch.manual_seed(run.train.seed)  # identical model init (LoRA A) on every rank
         parts = load_provider(run.model.provider)(run, world.device)
         prepared = prepare_model(run, parts, world)

@@ -60,8 +60,10 @@ def latest_checkpoint(output_dir: str) -> Path | None:
     return folder if (folder / META).is_file() else None
 
 
-def _options(frozen_base: bool) -> StateDictOptions:
-    return StateDictOptions(ignore_frozen_params=frozen_base)
+def _options(frozen_base: bool, *, loading: bool = False) -> StateDictOptions:
+    """Only trainable tensors when the base is frozen (LoRA); a frozen base is absent from the
+    checkpoint, so loading it is not strict (trainable keys are checked separately)."""
+    return StateDictOptions(ignore_frozen_params=frozen_base, strict=not (loading and frozen_base))
 
 
 def save_sharded(
@@ -135,17 +137,24 @@ def load_sharded(
 ) -> Tensor:
     """Load a checkpoint into the module and optimiser (resharding as needed); returns the
     saved stream states (N, S)."""
-    options = _options(frozen_base)
-    model_sd, optim_sd = get_state_dict(module, optimizer, options=options)
+    model_sd, optim_sd = get_state_dict(module, optimizer, options=_options(frozen_base))
     state: dict[str, Any] = {"model": model_sd, "optim": optim_sd, "streams": streams.clone()}
     dcp.load(state, checkpoint_id=str(folder))
-    set_state_dict(
+    result = set_state_dict(
         module,
         optimizer,
         model_state_dict=state["model"],
         optim_state_dict=state["optim"],
-        options=options,
+        options=_options(frozen_base, loading=True),
     )
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    missing = sorted(trainable & set(result.missing_keys))
+    if missing or result.unexpected_keys:
+        raise CheckpointMismatchError(
+            f"checkpoint {folder} does not fit this model: trainable tensors missing "
+            f"{missing[:8]}, unexpected {list(result.unexpected_keys)[:8]} (same mode and LoRA"
+            " rank?)"
+        )
     streams_loaded: Tensor = state["streams"]
     return streams_loaded
 

@@ -65,10 +65,20 @@ def local_samples(batch_size: int, world: World) -> tuple[int, int]:
     return world.rank * per_rank, per_rank
 
 
+def world_size_from_env() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_divisible(batch_size: int, world_size: int) -> None:
+    """The global batch must split evenly over the processes (clear error otherwise)."""
+    local_samples(batch_size, World(0, world_size, 0, torch.device("cpu")))
+
+
 def init_world() -> World:
     """Join the torchrun process group (env:// rendezvous) when launched by torchrun; otherwise a
     single process. NCCL and one GPU per local rank when CUDA is available, else gloo on CPU."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = world_size_from_env()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():

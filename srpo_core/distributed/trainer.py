@@ -122,7 +122,7 @@ class ShardedTrainer(SRPOTrainer):
             folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
         )
         for k, g in enumerate(self.streams):
-            g.set_state(states[self.first_sample + k].contiguous())
+            g.set_state(states[self.first_sample + k].clone())  # a view would not do
         self.step, self.consecutive_skips = meta.step, meta.consecutive_skips
         return meta.step
 
