@@ -198,7 +198,7 @@ def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
 
 
-def _toml_reader() -> Any:
+def toml_reader() -> Any:
     """``tomllib`` (Python 3.11+) or, on 3.10, the ``tomli`` package it came from."""
     for name in ("tomllib", "tomli"):
         try:
@@ -218,7 +218,7 @@ def dumps(run: RunFile) -> str:
 
 def loads(text: str, source: str = "<run file>") -> RunFile:
     """Parse and validate a run file; :class:`RunFileError` names what to fix."""
-    toml = _toml_reader()
+    toml = toml_reader()
     try:
         data: dict[str, Any] = toml.loads(text)
     except toml.TOMLDecodeError as e:
