@@ -161,7 +161,7 @@ def load_components(run: RunFile, device: torch.device) -> Components:
     """Transformer (fp32 masters), VAE decoder, control-word reward and cached prompts."""
     paths = run.paths
     transformer = load_transformer(paths.transformer, paths.transformer_config, torch.float32)
-    velocity = FluxVelocity(transformer.to(device))
+    velocity = FluxVelocity(transformer.to(device), guidance=run.model.guidance)
     vae = load_vae(paths.vae).to(device)
     decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
     clip = load_reward_model(paths.reward, run.model.reward_arch, device)

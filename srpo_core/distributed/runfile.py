@@ -95,6 +95,10 @@ class ModelConfig:
         metadata={"help": "Model latent = (VAE latent - latent_shift) * latent_scale (FLUX)."},
     )
     latent_shift: float = field(default=0.1159, metadata={"help": "See latent_scale (FLUX)."})
+    guidance: float = field(
+        default=3.5,
+        metadata={"help": "Distilled guidance of guidance-embedding models (FLUX.1-dev)."},
+    )
 
 
 @dataclass(frozen=True)
