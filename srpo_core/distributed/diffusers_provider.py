@@ -157,10 +157,17 @@ def load_reward_model(path: str, arch: str, device: torch.device) -> ClipReward:
     return load_open_clip_reward(arch, path, device=device)
 
 
+def base_dtype(run: RunFile) -> torch.dtype:
+    """Storage dtype of the transformer: bf16 for a frozen LoRA base under bf16 autocast (half
+    the memory); fp32 otherwise (full fine-tuning keeps fp32 masters, FSDP computes in bf16)."""
+    lora_bf16 = run.parallel.mode == "lora" and run.train.dtype == "bf16"
+    return torch.bfloat16 if lora_bf16 else torch.float32
+
+
 def load_components(run: RunFile, device: torch.device) -> Components:
-    """Transformer (fp32 masters), VAE decoder, control-word reward and cached prompts."""
+    """Transformer, VAE decoder, control-word reward and cached prompts."""
     paths = run.paths
-    transformer = load_transformer(paths.transformer, paths.transformer_config, torch.float32)
+    transformer = load_transformer(paths.transformer, paths.transformer_config, base_dtype(run))
     velocity = FluxVelocity(transformer.to(device), guidance=run.model.guidance)
     vae = load_vae(paths.vae).to(device)
     decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
