@@ -97,6 +97,8 @@ def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, worl
             n = len(parts.model_prefix)
             stripped = {k[n:]: v for k, v in state.items() if k.startswith(parts.model_prefix)}
             tensors = parts.to_export(stripped)
+        dtype = torch.bfloat16 if run.parallel.export_dtype == "bf16" else torch.float32
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
         metadata = {
             "srpo_format": "lora" if lora else "full",
             "srpo_steps": str(steps),

@@ -132,9 +132,9 @@ class ParallelConfig:
         default=50,
         metadata={"help": "Save a sharded checkpoint every N steps (0: only at the end)."},
     )
-    export_layout: str = field(
-        default="diffusers",
-        metadata={"help": "Key layout of the exported full weights ('diffusers')."},
+    export_dtype: str = field(
+        default="bf16",
+        metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
     )
 
     def __post_init__(self) -> None:
@@ -142,6 +142,7 @@ class ParallelConfig:
         _one_of("parallel.strategy", self.strategy, STRATEGIES)
         _one_of("parallel.param_dtype", self.param_dtype, DTYPES)
         _one_of("parallel.reduce_dtype", self.reduce_dtype, DTYPES)
+        _one_of("parallel.export_dtype", self.export_dtype, DTYPES)
         if self.mode == "full" and self.strategy == "ddp":
             raise ValueError(
                 "full fine-tuning needs strategy = 'fsdp' (DDP would replicate the 12 B"

@@ -28,7 +28,9 @@ RTOL, ATOL = 1e-4, 1e-6
 
 
 def make_run(folder: Path, mode: str, strategy: str) -> Path:
-    parallel = ParallelConfig(mode=mode, strategy=strategy, param_dtype="fp32", checkpoint_every=1)
+    parallel = ParallelConfig(
+        mode=mode, strategy=strategy, param_dtype="fp32", export_dtype="fp32", checkpoint_every=1
+    )
     return build(
         folder, parallel=parallel, train_steps=STEPS, train_micro_steps=1, train_rollout_steps=1
     )

@@ -89,7 +89,7 @@ def build(folder: Path, **overrides: object) -> Path:
             output_dir="out",
         ),
         model=ModelConfig(),
-        parallel=ParallelConfig(param_dtype="fp32", checkpoint_every=0),
+        parallel=ParallelConfig(param_dtype="fp32", export_dtype="fp32", checkpoint_every=0),
         log=LogConfig(progress_bar=False),
         train=train,
     )

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from scripts.comfy_server import ComfyServer
@@ -35,8 +37,18 @@ RUN_NAME = "http_run"
 CLI_STEPS = 3
 CLI_LR = 0.05
 """Large enough that three steps visibly change 64x64 samples."""
+CLI_ROLLOUT_STEPS = 2
 MIN_CHANGE = 0.5
 """Mean absolute change in 8-bit levels that counts as "changes the output"."""
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """In-process CLI runs share two cores with the server: no thread oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def set_value(text: str, key: str, value: str, section: str | None = None) -> str:
@@ -78,6 +90,7 @@ def fill_in(run_file: Path, tiny: Path, mode: str, strategy: str, out: str) -> P
         text = set_value(text, key, f'"{value}"', "paths")
     text = set_value(text, "steps", str(CLI_STEPS), "train")
     text = set_value(text, "lr", str(CLI_LR), "train")
+    text = set_value(text, "rollout_steps", str(CLI_ROLLOUT_STEPS), "train")
     text = set_value(text, "mode", f'"{mode}"', "parallel")
     text = set_value(text, "strategy", f'"{strategy}"', "parallel")
     filled = run_file.with_name(f"run_{mode}.toml")
