@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +170,3 @@ def run_from_file(path: str) -> Path:
         return out
     finally:
         shutdown()
-
-
-def describe(run: RunFile) -> str:
-    return json.dumps({"mode": run.parallel.mode, "strategy": run.parallel.strategy})
