@@ -6,5 +6,5 @@
 - ``parallel`` / ``trainer`` / ``dcp``: ranks, per-sample streams, DDP / FSDP2, checkpoints;
 - ``cli`` / ``progress``: what the command does, rank-0 reporting.
 
-Nothing here is imported by ``srpo_core`` itself; torch.distributed is imported on use.
+Nothing here is imported by ``import srpo_core`` itself.
 """
