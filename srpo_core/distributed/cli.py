@@ -64,7 +64,8 @@ def prepare_model(run: RunFile, parts: Components, world: World) -> Prepared:
     transformer = module.get_submodule(parts.model_prefix.rstrip("."))
     lora = run.parallel.mode == "lora"
     if lora:
-        add_lora(transformer, run.parallel.lora_rank, run.parallel.lora_alpha, run.train.seed)
+        p = run.parallel
+        add_lora(transformer, p.lora_rank, p.lora_alpha, run.train.seed, parts.lora_blocks)
     else:
         transformer.requires_grad_(True)
     if run.train.gradient_checkpointing and parts.enable_checkpointing is not None:
@@ -89,9 +90,8 @@ def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, worl
     path = Path(run.paths.output_dir) / name
     if world.is_main:
         if lora:
-            tensors = add_alphas(
-                lora_export_state(state, parts.model_prefix), run.parallel.lora_alpha
-            )
+            lora_state = lora_export_state(state, parts.model_prefix, parts.lora_export_prefix)
+            tensors = add_alphas(lora_state, run.parallel.lora_alpha)
         else:
             n = len(parts.model_prefix)
             stripped = {k[n:]: v for k, v in state.items() if k.startswith(parts.model_prefix)}

@@ -32,8 +32,10 @@ class Components:
     parameters are what is trained or LoRA-adapted); blocks: the transformer blocks, the units of
     FSDP sharding and activation checkpointing; model_prefix: the transformer's name inside
     ``velocity`` (``"transformer."``); enable_checkpointing: turns on per-block activation
-    checkpointing (the model library's own); to_export: full transformer state dict (without the
-    prefix) -> the tensors of the exported full-weights file.
+    checkpointing (the model library's own); lora_blocks: name parts of the modules whose
+    linear layers get LoRA adapters; lora_export_prefix: key prefix of the exported LoRA (one
+    that ComfyUI's LoRA loaders read for this layout); to_export: full transformer state dict
+    (without the prefix) -> the tensors of the exported full-weights file.
     """
 
     velocity: nn.Module
@@ -45,6 +47,8 @@ class Components:
     collate: CondCollate = cat_conds
     to_export: Callable[[dict[str, Tensor]], dict[str, Tensor]] = field(default=lambda sd: sd)
     enable_checkpointing: Callable[[], None] | None = None
+    lora_blocks: tuple[str, ...] = ("transformer_blocks.",)
+    lora_export_prefix: str = "transformer."
 
 
 Provider = Callable[["RunFile", torch.device], Components]

@@ -38,15 +38,26 @@ class LoRALinear(nn.Module):
         return self.base(x) + self.lora_B(self.lora_A(x)) * (self.alpha / self.rank)
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, seed: int) -> list[str]:
-    """Replace every ``nn.Linear`` inside ``model``'s transformer blocks by a :class:`LoRALinear`
-    (in a fixed order, A drawn from ``seed``); freeze everything else. Returns the module names."""
+DIFFUSERS_BLOCKS = ("transformer_blocks.",)
+"""Names of the modules that get adapters in a diffusers FLUX (single blocks match too)."""
+
+
+def add_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    seed: int,
+    in_blocks: tuple[str, ...] = DIFFUSERS_BLOCKS,
+) -> list[str]:
+    """Replace every ``nn.Linear`` whose name contains one of ``in_blocks`` by a
+    :class:`LoRALinear` (in a fixed order, A drawn from ``seed``); freeze everything else.
+    Returns the module names."""
     model.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and "transformer_blocks." in name
+        if isinstance(module, nn.Linear) and any(b in name for b in in_blocks)
     ]
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -60,15 +71,17 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
 
 
-def lora_export_state(state: dict[str, Tensor], model_prefix: str) -> dict[str, Tensor]:
-    """Full model state (LoRA keys ``<prefix><module>.lora_A.weight``...) -> the export dict with
-    ``transformer.<module>.lora_{A,B}.weight`` and ``transformer.<module>.alpha``."""
+def lora_export_state(
+    state: dict[str, Tensor], model_prefix: str, export_prefix: str = EXPORT_PREFIX
+) -> dict[str, Tensor]:
+    """Full model state (LoRA keys ``<model_prefix><module>.lora_A.weight``...) -> the export
+    dict with ``<export_prefix><module>.lora_{A,B}.weight``."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if ".lora_A." not in key and ".lora_B." not in key:
             continue
         module = key[len(model_prefix) :] if key.startswith(model_prefix) else key
-        out[EXPORT_PREFIX + module] = value.detach().float().contiguous()
+        out[export_prefix + module] = value.detach().float().contiguous()
     return out
 
 
