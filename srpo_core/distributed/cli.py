@@ -156,8 +156,6 @@ def run_from_file(path: str) -> Path:
             params=prepared.params,
             prompts=parts.prompts,
             collate_cond=parts.collate,
-            # already enabled by prepare_model (it must precede the DDP/FSDP wrapping)
-            enable_gradient_checkpointing=lambda: None,
         )
         start = time.perf_counter()
         with Progress(run, world) as progress:

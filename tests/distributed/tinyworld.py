@@ -20,9 +20,10 @@ from srpo_core.distributed.runfile import (
 )
 from srpo_core.training import TrainConfig
 from srpo_core.training.config import RegularizerConfig
+from toyworld.runtime.config import default_assets_dir
 
 REPO = Path(__file__).resolve().parents[2]
-TOY_ASSETS = REPO / "nodes" / "toyworld_assets"
+TOY_ASSETS = default_assets_dir()
 PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
 CONTEXT_TOKENS = 4
 VAE_CHANNELS = (8, 8)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from scripts.comfy_server import ComfyServer
+from scripts.comfy_harness.server import ComfyServer
 from srpo_core.distributed.runfile import load as load_run_file
 from srpo_core.train import main as cli_main
 from tests.distributed.tinyworld import TOY_ASSETS, build
