@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
+
+from ..protocols import Branch, RewardFn, RewardTerms
 
 SEED_BYTES = 8
 GLOO_CPU = "gloo"
@@ -113,6 +115,34 @@ def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
+
+
+class AgreedFiniteReward:
+    """A reward whose values are non-finite on every rank as soon as they are on one.
+
+    The loop skips the backward of a micro-step whose loss is not finite; under DDP or FSDP that
+    backward holds collectives, so one rank skipping it alone would stall the others. Every
+    micro-step calls the reward once on every rank, so agreeing here (one all-reduce of a flag)
+    makes all ranks skip together; non-finite gradients agree through the gradient reduction.
+    """
+
+    def __init__(self, reward: RewardFn, device: torch.device) -> None:
+        self.reward, self.device = reward, device
+
+    def __call__(
+        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+    ) -> RewardTerms:
+        terms = self.reward(images, prompts, branch=branch, sigma=sigma, step=step)
+        local = all(
+            bool(torch.isfinite(t).all()) for t in (terms.total, terms.positive, terms.negative)
+        )
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        if is_distributed():
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if bool(flag.item() == 1.0):
+            return terms
+        poison = torch.full_like(terms.total, float("nan"))
+        return RewardTerms(terms.total + poison, terms.positive + poison, terms.negative + poison)
 
 
 def wrap_ddp(module: nn.Module, world: World) -> nn.Module:

@@ -27,7 +27,14 @@ from .dcp import (
     read_meta,
     save_sharded,
 )
-from .parallel import World, derive_seed, is_distributed, local_samples, sample_streams
+from .parallel import (
+    AgreedFiniteReward,
+    World,
+    derive_seed,
+    is_distributed,
+    local_samples,
+    sample_streams,
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class ShardedTrainer(SRPOTrainer):
     """
 
     def __init__(self, plan: ShardPlan, module: nn.Module, **kwargs: Any) -> None:
+        if is_distributed():
+            kwargs["reward"] = AgreedFiniteReward(kwargs["reward"], plan.world.device)
         super().__init__(local_config(plan.config, plan.world), **kwargs)
         self.plan, self.module = plan, module
         first, count = local_samples(plan.config.batch_size, plan.world)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from srpo_core.distributed.runfile import ParallelConfig
+from srpo_core.distributed.runfile import ModelConfig, ParallelConfig
 from tests.distributed import rank_probe
 from tests.distributed.tinyworld import REPO, build
 
@@ -27,12 +27,18 @@ RTOL, ATOL = 1e-4, 1e-6
 """Two ranks reduce gradients in another order than one process: float rounding only."""
 
 
-def make_run(folder: Path, mode: str, strategy: str) -> Path:
+def make_run(folder: Path, mode: str, strategy: str, provider: str | None = None) -> Path:
     parallel = ParallelConfig(
         mode=mode, strategy=strategy, param_dtype="fp32", export_dtype="fp32", checkpoint_every=1
     )
+    model = ModelConfig(provider=provider) if provider else ModelConfig()
     return build(
-        folder, parallel=parallel, train_steps=STEPS, train_micro_steps=1, train_rollout_steps=1
+        folder,
+        parallel=parallel,
+        model=model,
+        train_steps=STEPS,
+        train_micro_steps=1,
+        train_rollout_steps=1,
     )
 
 
@@ -118,3 +124,19 @@ def test_resume_at_another_world_size_reaches_the_same_parameters(
     a, b = exported(resumed / "run.toml"), exported(two_rank_run)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("mode,strategy", [("lora", "ddp"), ("full", "fsdp")])
+def test_a_non_finite_reward_on_one_rank_skips_the_step_on_every_rank(
+    mode: str, strategy: str, tmp_path: Path
+) -> None:
+    """Rank 1's reward is NaN at step 1: both ranks skip that update (no stall), then go on."""
+    run_file = make_run(tmp_path, mode, strategy, "tests.distributed.nan_provider:load_components")
+    torchrun(run_file, PROCESSES)
+    ranks = [history(run_file, r) for r in range(PROCESSES)]
+    for step, (a, b) in enumerate(zip(*ranks, strict=True)):
+        assert torch.equal(a, b), f"ranks differ after step {step}"
+    steps = ranks[0]
+    assert len(steps) == STEPS
+    assert torch.equal(steps[0], steps[1]), "step 1 must be skipped"
+    assert not torch.equal(steps[1], steps[2]), "step 2 must train again"
