@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..training import StepMetrics
 from ..training.config import config_hash
+from ..training.loop import StepCallback
 from .components import Components, load_provider
 from .dcp import full_state, save_export
 from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
@@ -53,6 +53,9 @@ def check_paths(run: RunFile) -> None:
 
 @dataclass
 class Prepared:
+    """module: holds the parameters (FSDP-sharded or plain); model: what the loop calls (the
+    module, or its DDP wrapper); params: the trainable tensors."""
+
     module: nn.Module
     model: nn.Module
     params: list[nn.Parameter]
@@ -108,7 +111,7 @@ def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, worl
     return path
 
 
-def report(progress: Progress, world: World) -> Any:
+def report(progress: Progress, world: World) -> StepCallback:
     """Step callback: means over ranks, logged on rank 0 only."""
 
     def callback(m: StepMetrics) -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..training import SRPOTrainer, TrainConfig
+from ..training import SRPOTrainer, StepMetrics, TrainConfig
 from ..training.config import config_hash, config_json
 from ..training.data import Batch
 from .dcp import (
@@ -90,14 +91,10 @@ class ShardedTrainer(SRPOTrainer):
         local = torch.stack([g.get_state() for g in self.streams])
         if not is_distributed():
             return local
-        import torch.distributed as dist
-
+        local = local.to(self.plan.world.device)  # NCCL gathers CUDA tensors only
         parts = [torch.empty_like(local) for _ in range(self.plan.world.size)]
-        dist.all_gather(parts, local.to(self._comm_device()))
+        dist.all_gather(parts, local)
         return torch.cat([p.cpu() for p in parts])
-
-    def _comm_device(self) -> torch.device:
-        return self.plan.world.device
 
     def save(self) -> str | None:
         meta = CheckpointMeta(
@@ -135,6 +132,6 @@ class ShardedTrainer(SRPOTrainer):
         self.step, self.consecutive_skips = meta.step, meta.consecutive_skips
         return meta.step
 
-    def _checkpoint_due(self, metrics: Any) -> bool:
+    def _checkpoint_due(self, metrics: StepMetrics) -> bool:
         every = self.plan.checkpoint_every
         return every > 0 and not metrics.skipped and self.step % every == 0
