@@ -7,6 +7,9 @@ same configuration, and both models are run on the same inputs. Nothing here kno
 diffusers names and lays out its own tensors, ComfyUI runs its own architecture, so a wrong entry
 anywhere in the map (a swapped q/k, scale/shift order, a block index) changes the output.
 
+At full FLUX.1-dev size the same map is checked on the meta device: every one of diffusers'
+tensors has a place and every ComfyUI weight is covered exactly once.
+
 Conventions bridged by the test, each a place where a wrong map could otherwise hide:
 - timestep: ComfyUI's Flux takes sigma in [0, 1] (``model_sampling.timestep(sigma) = sigma``) and
   diffusers takes the same value and multiplies by 1000 inside, as ComfyUI's embedding does;
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import diffusers  # test dependency (tests/requirements.txt)
@@ -317,3 +320,43 @@ def test_mismatched_checkpoint_is_rejected_with_the_keys(
     assert "nothing was applied" in message
     with pytest.raises(ValueError, match="strength must be in"):
         apply_srpo_weights(comfy_flux, str(published), 1.5, "auto")
+
+
+FLUX_DEV: dict[str, Any] = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "patch_size": 2,
+    "out_channels": 16,
+    "vec_in_dim": 768,
+    "context_in_dim": 4096,
+    "hidden_size": 3072,
+    "mlp_ratio": 4.0,
+    "num_heads": 24,
+    "depth": 19,
+    "depth_single_blocks": 38,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "qkv_bias": True,
+    "guidance_embed": True,
+}
+"""FLUX.1-dev, the base of the published SRPO weights, as ComfyUI configures it."""
+FLUX_DEV_PARAMS = 11_901_408_320
+
+
+def test_full_size_flux_dev_layout_is_covered_exactly(pack: ModuleType) -> None:
+    """Real size on the meta device (no memory): every tensor of diffusers' FLUX.1-dev transformer
+    maps onto ComfyUI's FLUX.1-dev, covering every weight exactly once."""
+    import comfy.supported_models
+    from comfyui_srpo.nodes.weights import diffusers_key_map
+    from comfyui_srpo.srpo_core.weights import plan_load
+
+    with torch.device("meta"):
+        reference = diffusers.FluxTransformer2DModel(**diffusers_config(FLUX_DEV))
+        model = comfy.supported_models.Flux(dict(FLUX_DEV)).get_model({}, device="meta")
+    source = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    targets = {k: tuple(v.shape) for k, v in model.diffusion_model.state_dict().items()}
+    assert sum(v.numel() for v in reference.state_dict().values()) == FLUX_DEV_PARAMS
+    patcher = SimpleNamespace(model=model)  # diffusers_key_map reads model.model.model_config
+    plan = plan_load(source, targets, diffusers_key_map(patcher))  # raises on any mismatch
+    assert plan.parts.keys() == targets.keys()
+    assert sum(len(parts) for parts in plan.parts.values()) == len(source)
