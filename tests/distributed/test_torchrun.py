@@ -100,6 +100,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(
         zip(history(single / "run.toml"), history(two_rank_run), strict=True)
     ):
         torch.testing.assert_close(one, two, rtol=RTOL, atol=ATOL, msg=f"step {step}")
+    worst = max(
+        float((o - t).abs().max())
+        for o, t in zip(history(single / "run.toml"), history(two_rank_run), strict=True)
+    )
+    print(f"\n{two_rank_run.parent.name}: max |1 process - 2 processes| = {worst:.2e}")
     a, b = exported(single / "run.toml"), exported(two_rank_run)
     assert a.keys() == b.keys()
     for k in a:
