@@ -93,8 +93,11 @@ def model_fingerprint(model: Any) -> str:
     tensor, plus its weight patches (keys and strengths)."""
     h = hashlib.sha256()
     for key, tensor in sorted(model.model.state_dict().items()):
-        head = tensor.detach().reshape(-1)[:FINGERPRINT_VALUES].float().cpu()
         h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        try:
+            head = tensor.detach().reshape(-1)[:FINGERPRINT_VALUES].float().cpu()
+        except (RuntimeError, TypeError, NotImplementedError):  # e.g. packed quantised types
+            continue
         h.update(head.numpy().tobytes())
     for key in sorted(model.patches):
         h.update(f"{key}:{[p[0] for p in model.patches[key]]}".encode())
