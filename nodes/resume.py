@@ -57,6 +57,7 @@ INPUT_NAMES = {
     "identity.reward_scale": "reward scale",
     "identity.reward_model": "reward_model",
     "identity.k_inversion": "regularizer k_early / k_late",
+    "identity.real_latents": "real_latents (other images)",
 }
 """Engine config field -> the node input a user changes (for mismatch messages)."""
 
@@ -88,20 +89,30 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()[:16]
 
 
-def model_fingerprint(model: Any) -> str:
-    """Identity of a ModelPatcher's weights: names, shapes, dtypes and leading values of every
-    tensor, plus its weight patches (keys and strengths)."""
+def tensors_fingerprint(state: dict[str, Any]) -> str:
+    """Names, shapes, dtypes and leading values of every tensor of a state dict."""
     h = hashlib.sha256()
-    for key, tensor in sorted(model.model.state_dict().items()):
+    for key, tensor in sorted(state.items()):
         h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
         try:
             head = tensor.detach().reshape(-1)[:FINGERPRINT_VALUES].float().cpu()
         except (RuntimeError, TypeError, NotImplementedError):  # e.g. packed quantised types
             continue
         h.update(head.numpy().tobytes())
-    for key in sorted(model.patches):
-        h.update(f"{key}:{[p[0] for p in model.patches[key]]}".encode())
     return h.hexdigest()[:16]
+
+
+def latents_digest(latent: dict[str, Any]) -> str:
+    """Identity of a LATENT's samples: shape and a float64 checksum."""
+    samples = latent["samples"]
+    return digest(tuple(samples.shape), float(samples.double().sum()), float(samples.abs().sum()))
+
+
+def model_fingerprint(model: Any) -> str:
+    """Identity of a ModelPatcher: its weights' fingerprint plus its weight patches (keys and
+    strengths)."""
+    patches = [(key, [p[0] for p in model.patches[key]]) for key in sorted(model.patches)]
+    return digest(tensors_fingerprint(model.model.state_dict()), patches)
 
 
 def run_identity(
@@ -119,14 +130,10 @@ def run_identity(
         "reward_mode": str(cfg.mode),
         "reward_k": repr(cfg.k_denoise),
         "reward_scale": repr(cfg.scale),
-        "reward_model": digest(type(reward.model).__name__, _param_count(reward.model)),
+        "reward_model": tensors_fingerprint(reward.model.state_dict()),
     }
     identity.update({name: repr(value) for name, value in extra.items()})
     return identity
-
-
-def _param_count(module: Any) -> int:
-    return sum(int(p.numel()) for p in module.parameters()) if hasattr(module, "parameters") else 0
 
 
 def read_state(path: str) -> TrainingState | None:

@@ -439,6 +439,7 @@ def prepare_run(
             "algorithm": settings.algorithm,
             "lora_dtype": kw["lora_dtype"],
             "k_inversion": settings.k_inversion,
+            "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
         },
     )
     settings = dataclasses.replace(settings, config=dataclasses.replace(cfg, identity=identity))
