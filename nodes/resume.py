@@ -137,11 +137,12 @@ def run_identity(
 
 
 def read_state(path: str) -> TrainingState | None:
-    """The checkpoint at ``path`` (None if absent); damaged or unsafe files raise ValueError."""
+    """The checkpoint at ``path`` (None if absent), memory-mapped: only its step and settings
+    are used here, so queueing a prompt stays cheap. Damaged or unsafe files raise ValueError."""
     if not os.path.exists(path):
         return None
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, mmap=True)
     except (CorruptFileError, UnsafeFileError) as error:
         raise ValueError(
             f"{error}. Delete it or choose another checkpoint_name; it was not used"

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,8 +185,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> None:
     atomic_write(Path(path), lambda f: _write_payload(payload, f))
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
+def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> TrainingState:
     """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``).
+
+    ``mmap``: map the tensors instead of reading them (cheap checks of step and config hash;
+    only for the zip format ``torch.save`` writes, other files are read normally).
 
     A damaged or foreign file raises :class:`~srpo_core.files.CorruptFileError`
     ("corrupt or incomplete file: <path>"); a pickle naming code raises
@@ -193,7 +197,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
     """
     require_nonempty(path, READ_HINT)
     with reading(path, READ_HINT):
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        mapped = mmap and zipfile.is_zipfile(path)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CorruptFileError(f"corrupt or incomplete file: {path}. {READ_HINT} (no payload)")
     version = payload.get("format_version")
