@@ -7,7 +7,6 @@ files read "corrupt or incomplete file: <path>"; hostile pickles never run.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ from safetensors.torch import save_file
 
 from scripts.comfy_server import ComfyClient, ComfyServer
 from tests.integration.toy_prompts import (
+    LOADER,
     PROMPTS,
     RUN_TIMEOUT_S,
     TRAINER,
-    WORKFLOW,
     failure,
     rejected,
+    toy_workflow,
     training_prompt,
 )
 
@@ -168,7 +168,7 @@ def test_wrong_keys_reward_is_refused_from_the_header(
 
 
 def weights_prompt(name: str) -> dict[str, Any]:
-    loader = json.loads(WORKFLOW.read_text())["1"]
+    loader = toy_workflow()[LOADER]
     return {
         "1": loader,
         "2": {

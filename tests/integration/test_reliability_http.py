@@ -7,7 +7,6 @@ Each test names the guarantee of docs/RELIABILITY.md it proves.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,16 +15,17 @@ import torch
 
 from scripts.comfy_server import ComfyServer, ExecutionInterrupted
 from tests.integration.toy_prompts import (
+    LOADER,
     PROMPTS,
     REWARD,
     RUN_TIMEOUT_S,
-    SAVE,
     TRAINER,
-    WORKFLOW,
     failure,
     rejected,
     same_tensors,
     saved_lora,
+    second_trainer,
+    toy_workflow,
     training_prompt,
 )
 
@@ -95,10 +95,7 @@ def test_same_seed_gives_the_same_lora_whatever_ran_before(comfy: ComfyServer) -
 
 def test_existing_lora_of_another_rank_warns_what_was_kept(comfy: ComfyServer) -> None:
     prompt = training_prompt("existing", steps=1, rank=2, lora_dtype="bf16")
-    second = json.loads(json.dumps(prompt[TRAINER]))
-    second["inputs"].update({"rank": 8, "lora_dtype": "fp32", "existing_lora": [TRAINER, 1]})
-    prompt["40"] = second
-    prompt[SAVE]["inputs"].update({"lora": ["40", 1], "steps": ["40", 4]})
+    second_trainer(prompt, "40", rank=8, lora_dtype="fp32", existing_lora=[TRAINER, 1])
     before = len(comfy.log_text())
     with comfy.client() as client:
         client.run(prompt, timeout=RUN_TIMEOUT_S)
@@ -115,7 +112,7 @@ def test_a_nan_reward_step_is_skipped_and_training_finishes(comfy: ComfyServer) 
     prompt = training_prompt("nan", steps=2)
     prompt["41"] = {
         "class_type": "TestOnlyNaNRewardModel",
-        "inputs": {"reward_model": ["1", 3], "nan_call": 1},
+        "inputs": {"reward_model": [LOADER, 3], "nan_call": 1},
     }
     prompt[REWARD]["inputs"]["reward_model"] = ["41", 0]
     before = len(comfy.log_text())
@@ -133,14 +130,26 @@ def test_a_nan_reward_step_is_skipped_and_training_finishes(comfy: ComfyServer) 
 
 
 def sample_prompt(tag: str, seed: Any, base: dict[str, Any]) -> dict[str, Any]:
-    """KSampler on the toy loader's (base) MODEL, 4 steps, saved as <tag>."""
-    full = json.loads(WORKFLOW.read_text())
-    prompt = {**base, **{k: full[k] for k in ("8", "9", "10", "11", "12")}}
-    prompt["10"]["inputs"]["batch_size"] = 1
-    prompt["11"]["inputs"].update({"seed": seed, "steps": 4, "model": ["1", 0]})
-    prompt["18"] = {
+    """The toy workflow's sampler on the loader's (base) MODEL, 4 steps, saved as <tag>."""
+    full = toy_workflow()
+    sampler = next(
+        k
+        for k, n in full.items()
+        if n["class_type"] == "KSampler" and n["inputs"]["model"] == [LOADER, 0]
+    )
+    decode = next(
+        k
+        for k, n in full.items()
+        if n["class_type"] == "VAEDecode" and n["inputs"]["samples"] == [sampler, 0]
+    )
+    inputs = full[sampler]["inputs"]
+    wanted = [sampler, decode, inputs["positive"][0], inputs["negative"][0]]
+    prompt = {**base, **{k: full[k] for k in [*wanted, inputs["latent_image"][0]]}}
+    prompt[inputs["latent_image"][0]]["inputs"]["batch_size"] = 1
+    prompt[sampler]["inputs"].update({"seed": seed, "steps": 4})
+    prompt["save_sample"] = {
         "class_type": "SaveImage",
-        "inputs": {"images": ["12", 0], "filename_prefix": tag},
+        "inputs": {"images": [decode, 0], "filename_prefix": tag},
     }
     return prompt
 
@@ -148,9 +157,9 @@ def sample_prompt(tag: str, seed: Any, base: dict[str, Any]) -> dict[str, Any]:
 def test_base_model_is_unchanged_after_training(comfy: ComfyServer) -> None:
     """The loader's cached MODEL samples the same image before and after a training run (the
     second sampler takes its seed from the trainer's steps output, so it runs after it)."""
-    loader = json.loads(WORKFLOW.read_text())["1"]
+    loader = toy_workflow()[LOADER]
     with comfy.client() as client:
-        client.run(sample_prompt("base_before", 1, {"1": loader}), timeout=RUN_TIMEOUT_S)
+        client.run(sample_prompt("base_before", 1, {LOADER: loader}), timeout=RUN_TIMEOUT_S)
         training = training_prompt("base_training", steps=1)
         client.run(sample_prompt("base_after", [TRAINER, 4], training), timeout=RUN_TIMEOUT_S)
     before = sorted(comfy.dirs.output.glob("base_before_*.png"))

@@ -20,8 +20,6 @@ from scripts.comfy_server import (
 
 WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "api" / "srpo_finetune_toyworld.json"
 RUN_TIMEOUT_S = 600.0
-TRAINING_NODES = {"1", "2", "3", "4", "5"}
-"""Toy workflow nodes: loader, reward, prompt set, trainer, SaveLoRA."""
 TINY = {
     "steps": 2,
     "batch_size": 1,
@@ -32,16 +30,67 @@ TINY = {
     "seed": 3,
 }
 """Trainer settings that keep a run to a few seconds on a CPU."""
-TRAINER, SAVE, REWARD, PROMPTS = "4", "5", "2", "3"
+SETTINGS_CLASS = "SRPOTrainingSettings"
+"""An optional node holding the trainer's rarely changed inputs (where the workflow has one)."""
+
+
+def toy_workflow() -> dict[str, Any]:
+    return dict(json.loads(WORKFLOW.read_text()))
+
+
+def node_id(prompt: dict[str, Any], class_type: str) -> str:
+    """The id of the first node of ``class_type`` feeding the trainer (or of that type)."""
+    found = [k for k, n in prompt.items() if n["class_type"] == class_type]
+    assert found, f"no {class_type} in the toy workflow"
+    trainer = next(n for n in prompt.values() if n["class_type"] == "SRPODirectAlignTrainer")
+    linked = [k for k in found if [k, 0] in trainer["inputs"].values()]
+    return (linked or found)[0]
+
+
+_FULL = toy_workflow()
+TRAINER = node_id(_FULL, "SRPODirectAlignTrainer")
+SAVE = node_id(_FULL, "SaveLoRA")
+REWARD = node_id(_FULL, "SRPOControlWordReward")
+PROMPTS = node_id(_FULL, "SRPOPromptSet")
+LOADER = node_id(_FULL, "SRPOToyWorldLoader")
+SETTINGS = next((k for k, n in _FULL.items() if n["class_type"] == SETTINGS_CLASS), None)
+
+
+def set_inputs(prompt: dict[str, Any], trainer: str, values: dict[str, Any]) -> None:
+    """Set trainer inputs, on the trainer or on its settings node, wherever each one lives."""
+    node = prompt[trainer]["inputs"]
+    settings_link = node.get("settings")
+    settings = prompt[settings_link[0]]["inputs"] if settings_link else {}
+    for key, value in values.items():
+        if key in node or key not in settings:
+            node[key] = value
+        else:
+            settings[key] = value
 
 
 def training_prompt(tag: str, **trainer: Any) -> dict[str, Any]:
-    """Toy loader -> reward, prompts -> trainer -> SaveLoRA (output/loras/<tag>...)."""
-    full = json.loads(WORKFLOW.read_text())
-    prompt = {k: v for k, v in full.items() if k in TRAINING_NODES}
-    prompt[TRAINER]["inputs"].update({**TINY, **trainer})
+    """Toy loader -> reward, prompts (, settings) -> trainer -> SaveLoRA (output/loras/<tag>...).
+
+    Validation samples, if the workflow has them, are left out (they only cost time here).
+    """
+    full = toy_workflow()
+    keep = {LOADER, REWARD, PROMPTS, TRAINER, SAVE} | ({SETTINGS} if SETTINGS else set())
+    prompt = {k: v for k, v in full.items() if k in keep}
+    prompt[TRAINER]["inputs"].pop("validation", None)
+    set_inputs(prompt, TRAINER, {**TINY, **trainer})
     prompt[SAVE]["inputs"]["prefix"] = f"loras/{tag}"
     return prompt
+
+
+def second_trainer(prompt: dict[str, Any], new_id: str, **trainer: Any) -> None:
+    """A copy of the trainer (and of its settings node) as node ``new_id``, saved by SaveLoRA."""
+    copy = json.loads(json.dumps(prompt[TRAINER]))
+    prompt[new_id] = copy
+    if SETTINGS and "settings" in copy["inputs"]:
+        prompt[f"{new_id}s"] = json.loads(json.dumps(prompt[SETTINGS]))
+        copy["inputs"]["settings"] = [f"{new_id}s", 0]
+    set_inputs(prompt, new_id, trainer)
+    prompt[SAVE]["inputs"].update({"lora": [new_id, 1], "steps": [new_id, 4]})
 
 
 def saved_lora(comfy: ComfyServer, tag: str) -> dict[str, torch.Tensor]:
