@@ -32,7 +32,7 @@ from srpo_core.training import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parent.parent
 PACK_SOURCES = [REPO / "__init__.py", *sorted((REPO / "srpo_core").rglob("*.py"))]
-PACK_SOURCES += sorted((REPO / "nodes").rglob("*.py"))
+PACK_SOURCES += sorted((REPO / "nodes").rglob("*.py")) + sorted((REPO / "toyworld").rglob("*.py"))
 TINY_CFG = {
     "embed_dim": 16,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -233,7 +233,7 @@ def test_kill_9_during_saves_leaves_a_complete_checkpoint(tmp_path: Path) -> Non
 IMPORT_PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from scripts.comfy_inprocess import import_comfy
+from scripts.comfy_harness.inprocess import import_comfy
 import_comfy()
 import comfy.samplers, comfy.utils, comfy.weight_adapter, folder_paths, node_helpers
 from comfy_api.latest import io
@@ -245,7 +245,7 @@ def hook(event, args):
         events.append(event)
 sys.addaudithook(hook)
 import importlib
-from scripts.comfy_inprocess import PACK_NAME, import_pack
+from scripts.comfy_harness.inprocess import PACK_NAME, import_pack
 import_pack()
 nodes = importlib.import_module(PACK_NAME + ".nodes")
 assert len(nodes.NODE_CLASSES) > 5

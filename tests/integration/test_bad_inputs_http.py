@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from scripts.comfy_server import ComfyClient, ComfyServer
+from scripts.comfy_harness.server import ComfyClient, ComfyServer
 from tests.integration.toy_prompts import (
     LOADER,
     PROMPTS,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from scripts.comfy_server import ComfyServer, ExecutionInterrupted
+from scripts.comfy_harness.server import ComfyServer, ExecutionInterrupted
 from tests.integration.toy_prompts import (
     LOADER,
     PROMPTS,

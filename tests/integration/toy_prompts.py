@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scripts.comfy_server import (
+from scripts.comfy_harness.server import (
     ComfyClient,
     ComfyServer,
     ExecutionFailed,
