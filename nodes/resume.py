@@ -11,6 +11,7 @@ Rules (checked before the model is loaded):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -167,12 +168,29 @@ def input_name(field: str) -> str:
     return field.removeprefix("identity.")
 
 
+def identity_differences(saved_json: str, config: TrainConfig) -> list[str]:
+    """``"identity.<name>: saved (checkpoint) vs now (now)"`` for each differing fingerprint."""
+    saved = {str(k): str(v) for k, v in json.loads(saved_json).get("identity", [])}
+    now = dict(config.identity)
+    return [
+        f"identity.{k}: {saved.get(k, '<absent>')!r} (checkpoint) vs {now.get(k, '<absent>')!r}"
+        " (now)"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k)
+    ]
+
+
 def settings_problem(state: TrainingState, config: TrainConfig, name: str) -> str | None:
     """Which node inputs differ from the checkpoint's settings (None when they all match)."""
     if state.config_hash == config_hash(config):
         return None
+    differences = [
+        line
+        for line in config_differences(state.config_json, config)
+        if not line.startswith("identity:")
+    ] + identity_differences(state.config_json, config)
     lines = []
-    for line in config_differences(state.config_json, config):
+    for line in differences:
         field, rest = line.split(":", 1)
         lines.append(f"{input_name(field)}:{rest}")
     return (

@@ -147,12 +147,12 @@ class TrainConfig:
         default_factory=RegularizerConfig,
         metadata=_help("Inversion-branch regulariser settings."),
     )
-    identity: dict[str, str] = field(
-        default_factory=dict,
+    identity: tuple[tuple[str, str], ...] = field(
+        default=(),
         metadata=_help(
             "Settings outside this config that change the result (reward words, prompts, adapter"
-            " rank, base model, ...) as name -> fingerprint; part of the checkpoint hash, so a"
-            " checkpoint only resumes a run that would train the same way."
+            " rank, base model, ...) as (name, fingerprint) pairs; part of the checkpoint hash,"
+            " so a checkpoint only resumes a run that would train the same way."
         ),
     )
     gradient_checkpointing: bool = field(
