@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+import comfy.model_management
 import folder_paths
 
 from ..srpo_core.files import CorruptFileError, UnsafeFileError
@@ -110,8 +111,14 @@ def latents_digest(latent: dict[str, Any]) -> str:
 
 
 def model_fingerprint(model: Any) -> str:
-    """Identity of a ModelPatcher: its weights' fingerprint plus its weight patches (keys and
-    strengths)."""
+    """Identity of a ModelPatcher: its base weights' fingerprint plus its own weight patches
+    (keys and strengths).
+
+    Loaded models are unloaded first: another clone of the same model (e.g. from Load SRPO
+    Weights) may hold the shared weights patched in place; unloading restores them. The
+    training run that follows loads its own clone anyway.
+    """
+    comfy.model_management.unload_all_models()
     patches = [(key, [p[0] for p in model.patches[key]]) for key in sorted(model.patches)]
     return digest(tensors_fingerprint(model.model.state_dict()), patches)
 
