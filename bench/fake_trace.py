@@ -82,6 +82,7 @@ class LiveStorageTracker(TorchDispatchMode):
         self.fake_mode = fake_mode
         self.live = 0
         self.flops: dict[str, int] = {}
+        self.saved: dict[str, int] = {}
         self.peaks: dict[str, PhasePeak] = {}
         self.registered: dict[str, int] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}

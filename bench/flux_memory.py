@@ -120,6 +120,20 @@ def memory_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[st
     return lines
 
 
+def saved_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
+    """Markdown rows: what the micro-step's parts keep alive for backward."""
+    lines = [
+        "| setting | transformer GB | VAE decoder GB | reward GB |",
+        "|---|---|---|---|",
+    ]
+    for run, report in results:
+        if isinstance(report, str):
+            continue
+        kept = [_gb(report.saved.get(part, 0)) for part in ("transformer", "decoder", "reward")]
+        lines.append(f"| {run.label} | {' | '.join(kept)} |")
+    return lines
+
+
 def flop_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
     """Markdown rows: FLOPs per rollout step, micro-step and SRPO step; time floors."""
     floors = " | ".join(f"{d.name} floor s" for d in DEVICES)
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))
     print("## FLUX.1-dev training memory (fake-tensor trace, batch 1)\n")
     print("\n".join(memory_table(results)))
+    print("\n## Kept for backward by the micro-step's parts (at the end of each forward)\n")
+    print("\n".join(saved_table(results)))
     print("\n## FLOPs and time floors (bf16 dense peak)\n")
     print("\n".join(flop_table(results)))
     print("\n## Targets (issue 7)\n")

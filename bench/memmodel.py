@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,8 @@ class RunReport:
     optimizer: int
     phase_peaks: dict[str, int]
     flops: dict[str, int]
+    saved: dict[str, int] = field(default_factory=dict)
+    """Bytes left alive by the micro-step's transformer call, decode and reward (see saving)."""
 
     @property
     def peak(self) -> int:
@@ -341,7 +344,13 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
             for micro in plan:
                 with tracker.phase("micro-step"):
                     run_micro_step(
-                        velocity_of_batch, loop.decoder, loop.reward, batch, micro, cfg, loop.step
+                        saving(tracker, "transformer", velocity_of_batch),
+                        saving(tracker, "decoder", loop.decoder),
+                        saving(tracker, "reward", loop.reward),
+                        batch,
+                        micro,
+                        cfg,
+                        loop.step,
                     )
             with tracker.phase("update"):
                 clip_gradients(loop.params, cfg.max_grad_norm)
@@ -351,6 +360,19 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     with tracker:  # also answers the data-dependent scalars of ComfyUI's sampling setup
         bridge.run_session(prepared.mp, prepared.conds, shape, session)
     return resident[0]
+
+
+def saving(tracker: LiveStorageTracker, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` recording in ``tracker.saved[name]`` the bytes it leaves alive (with grad: what
+    autograd keeps for backward, plus its output)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before = tracker.live
+        out = fn(*args, **kwargs)
+        tracker.saved[name] = tracker.saved.get(name, 0) + tracker.live - before
+        return out
+
+    return wrapped
 
 
 def parameter_bytes(params: list[torch.nn.Parameter]) -> int:
@@ -377,5 +399,6 @@ def trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport:
         trainable=trainable,
         optimizer=ADAMW_STATES * trainable,
         phase_peaks={name: record.peak for name, record in tracker.peaks.items()},
+        saved=dict(tracker.saved),
         flops=dict(tracker.flops),
     )
