@@ -36,11 +36,7 @@ TRACED_ROLLOUT_STEPS = 1
 """Rollout steps actually traced; the rollout's FLOPs scale linearly with its step count."""
 FLUX_LATENT_FACTOR = 8
 """Pixels per latent pixel of the FLUX VAE."""
-DEFAULT_LORA_DTYPE = "bf16"
-"""The trainer node's default LoRA storage dtype on this branch."""
 PHASES = ("rollout", "micro-step", "update")
-GUIDANCE = 3.5
-"""FLUX.1-dev's distilled guidance (the shipped workflow's)."""
 
 FEATURE_MODULES: dict[str, tuple[str, str]] = {
     "decoder_checkpointing": ("srpo_core.training.memory", "MemoryConfig"),
@@ -62,9 +58,11 @@ class ModelRun:
     block_checkpointing: bool = field(
         default=True, metadata={"help": "The trainer's per-block gradient checkpointing."}
     )
-    lora_dtype: str = field(
-        default=DEFAULT_LORA_DTYPE,
-        metadata={"help": "LoRA storage dtype (the trainer's lora_dtype input)."},
+    lora_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA storage dtype (the trainer's lora_dtype input); None: its default."
+        },
     )
     batch_size: int = field(default=1, metadata={"help": "Samples per micro-step."})
     rollout_steps: int = field(
@@ -83,7 +81,7 @@ class ModelRun:
     def label(self) -> str:
         """Short name for tables."""
         ckpt = "ckpt" if self.block_checkpointing else "no-ckpt"
-        lora = "" if self.lora_dtype == DEFAULT_LORA_DTYPE else f" lora={self.lora_dtype}"
+        lora = "" if self.lora_dtype is None else f" lora={self.lora_dtype}"
         extra = lora + "".join(
             f" {name}={getattr(self, name)}"
             for name in FEATURE_MODULES
@@ -183,33 +181,37 @@ def check_features(run: ModelRun) -> None:
         )
 
 
+def node_defaults() -> dict[str, Any]:
+    """The Direct-Align Trainer node's input defaults, from its V3 schema (so inputs the node
+    gains later, e.g. memory options, take part with their defaults)."""
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    inputs = SRPODirectAlignTrainer.define_schema().inputs
+    defaults = {i.id: getattr(i, "default", None) for i in inputs if not i.optional}
+    return {name: value for name, value in defaults.items() if value is not None}
+
+
 def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
-    """The Direct-Align Trainer node's inputs for this run (node defaults elsewhere)."""
-    return {
+    """The trainer node's inputs for this run: its defaults, with what the run varies."""
+    varied: dict[str, Any] = {
         "steps": 1,
-        "learning_rate": 1e-4,
         "batch_size": run.batch_size,
-        "grad_accum": 1,
         "micro_steps": 1,
+        "grad_accum": 1,
         "rollout_steps": TRACED_ROLLOUT_STEPS,
         "rank": run.rank,
         "algorithm": "LoRA",
-        "guidance": GUIDANCE,
         "width": run.resolution,
         "height": run.resolution,
-        "sigma_max": 0.95,
-        "sigma_min": 0.75,
-        "gt_ratio": 0.9,
-        "threshold": 0.7,
-        "max_grad_norm": 0.1,
-        "seed": 0,
         "training_dtype": "bf16",
-        "lora_dtype": run.lora_dtype,
         "gradient_checkpointing": run.block_checkpointing,
         "preview_every": 0,
         "checkpoint_name": "",
         "checkpoint_every": 0,
     }
+    if run.lora_dtype is not None:
+        varied["lora_dtype"] = run.lora_dtype
+    return {**node_defaults(), **varied}
 
 
 @dataclass
