@@ -461,7 +461,6 @@ def run_training(
                 items,
                 offline_latents=offline,
                 collate_cond=index_conds,
-                enable_gradient_checkpointing=lambda: None,
                 callback=progress,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
