@@ -74,7 +74,7 @@ def with_margin(peak_bytes: int) -> float:
 
 
 def _worker_init() -> None:
-    from scripts.comfy_inprocess import import_comfy, import_pack
+    from scripts.comfy_harness.inprocess import import_comfy, import_pack
 
     import_comfy()
     import_pack()

@@ -85,9 +85,9 @@ TINY_RUN = BenchConfig(TINY.name, "cpu", 64, 4, 2, 2, 2, 1, 128, 22.0, 1, traini
 
 def import_comfy(device: str) -> None:
     """ComfyUI configured for ``device`` (``--cpu`` only on a CPU), then the pack."""
-    from scripts.comfy_inprocess import import_comfy as import_for_cpu
-    from scripts.comfy_inprocess import import_pack
-    from scripts.comfyui import comfyui_dir
+    from scripts.comfy_harness.inprocess import import_comfy as import_for_cpu
+    from scripts.comfy_harness.inprocess import import_pack
+    from scripts.comfy_harness.provision import comfyui_dir
 
     if device == "cpu":
         import_for_cpu()
@@ -200,7 +200,6 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
         loop = SRPOTrainer(
             cfg, node.grouped_velocity(velocity), prepared.decoder, prepared.reward,
             prepared.adapters.parameters(), prepared.items, collate_cond=node.index_conds,
-            enable_gradient_checkpointing=lambda: None,
         )  # fmt: skip
         diffusion_model = prepared.mp.model.diffusion_model
         with bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing):
@@ -285,7 +284,6 @@ def capped_step(config: BenchConfig) -> dict[str, Any]:
         loop = SRPOTrainer(
             cfg, node.grouped_velocity(velocity), prepared.decoder, prepared.reward,
             prepared.adapters.parameters(), prepared.items, collate_cond=node.index_conds,
-            enable_gradient_checkpointing=lambda: None,
         )  # fmt: skip
         with (
             bridge.block_checkpointing(prepared.mp.model.diffusion_model, True),

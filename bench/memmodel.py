@@ -327,7 +327,6 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
             prepared.adapters.parameters(),
             prepared.items,
             collate_cond=node.index_conds,
-            enable_gradient_checkpointing=lambda: None,
         )
         tracker.register("weights", model_tensors(prepared))
         tracker.register("trainable", prepared.adapters.parameters())
