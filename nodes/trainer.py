@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,18 @@ from ..srpo_core.training import (
     StepMetrics,
     TrainConfig,
     TrainResult,
+    config_hash,
     train,
 )
 from . import comfy_training as bridge
+from .live import (
+    LiveReport,
+    default_checkpoint_name,
+    finished_message,
+    run_identity,
+    server_report,
+    stopped_message,
+)
 from .prompts import PromptSet
 from .types import (
     CATEGORY,
@@ -53,6 +63,7 @@ PREVIEW_MAX_SIZE = 512
 LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 """Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
 MAX_RESOLUTION = 4096
+BLANK_PREVIEW_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -222,9 +233,10 @@ def _trainer_inputs() -> list[Any]:
         io.String.Input(
             "checkpoint_name",
             default="",
-            tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/ (empty: none)."
-            " If it exists and the settings match, training resumes from it; it is saved"
-            " every checkpoint_every steps, at the end and on interrupt.",
+            tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/. Empty: a name"
+            " made from this run's settings (srpo_run_<hash>), so Run again resumes. If it"
+            " exists and the settings match, training resumes from it; it is saved every"
+            " checkpoint_every steps, at the end and on interrupt.",
         ),
         io.Int.Input(
             "checkpoint_every",
@@ -296,24 +308,29 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 class Progress:
-    """Step callback: ComfyUI progress bar with live previews, console log, loss history."""
+    """Step callback: ComfyUI progress bar with live previews, the editor's live report (loss and
+    reward curves), console log, loss history. ``done`` is the last step completed (from 1)."""
 
-    def __init__(self, total: int, start: int) -> None:
+    def __init__(self, total: int, report: LiveReport | None = None) -> None:
         self.total, self.bar = total, comfy.utils.ProgressBar(total)
-        self.bar.update_absolute(start, total)
+        self.bar.update_absolute(0, total)
+        self.report = report if report is not None else LiveReport(None, None)
+        self.done: int | None = None
         self.losses: list[float] = []
         self.previews: list[torch.Tensor] = []
 
     def __call__(self, m: StepMetrics) -> None:
         self.losses.append(m.loss)
+        self.done = m.step + 1
         preview = None
         if m.preview is not None:
             self.previews.append(m.preview)
             preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
-        self.bar.update_absolute(m.step + 1, self.total, preview)  # raises on /interrupt
+        self.report.step(self.done, self.total, step_values(m))
+        self.bar.update_absolute(self.done, self.total, preview)  # raises on /interrupt
         log.info(
             "SRPO step %d/%d  loss %.4f  reward %.4f (pos %.4f, neg %.4f)  grad %.3g  %.2fs%s",
-            m.step + 1,
+            self.done,
             self.total,
             m.loss,
             m.reward,
@@ -325,8 +342,23 @@ class Progress:
         )
 
     def preview_batch(self) -> torch.Tensor:
-        """IMAGE batch (N, H, W, 3) of the collected previews."""
+        """IMAGE batch (N, H, W, 3) of the collected previews (one blank frame when none, e.g. a
+        run resumed from a checkpoint that had already finished)."""
+        if not self.previews:
+            return torch.zeros(1, BLANK_PREVIEW_SIZE, BLANK_PREVIEW_SIZE, 3)
         return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+
+
+def step_values(m: StepMetrics) -> dict[str, float | bool]:
+    """The numbers of one step that the editor plots (non-finite values become None in JSON)."""
+    values = {
+        "loss": m.loss,
+        "reward": m.reward,
+        "reward_pos": m.reward_pos,
+        "reward_neg": m.reward_neg,
+        "grad_norm": m.grad_norm,
+    }
+    return {**{k: v if math.isfinite(v) else None for k, v in values.items()}, "skipped": m.skipped}
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -423,7 +455,8 @@ def run_training(
     settings: TrainerSettings,
     real_latents: Any,
     existing_lora: dict[str, torch.Tensor] | None,
-) -> tuple[Any, bridge.AdapterSet, TrainResult, Progress]:
+    progress: Progress,
+) -> tuple[Any, bridge.AdapterSet, TrainResult]:
     """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup."""
     cfg = settings.config
     mp = model.clone()
@@ -443,7 +476,6 @@ def run_training(
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
     decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
     reward = align_reward(reward, settings)
-    progress = Progress(cfg.steps, start=0)
     outcome: list[TrainResult] = []
 
     def session(velocity: Any, device: torch.device) -> None:
@@ -470,7 +502,7 @@ def run_training(
 
     shape = (cfg.batch_size, *cfg.latent_shape)
     bridge.run_session(mp, conds, shape, session)
-    return mp, adapters, outcome[0], progress
+    return mp, adapters, outcome[0]
 
 
 class SRPODirectAlignTrainer(io.ComfyNode):
@@ -485,6 +517,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             description="Fine-tunes a flow model with SRPO: rollouts (or real latents), Direct-"
             "Align at early timesteps, a control-word reward, gradient ascent on a LoRA.",
             inputs=_trainer_inputs(),
+            hidden=[io.Hidden.prompt],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the LoRA applied."),
                 io.LoraModel.Output(display_name="lora", tooltip="For Save LoRA Weights."),
@@ -503,22 +536,56 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         real_latents, existing = kw.pop("real_latents", None), kw.pop("existing_lora", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
-        settings = build_settings(model, vae, real_latents, kw)
-        with torch.inference_mode(False), torch.enable_grad():
-            mp, adapters, result, progress = run_training(
-                model, vae, prompts, reward, settings, real_latents, existing
-            )
-            lora = adapters.freeze()
+        report = server_report()
+        settings = with_default_checkpoint(
+            build_settings(model, vae, real_latents, kw),
+            getattr(cls.hidden, "prompt", None),
+            report.node_id,
+        )
+        cfg = settings.config
+        progress = Progress(cfg.steps, report)
+        report.start(0, cfg.steps, cfg.checkpoint_path)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                mp, adapters, result = run_training(
+                    model, vae, prompts, reward, settings, real_latents, existing, progress
+                )
+                lora = adapters.freeze()
+        except comfy.model_management.InterruptProcessingException:
+            announce_stop(report, progress.done, cfg)
+            raise
         if result.interrupted:
-            log.info(
-                "SRPO training interrupted at step %d; checkpoint: %s",
-                result.steps_done,
-                result.checkpoint_path,
-            )
+            announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
+        text = finished_message(
+            result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
+        )
+        log.info(text)
+        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path)
         return io.NodeOutput(
             mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done
         )
+
+
+def with_default_checkpoint(
+    settings: TrainerSettings, prompt: Any, node_id: str | None
+) -> TrainerSettings:
+    """Cancel-safe default: without a checkpoint_name, a queued trainer checkpoints under a name
+    derived from its settings and inputs (live.run_identity), so Run again resumes. Outside a
+    queued prompt (no graph to identify the run) nothing changes."""
+    cfg = settings.config
+    if cfg.checkpoint_path is not None or prompt is None or node_id not in prompt:
+        return settings
+    name = default_checkpoint_name(run_identity(prompt, node_id, config_hash(cfg)))
+    config = dataclasses.replace(cfg, checkpoint_path=checkpoint_path(name))
+    return dataclasses.replace(settings, config=config)
+
+
+def announce_stop(report: LiveReport, done: int | None, cfg: TrainConfig) -> None:
+    """Log and show on the node where an interrupted run stopped and how to resume it."""
+    text = stopped_message(done, cfg.steps, cfg.checkpoint_path)
+    log.warning("%s (%s)", text, cfg.checkpoint_path)
+    report.end("stopped", done, cfg.steps, text, cfg.checkpoint_path)
 
 
 NODES: list[type[io.ComfyNode]] = [SRPODirectAlignTrainer, SRPOInversionRegularizer]

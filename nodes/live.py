@@ -1,0 +1,155 @@
+"""What the trainer tells the editor while it runs, and the name of its default checkpoint.
+
+The trainer sends one ``srpo.training`` websocket message per optimiser step (loss and rewards,
+for the live curves that ``web/srpo_training.js`` draws on the node) and one when it stops,
+finishes or is interrupted (the text the node shows). Previews keep going through ComfyUI's own
+progress bar.
+
+A trainer with an empty ``checkpoint_name`` still checkpoints, under a name derived from the
+run's settings: the hash of everything upstream of the trainer in the queued graph plus the
+training config's hash. Pressing Run again with the same settings finds the same file and resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRAINING_EVENT = "srpo.training"
+"""Websocket message type of the live training report (the web extension listens for it)."""
+RUN_CONTROL_INPUTS = frozenset(
+    {"steps", "preview_every", "checkpoint_every", "checkpoint_name", "gradient_checkpointing"}
+)
+"""Trainer inputs that do not change what is trained (they are not part of the run's identity):
+a run may resume with more steps or other report intervals."""
+IDENTITY_CHARS = 12
+"""Hex characters of the run identity used in default checkpoint names."""
+DEFAULT_NAME_PREFIX = "srpo_run_"
+
+
+def upstream_signature(
+    prompt: Mapping[str, Any], node_id: str, exclude: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The node's class and inputs with every link replaced by its source node's signature.
+
+    ``prompt`` is ComfyUI's API-format graph ``{id: {"class_type", "inputs"}}``; a link is
+    ``[source_id, output_index]``. ``exclude`` drops inputs of this node only (run control).
+    Node ids do not enter the signature, so a re-numbered but equal graph signs the same.
+    """
+    node = prompt[node_id]
+    inputs: dict[str, Any] = {}
+    for name, value in sorted(node.get("inputs", {}).items()):
+        if name in exclude:
+            continue
+        if _is_link(value, prompt):
+            inputs[name] = {"from": upstream_signature(prompt, str(value[0])), "out": value[1]}
+        else:
+            inputs[name] = value
+    return {"class": node.get("class_type"), "inputs": inputs}
+
+
+def _is_link(value: Any, prompt: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and str(value[0]) in prompt
+        and isinstance(value[1], int)
+    )
+
+
+def run_identity(prompt: Mapping[str, Any] | None, node_id: str | None, config_hash: str) -> str:
+    """``sha256({graph: upstream_signature, config: config_hash})``, first IDENTITY_CHARS hex.
+
+    Without a graph (the node called outside a queued prompt) only the config hash counts.
+    """
+    graph = None
+    if prompt is not None and node_id is not None and node_id in prompt:
+        graph = upstream_signature(prompt, node_id, RUN_CONTROL_INPUTS)
+    text = json.dumps({"graph": graph, "config": config_hash}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:IDENTITY_CHARS]
+
+
+def default_checkpoint_name(identity: str) -> str:
+    """Checkpoint name used when the node's ``checkpoint_name`` is empty."""
+    return f"{DEFAULT_NAME_PREFIX}{identity}"
+
+
+def stopped_message(done: int | None, total: int, checkpoint: str | None) -> str:
+    """What the node and the log say after an interrupt (the file's name, not its full path:
+    the node shows this text; checkpoints live in output/srpo_checkpoints)."""
+    where = f"at step {done}/{total}" if done is not None else f"before step 1/{total}"
+    if checkpoint is None:
+        return f"SRPO training stopped {where}. No checkpoint was written."
+    return (
+        f"SRPO training stopped {where}. Checkpoint {os.path.basename(checkpoint)} saved in"
+        f" output/{os.path.basename(os.path.dirname(checkpoint))}. Press Run again with the same"
+        " settings to resume from it."
+    )
+
+
+def finished_message(
+    done: int, total: int, resumed_from: int | None, checkpoint: str | None
+) -> str:
+    """What the node and the log say after a run that completed."""
+    resumed = f" (resumed at step {resumed_from})" if resumed_from else ""
+    saved = f" Checkpoint: {os.path.basename(checkpoint)}." if checkpoint else ""
+    return f"SRPO training done: {done}/{total} steps{resumed}.{saved}"
+
+
+@dataclass
+class LiveReport:
+    """Sends ``TRAINING_EVENT`` messages about one trainer node to the client that queued it.
+
+    ``send`` is ``PromptServer.send_sync``-like (event, data, sid) or None (no server: nothing
+    is sent, e.g. when the node runs outside ComfyUI's server).
+    """
+
+    node_id: str | None
+    prompt_id: str | None
+    send: Any = None
+    client_id: str | None = None
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def emit(self, phase: str, **data: Any) -> None:
+        message = {"node": self.node_id, "prompt_id": self.prompt_id, "phase": phase, **data}
+        if self.send is not None:
+            self.send(TRAINING_EVENT, message, self.client_id)
+        self.sent.append(message)
+
+    def step(self, step: int, total: int, metrics: Mapping[str, float | bool]) -> None:
+        """One optimiser step done (``step`` counts from 1)."""
+        self.emit("step", step=step, total=total, **metrics)
+
+    def start(self, step: int, total: int, checkpoint: str | None) -> None:
+        name = os.path.basename(checkpoint) if checkpoint else None
+        self.emit("start", step=step, total=total, checkpoint=name)
+
+    def end(
+        self, phase: str, step: int | None, total: int, text: str, checkpoint: str | None
+    ) -> None:
+        """``phase``: "stopped" or "done"; ``text`` is what the node displays."""
+        name = os.path.basename(checkpoint) if checkpoint else None
+        self.emit(phase, step=step, total=total, text=text, checkpoint=name)
+
+
+def server_report() -> LiveReport:
+    """A LiveReport for the node ComfyUI is executing now (no-op outside a server)."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return LiveReport(None, None)
+    context = get_executing_context()
+    server = getattr(PromptServer, "instance", None)
+    node_id = context.node_id if context else None
+    prompt_id = context.prompt_id if context else None
+    if server is None:
+        return LiveReport(node_id, prompt_id)
+    return LiveReport(node_id, prompt_id, server.send_sync, server.client_id)
