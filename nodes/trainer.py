@@ -291,14 +291,32 @@ def latent_shape(model: Any, vae: Any, width: int, height: int) -> tuple[int, in
 
 def checkpoint_path(name: str) -> str | None:
     """``output/srpo_checkpoints/<name>.ckpt`` for a plain name; None for an empty one."""
+    problem = name_problem(name)
+    if problem:
+        raise ValueError(problem)
     name = name.strip()
     if not name:
         return None
-    if os.path.basename(name) != name or name in {".", ".."}:
-        raise ValueError(f"checkpoint_name must be a plain file name, got {name!r}")
     folder = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_DIR)
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"{name}.ckpt")
+
+
+def interval_problem(sigma_max: float, sigma_min: float, gt_ratio: float) -> str | None:
+    """Why the training interval cannot be used (None when it can): TrainingInterval's rules."""
+    try:
+        TrainingInterval(sigma_max, sigma_min, gt_ratio)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def name_problem(checkpoint_name: str) -> str | None:
+    """Why checkpoint_name is not a plain file name (None when it is one, or empty)."""
+    name = checkpoint_name.strip()
+    if name and (os.path.basename(name) != name or name in {".", ".."}):
+        return f"checkpoint_name must be a plain file name (no folders), got {checkpoint_name!r}"
+    return None
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -528,6 +546,12 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, sigma_max: float, sigma_min: float, gt_ratio: float) -> bool | str:
+        """When the prompt is queued: a consistent training interval (ComfyUI marks the three
+        inputs). Declaring them here replaces ComfyUI's own min/max check of these inputs."""
+        return interval_problem(sigma_max, sigma_min, gt_ratio) or True
 
     @classmethod
     def execute(

@@ -15,6 +15,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..srpo_core.weights import plan_load, safetensors_shapes, stream_weights, strip_prefix
+from .model_files import SRPO_WEIGHTS, missing_file_message
 from .types import CATEGORY
 
 LAYOUTS = ("auto", "diffusers", "comfyui")
@@ -105,6 +106,13 @@ class SRPOLoadWeights(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with SRPO weights.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, srpo_checkpoint: str) -> bool | str:
+        """When the prompt is queued: the checkpoint is installed (else: folder and download)."""
+        if srpo_checkpoint and folder_paths.get_full_path("diffusion_models", srpo_checkpoint):
+            return True
+        return missing_file_message(srpo_checkpoint, "models/diffusion_models", SRPO_WEIGHTS)
 
     @classmethod
     def execute(
