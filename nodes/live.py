@@ -123,7 +123,7 @@ class LiveReport:
             self.send(TRAINING_EVENT, message, self.client_id)
         self.sent.append(message)
 
-    def step(self, step: int, total: int, metrics: Mapping[str, float | bool]) -> None:
+    def step(self, step: int, total: int, metrics: Mapping[str, float | bool | None]) -> None:
         """One optimiser step done (``step`` counts from 1)."""
         self.emit("step", step=step, total=total, **metrics)
 

@@ -367,7 +367,7 @@ class Progress:
         return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
 
 
-def step_values(m: StepMetrics) -> dict[str, float | bool]:
+def step_values(m: StepMetrics) -> dict[str, float | bool | None]:
     """The numbers of one step that the editor plots (non-finite values become None in JSON)."""
     values = {
         "loss": m.loss,
