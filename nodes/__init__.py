@@ -17,9 +17,17 @@ from types import ModuleType
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import preview, prompts, rewards, toyworld, trainer, weights
+from . import preview, prompts, rewards, toyworld, trainer, training_settings, weights
 
-NODE_FAMILIES: tuple[ModuleType, ...] = (weights, rewards, prompts, trainer, preview, toyworld)
+NODE_FAMILIES: tuple[ModuleType, ...] = (
+    weights,
+    rewards,
+    prompts,
+    trainer,
+    training_settings,
+    preview,
+    toyworld,
+)
 """The node-family modules, in the order their nodes are registered."""
 
 

@@ -24,32 +24,38 @@ log = logging.getLogger(__name__)
 
 TRAINING_EVENT = "srpo.training"
 """Websocket message type of the live training report (the web extension listens for it)."""
-RUN_CONTROL_INPUTS = frozenset(
-    {"steps", "preview_every", "checkpoint_every", "checkpoint_name", "gradient_checkpointing"}
-)
-"""Trainer inputs that do not change what is trained (they are not part of the run's identity):
-a run may resume with more steps or other report intervals."""
+RUN_CONTROL_INPUTS: dict[str, frozenset[str]] = {
+    "SRPODirectAlignTrainer": frozenset({"steps", "preview_every", "checkpoint_name"}),
+    "SRPOTrainingSettings": frozenset({"checkpoint_every", "gradient_checkpointing"}),
+}
+"""Per node type, the inputs that do not change what is trained (not part of the run's
+identity): a run may resume with more steps, other report intervals or memory settings."""
 IDENTITY_CHARS = 12
 """Hex characters of the run identity used in default checkpoint names."""
 DEFAULT_NAME_PREFIX = "srpo_run_"
 
 
 def upstream_signature(
-    prompt: Mapping[str, Any], node_id: str, exclude: frozenset[str] = frozenset()
+    prompt: Mapping[str, Any],
+    node_id: str,
+    exclude: Mapping[str, frozenset[str]] | None = None,
 ) -> dict[str, Any]:
     """The node's class and inputs with every link replaced by its source node's signature.
 
     ``prompt`` is ComfyUI's API-format graph ``{id: {"class_type", "inputs"}}``; a link is
-    ``[source_id, output_index]``. ``exclude`` drops inputs of this node only (run control).
-    Node ids do not enter the signature, so a re-numbered but equal graph signs the same.
+    ``[source_id, output_index]``. ``exclude`` maps a node type to inputs left out (run
+    control). Node ids do not enter the signature, so a re-numbered but equal graph signs the same.
     """
+    exclude = exclude or {}
     node = prompt[node_id]
+    skipped = exclude.get(node.get("class_type", ""), frozenset())
     inputs: dict[str, Any] = {}
     for name, value in sorted(node.get("inputs", {}).items()):
-        if name in exclude:
+        if name in skipped:
             continue
         if _is_link(value, prompt):
-            inputs[name] = {"from": upstream_signature(prompt, str(value[0])), "out": value[1]}
+            source = upstream_signature(prompt, str(value[0]), exclude)
+            inputs[name] = {"from": source, "out": value[1]}
         else:
             inputs[name] = value
     return {"class": node.get("class_type"), "inputs": inputs}

@@ -44,11 +44,13 @@ from .live import (
     stopped_message,
 )
 from .prompts import PromptSet
+from .training_settings import TrainingSettings
 from .types import (
     CATEGORY,
     SRPOPrompts,
     SRPORegularizer,
     SRPOReward,
+    SRPOTrainingSettings,
     default_of,
     help_of,
     k_schedule_inputs,
@@ -116,7 +118,6 @@ class SRPOInversionRegularizer(io.ComfyNode):
 
 def _trainer_inputs() -> list[Any]:
     t = TrainConfig
-    interval = TrainingInterval()
     return [
         io.Model.Input("model", tooltip="The flow model to fine-tune (FLUX, SD3, ...)."),
         io.Vae.Input("vae", tooltip="The model's VAE; decodes recovered latents for the reward."),
@@ -132,72 +133,12 @@ def _trainer_inputs() -> list[Any]:
             tooltip=help_of(t, "lr", "LoRA: 1e-4 is a good start."),
         ),
         io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank (adapter size)."),
-        io.Combo.Input(
-            "algorithm",
-            options=list(bridge.ADAPTER_ALGORITHMS),
-            default="LoRA",
-            tooltip="Weight-adapter algorithm (comfy.weight_adapter), as in the stock Train LoRA.",
-        ),
         io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=help_of(t, "batch_size")),
-        io.Int.Input("grad_accum", default=1, min=1, max=256, tooltip=help_of(t, "grad_accum")),
-        io.Int.Input("micro_steps", default=1, min=1, max=16, tooltip=help_of(t, "micro_steps")),
-        io.Int.Input(
-            "rollout_steps", default=25, min=1, max=200, tooltip=help_of(t, "rollout_steps")
-        ),
         io.Int.Input(
             "width", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image width."
         ),
         io.Int.Input(
             "height", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image height."
-        ),
-        io.Float.Input(
-            "guidance",
-            default=3.5,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            tooltip="Distilled guidance put into the conditioning (FLUX.1-dev; ignored by"
-            " models without a guidance embedding).",
-        ),
-        io.Float.Input(
-            "sigma_max",
-            default=interval.sigma_max,
-            min=0.01,
-            max=0.999,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "sigma_max"),
-        ),
-        io.Float.Input(
-            "sigma_min",
-            default=interval.sigma_min,
-            min=0.001,
-            max=0.99,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "sigma_min"),
-        ),
-        io.Float.Input(
-            "gt_ratio",
-            default=interval.gt_ratio,
-            min=0.0,
-            max=0.99,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "gt_ratio"),
-        ),
-        io.Float.Input(
-            "threshold",
-            default=default_of(t, "threshold"),
-            min=-100.0,
-            max=100.0,
-            step=0.01,
-            tooltip=help_of(t, "threshold"),
-        ),
-        io.Float.Input(
-            "max_grad_norm",
-            default=default_of(t, "max_grad_norm"),
-            min=1e-4,
-            max=1e4,
-            step=0.01,
-            tooltip=help_of(t, "max_grad_norm"),
         ),
         io.Int.Input(
             "seed",
@@ -206,21 +147,6 @@ def _trainer_inputs() -> list[Any]:
             max=0xFFFFFFFFFFFFFFFF,
             control_after_generate=True,
             tooltip=help_of(t, "seed"),
-        ),
-        io.Combo.Input(
-            "training_dtype", options=["fp32", "bf16"], default="bf16", tooltip=help_of(t, "dtype")
-        ),
-        io.Combo.Input(
-            "lora_dtype",
-            options=list(LORA_DTYPES),
-            default="bf16",
-            tooltip="Storage dtype of the trained adapter weights.",
-        ),
-        io.Boolean.Input(
-            "gradient_checkpointing",
-            default=True,
-            tooltip="Checkpoint each transformer block: far less memory, one extra forward."
-            " Back-propagation through ComfyUI's Flux needs it (in-place residual adds).",
         ),
         io.Int.Input(
             "preview_every",
@@ -235,15 +161,14 @@ def _trainer_inputs() -> list[Any]:
             default="",
             tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/. Empty: a name"
             " made from this run's settings (srpo_run_<hash>), so Run again resumes. If it"
-            " exists and the settings match, training resumes from it; it is saved every"
-            " checkpoint_every steps, at the end and on interrupt.",
+            " exists and the settings match, training resumes from it; it is saved at the end,"
+            " on interrupt and every checkpoint_every steps (SRPO Training Settings).",
         ),
-        io.Int.Input(
-            "checkpoint_every",
-            default=0,
-            min=0,
-            max=100000,
-            tooltip=help_of(t, "checkpoint_every"),
+        SRPOTrainingSettings.Input(
+            "settings",
+            optional=True,
+            tooltip="SRPO Training Settings: the rarely changed settings (algorithm, interval,"
+            " dtypes, ...); without it their defaults apply.",
         ),
         SRPORegularizer.Input(
             "regularizer",
@@ -300,15 +225,6 @@ def checkpoint_path(name: str) -> str | None:
     folder = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_DIR)
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"{name}.ckpt")
-
-
-def interval_problem(sigma_max: float, sigma_min: float, gt_ratio: float) -> str | None:
-    """Why the training interval cannot be used (None when it can): TrainingInterval's rules."""
-    try:
-        TrainingInterval(sigma_max, sigma_min, gt_ratio)
-    except ValueError as error:
-        return str(error)
-    return None
 
 
 def name_problem(checkpoint_name: str) -> str | None:
@@ -416,7 +332,12 @@ class TrainerSettings:
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
-    """Validate the node inputs and turn them into a TrainConfig (raises before any work)."""
+    """Validate the node inputs and turn them into a TrainConfig (raises before any work).
+
+    ``kw``: the trainer's own inputs; the SRPO Training Settings node's values (or their
+    defaults) fill in the rest."""
+    extra: TrainingSettings = kw.get("settings") or TrainingSettings()
+    kw = {**dataclasses.asdict(extra), **{k: v for k, v in kw.items() if k != "settings"}}
     regularizer: InversionSettings | None = kw.get("regularizer")
     offline = real_latents is not None
     if offline:
@@ -546,12 +467,6 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
             ],
         )
-
-    @classmethod
-    def validate_inputs(cls, sigma_max: float, sigma_min: float, gt_ratio: float) -> bool | str:
-        """When the prompt is queued: a consistent training interval (ComfyUI marks the three
-        inputs). Declaring them here replaces ComfyUI's own min/max check of these inputs."""
-        return interval_problem(sigma_max, sigma_min, gt_ratio) or True
 
     @classmethod
     def execute(

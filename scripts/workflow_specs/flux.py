@@ -160,7 +160,6 @@ def srpo_finetune_flux() -> WorkflowSpec:
         rank=16,
         width=TRAIN_SIZE,
         height=TRAIN_SIZE,
-        guidance=GUIDANCE,
         seed=SEED,
     )
     wf.add(

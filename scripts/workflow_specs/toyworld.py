@@ -22,21 +22,24 @@ TRAIN = {
     "learning_rate": 5e-4,
     "rank": 8,
     "batch_size": 2,
-    "micro_steps": 1,
-    "rollout_steps": 8,
     "width": IMAGE_SIZE,
     "height": IMAGE_SIZE,
-    "guidance": 1.0,
-    "threshold": 0.7,
-    "max_grad_norm": 1.0,
     "seed": 0,
-    "training_dtype": "fp32",
-    "lora_dtype": "fp32",
-    "gradient_checkpointing": True,
     "preview_every": 5,
 }
 """A few dozen CPU-sized steps. At lr 2e-3 the toy reward is hacked within 30 steps (the
 shapes wash out to white); 5e-4 brightens the scene and keeps the content."""
+SETTINGS = {
+    "micro_steps": 1,
+    "rollout_steps": 8,
+    "guidance": 1.0,
+    "threshold": 0.7,
+    "max_grad_norm": 1.0,
+    "training_dtype": "fp32",
+    "lora_dtype": "fp32",
+    "gradient_checkpointing": True,
+}
+"""SRPO Training Settings for a CPU: short rollouts, fp32, a looser clip; no guidance embedding."""
 
 
 def sample(wf: WorkflowSpec, label: str, model: Out, clip: Out, vae: Out) -> Out:
@@ -75,12 +78,14 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         mode="srp",
     )
     prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
+    settings = wf.add("SRPOTrainingSettings", **SETTINGS)
     trainer = wf.add(
         "SRPODirectAlignTrainer",
         model=model,
         vae=vae,
         prompts=prompts.out(),
         reward=reward.out(),
+        settings=settings.out(),
         **TRAIN,
     )
     wf.add(

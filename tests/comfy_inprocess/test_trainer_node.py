@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 from typing import Any
 
@@ -41,6 +42,18 @@ SETTINGS = {
 }
 
 
+def node_inputs(**overrides: Any) -> dict[str, Any]:
+    """SETTINGS (+ overrides) split as in a workflow: the trainer's own widgets, and an SRPO
+    Training Settings node's output under ``settings``."""
+    from comfyui_srpo.nodes.training_settings import SRPOTrainingSettingsNode, TrainingSettings
+
+    values = dict(SETTINGS, **overrides)
+    names = {f.name for f in dataclasses.fields(TrainingSettings)}
+    extra = {k: values.pop(k) for k in list(values) if k in names}
+    values["settings"] = SRPOTrainingSettingsNode.execute(**extra).args[0]
+    return values
+
+
 @pytest.fixture
 def reward(pack: ModuleType) -> Any:
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
@@ -68,7 +81,7 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     regularizer = SRPOInversionRegularizer.execute(1.0, 0.5, 0.3, 0.01).args[0]
     with torch.inference_mode():  # ComfyUI runs every node in inference mode
         out = SRPODirectAlignTrainer.execute(
-            tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **SETTINGS
+            tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **node_inputs()
         )
     model, lora, loss, previews, steps = out.args
     assert steps == 3
@@ -88,13 +101,13 @@ def test_trainer_rejects_bad_settings_before_training(
 ) -> None:
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
 
-    bad = dict(SETTINGS, sigma_min=0.96)
+    bad = node_inputs(sigma_min=0.96)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
-    bad = dict(SETTINGS, width=60)
+    bad = node_inputs(width=60)
     with pytest.raises(ValueError, match="multiples of the VAE's factor 8"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
-    bad = dict(SETTINGS, checkpoint_name="../escape")
+    bad = node_inputs(checkpoint_name="../escape")
     with pytest.raises(ValueError, match="plain file name"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
 
@@ -110,7 +123,7 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     from comfyui_srpo.srpo_core.training import load_checkpoint
 
     folder_paths.set_output_directory(str(tmp_path))
-    settings = dict(SETTINGS, steps=4, checkpoint_name="run1", preview_every=2)
+    settings = node_inputs(steps=4, checkpoint_name="run1", preview_every=2)
     path = tmp_path / "srpo_checkpoints" / "run1.ckpt"
 
     def interrupt_at_step_2(value: int, total: int, preview: Any, node_id: Any = None) -> None:
@@ -135,3 +148,35 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     _, _, loss, _, steps = out.args
     assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
     assert load_checkpoint(str(path)).step == 4
+
+
+OLD_TRAINER_DEFAULTS = {
+    "algorithm": "LoRA",
+    "grad_accum": 1,
+    "micro_steps": 1,
+    "rollout_steps": 25,
+    "guidance": 3.5,
+    "sigma_max": 0.95,
+    "sigma_min": 0.75,
+    "gt_ratio": 0.9,
+    "threshold": 0.7,
+    "max_grad_norm": 0.1,
+    "training_dtype": "bf16",
+    "lora_dtype": "bf16",
+    "gradient_checkpointing": True,
+    "checkpoint_every": 0,
+}
+"""The defaults these settings had as trainer widgets (before the settings node existed)."""
+
+
+def test_settings_node_keeps_the_trainers_former_defaults(pack: ModuleType) -> None:
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.training_settings import SRPOTrainingSettingsNode, TrainingSettings
+
+    assert dataclasses.asdict(TrainingSettings()) == OLD_TRAINER_DEFAULTS
+    schema = SRPOTrainingSettingsNode.define_schema()
+    assert {i.id: i.default for i in schema.inputs} == OLD_TRAINER_DEFAULTS
+    assert all(i.tooltip for i in schema.inputs)
+    trainer = {i.id for i in SRPODirectAlignTrainer.define_schema().inputs}
+    assert not trainer & set(OLD_TRAINER_DEFAULTS), "a setting is on both nodes"
+    assert "settings" in trainer

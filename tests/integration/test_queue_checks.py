@@ -66,10 +66,10 @@ def test_inconsistent_interval_is_refused_when_queued(
     comfy: ComfyServer, sigma_max: float, sigma_min: float, gt_ratio: float, expected: str
 ) -> None:
     prompt = api_workflow("srpo_finetune_toyworld")
-    trainer = next(n for n in prompt.values() if n["class_type"] == "SRPODirectAlignTrainer")
-    trainer["inputs"].update(sigma_max=sigma_max, sigma_min=sigma_min, gt_ratio=gt_ratio)
+    settings = next(n for n in prompt.values() if n["class_type"] == "SRPOTrainingSettings")
+    settings["inputs"].update(sigma_max=sigma_max, sigma_min=sigma_min, gt_ratio=gt_ratio)
     errors = rejection(comfy, prompt)
-    assert list(errors) == ["SRPODirectAlignTrainer"], errors
-    assert expected in custom_messages(errors["SRPODirectAlignTrainer"])
-    marked = {e["extra_info"]["input_name"] for e in errors["SRPODirectAlignTrainer"]}
+    assert list(errors) == ["SRPOTrainingSettings"], errors
+    assert expected in custom_messages(errors["SRPOTrainingSettings"])
+    marked = {e["extra_info"]["input_name"] for e in errors["SRPOTrainingSettings"]}
     assert marked == {"sigma_max", "sigma_min", "gt_ratio"}
