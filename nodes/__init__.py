@@ -17,7 +17,16 @@ from types import ModuleType
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import preview, prompts, rewards, toyworld, trainer, training_settings, weights
+from . import (
+    preview,
+    prompts,
+    rewards,
+    toyworld,
+    trainer,
+    training_settings,
+    validation,
+    weights,
+)
 
 NODE_FAMILIES: tuple[ModuleType, ...] = (
     weights,
@@ -25,6 +34,7 @@ NODE_FAMILIES: tuple[ModuleType, ...] = (
     prompts,
     trainer,
     training_settings,
+    validation,
     preview,
     toyworld,
 )

@@ -51,10 +51,12 @@ from .types import (
     SRPORegularizer,
     SRPOReward,
     SRPOTrainingSettings,
+    SRPOValidation,
     default_of,
     help_of,
     k_schedule_inputs,
 )
+from .validation import ValidationSettings, Validator
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,12 @@ def _trainer_inputs() -> list[Any]:
             tooltip="SRPO Training Settings: the rarely changed settings (algorithm, interval,"
             " dtypes, ...); without it their defaults apply.",
         ),
+        SRPOValidation.Input(
+            "validation",
+            optional=True,
+            tooltip="SRPO Validation: fixed-prompt samples and their reward every N steps"
+            " (live and on the validation output), optional LoRA saves.",
+        ),
         SRPORegularizer.Input(
             "regularizer",
             optional=True,
@@ -275,12 +283,23 @@ class Progress:
             "  skipped (non-finite)" if m.skipped else "",
         )
 
+    def show_validation(self, step: int, mean_reward: float, images: list[torch.Tensor]) -> None:
+        """Validation samples as the live preview (side by side), mean reward to the editor."""
+        row = torch.cat(images, dim=2)
+        self.bar.update_absolute(step, self.total, ("JPEG", to_pil(row), PREVIEW_MAX_SIZE))
+        self.report.emit("validation", step=step, total=self.total, reward=mean_reward)
+
     def preview_batch(self) -> torch.Tensor:
         """IMAGE batch (N, H, W, 3) of the collected previews (one blank frame when none, e.g. a
         run resumed from a checkpoint that had already finished)."""
         if not self.previews:
-            return torch.zeros(1, BLANK_PREVIEW_SIZE, BLANK_PREVIEW_SIZE, 3)
+            return blank_image()
         return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+
+
+def blank_image() -> torch.Tensor:
+    """A small black IMAGE (1, H, W, 3) for an image output that has nothing to show."""
+    return torch.zeros(1, BLANK_PREVIEW_SIZE, BLANK_PREVIEW_SIZE, 3)
 
 
 def step_values(m: StepMetrics) -> dict[str, float | bool | None]:
@@ -395,37 +414,59 @@ def run_training(
     real_latents: Any,
     existing_lora: dict[str, torch.Tensor] | None,
     progress: Progress,
-) -> tuple[Any, bridge.AdapterSet, TrainResult]:
-    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup."""
+    validation: ValidationSettings | None = None,
+) -> tuple[Any, bridge.AdapterSet, TrainResult, Validator | None]:
+    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup
+    (validation prompts, if any, follow the training prompts in the conditioning list)."""
     cfg = settings.config
     mp = model.clone()
-    adapters = bridge.attach_adapters(
-        mp,
-        algorithm=settings.algorithm,
-        rank=settings.rank,
-        dtype=settings.lora_dtype,
-        existing=existing_lora,
-    )
+    with torch.random.fork_rng(devices=[]):  # adapter init from the run's seed: reproducible
+        torch.manual_seed(cfg.seed)
+        adapters = bridge.attach_adapters(
+            mp,
+            algorithm=settings.algorithm,
+            rank=settings.rank,
+            dtype=settings.lora_dtype,
+            existing=existing_lora,
+        )
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
+    validation_conds = validation.prompts.conds if validation else []
     conds = [
         node_helpers.conditioning_set_values(c, {"guidance": settings.guidance})
-        for c in prompts.conds
+        for c in [*prompts.conds, *validation_conds]
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
     decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
     reward = align_reward(reward, settings)
     outcome: list[TrainResult] = []
+    validator = None
+    if validation is not None:
+        stem = os.path.splitext(os.path.basename(cfg.checkpoint_path or "srpo_lora"))[0]
+        validator = Validator(
+            validation, len(prompts.conds), reward, cfg.rollout_steps, cfg.shift, cfg.dtype, stem
+        )
 
     def session(velocity: Any, device: torch.device) -> None:
         reward.model.to(device)
+        policy = grouped_velocity(velocity)
+
+        def on_step(m: StepMetrics) -> None:
+            progress(m)
+            if validator is not None:
+                done = m.step + 1
+                result = validator.run(done, policy, decoder, device, cfg.latent_shape)
+                if result is not None:
+                    progress.show_validation(done, result.mean_reward, validator.labelled(result))
+                validator.save_lora(done, adapters.state)
+
         offline = None
         if real_latents is not None:
             offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
         with bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing):
             result = train(
                 cfg,
-                grouped_velocity(velocity),
+                policy,
                 decoder,
                 reward,
                 adapters.parameters(),
@@ -433,7 +474,7 @@ def run_training(
                 offline_latents=offline,
                 collate_cond=index_conds,
                 enable_gradient_checkpointing=lambda: None,
-                callback=progress,
+                callback=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
             )
@@ -441,7 +482,7 @@ def run_training(
 
     shape = (cfg.batch_size, *cfg.latent_shape)
     bridge.run_session(mp, conds, shape, session)
-    return mp, adapters, outcome[0]
+    return mp, adapters, outcome[0], validator
 
 
 class SRPODirectAlignTrainer(io.ComfyNode):
@@ -465,6 +506,11 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                     display_name="previews", tooltip="Recovered images during training."
                 ),
                 io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
+                io.Image.Output(
+                    display_name="validation",
+                    tooltip="SRPO Validation samples of this run, labelled with step and reward"
+                    " (one black image without a validation input).",
+                ),
             ],
         )
 
@@ -473,6 +519,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         cls, model: Any, vae: Any, prompts: PromptSet, reward: Any, **kw: Any
     ) -> io.NodeOutput:
         real_latents, existing = kw.pop("real_latents", None), kw.pop("existing_lora", None)
+        validation: ValidationSettings | None = kw.pop("validation", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
         report = server_report()
@@ -486,8 +533,16 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         report.start(0, cfg.steps, cfg.checkpoint_path)
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                mp, adapters, result = run_training(
-                    model, vae, prompts, reward, settings, real_latents, existing, progress
+                mp, adapters, result, validator = run_training(
+                    model,
+                    vae,
+                    prompts,
+                    reward,
+                    settings,
+                    real_latents,
+                    existing,
+                    progress,
+                    validation,
                 )
                 lora = adapters.freeze()
         except comfy.model_management.InterruptProcessingException:
@@ -501,8 +556,14 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         )
         log.info(text)
         report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path)
+        samples = validator.image_batch() if validator is not None else None
         return io.NodeOutput(
-            mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done
+            mp,
+            lora,
+            {"loss": progress.losses},
+            progress.preview_batch(),
+            result.steps_done,
+            samples if samples is not None else blank_image(),
         )
 
 

@@ -40,6 +40,9 @@ SETTINGS = {
     "gradient_checkpointing": True,
 }
 """SRPO Training Settings for a CPU: short rollouts, fp32, a looser clip; no guidance embedding."""
+VALIDATION_PROMPTS = ("a red circle", "a blue square")
+VALIDATE_EVERY = 10
+"""Validation samples (fixed noise) after steps 10, 20 and 30."""
 
 
 def sample(wf: WorkflowSpec, label: str, model: Out, clip: Out, vae: Out) -> Out:
@@ -79,6 +82,12 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
     )
     prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
     settings = wf.add("SRPOTrainingSettings", **SETTINGS)
+    validation_prompts = wf.add(
+        "SRPOPromptSet", "Validation prompts", clip=clip, prompts="\n".join(VALIDATION_PROMPTS)
+    )
+    validation = wf.add(
+        "SRPOValidation", prompts=validation_prompts.out(), every=VALIDATE_EVERY, seed=SEED
+    )
     trainer = wf.add(
         "SRPODirectAlignTrainer",
         model=model,
@@ -86,6 +95,7 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         prompts=prompts.out(),
         reward=reward.out(),
         settings=settings.out(),
+        validation=validation.out(),
         **TRAIN,
     )
     wf.add(
@@ -93,6 +103,7 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
     )
     wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
     wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+    wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
     before = sample(wf, "before", model, clip, vae)
     after = sample(wf, "after", trainer.out("model"), clip, vae)
     wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_toy_before")

@@ -83,10 +83,11 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
         out = SRPODirectAlignTrainer.execute(
             tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **node_inputs()
         )
-    model, lora, loss, previews, steps = out.args
+    model, lora, loss, previews, steps, validation = out.args
     assert steps == 3
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
     assert previews.shape == (3, 64, 64, 3)
+    assert validation.shape == (1, 64, 64, 3) and float(validation.abs().sum()) == 0
     assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
     ups = [v for k, v in lora.items() if k.endswith("lora_up.weight")]
     assert ups and all(float(v.abs().sum()) > 0 for v in ups), "LoRA up weights were trained"
@@ -145,7 +146,7 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
 
     with torch.inference_mode():
         out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
-    _, _, loss, _, steps = out.args
+    _, _, loss, _, steps, _ = out.args
     assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
     assert load_checkpoint(str(path)).step == 4
 
@@ -180,3 +181,31 @@ def test_settings_node_keeps_the_trainers_former_defaults(pack: ModuleType) -> N
     trainer = {i.id for i in SRPODirectAlignTrainer.define_schema().inputs}
     assert not trainer & set(OLD_TRAINER_DEFAULTS), "a setting is on both nodes"
     assert "settings" in trainer
+
+
+def test_validation_samples_every_n_steps_without_changing_training(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any, tmp_path: Any
+) -> None:
+    """Validation after steps 2 and 4 (two prompts each, labelled); LoRA saved at step 4; the
+    trained LoRA is the same as without validation (validation draws from its own RNG)."""
+    import folder_paths
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.validation import SRPOValidationNode
+
+    folder_paths.set_output_directory(str(tmp_path))
+    validation = SRPOValidationNode.execute(prompts, 2, 5, 4).args[0]
+    settings = node_inputs(steps=4, preview_every=4)
+    with torch.inference_mode():
+        plain = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+        checked = SRPODirectAlignTrainer.execute(
+            tiny_flux, tiny_vae, prompts, reward, validation=validation, **settings
+        )
+    samples = checked.args[5]
+    assert samples.shape == (4, 64, 64, 3)
+    strip = samples[:, :14]
+    assert float(strip.min()) == 0.0 and float(strip.max()) > 0.9, "light text on a black strip"
+    assert not torch.equal(samples[0], samples[2]), "the LoRA changed between validations"
+    for key, value in plain.args[1].items():
+        assert torch.equal(value, checked.args[1][key]), key
+    saved = sorted((tmp_path / "loras").glob("*_step00004.safetensors"))
+    assert len(saved) == 1, list((tmp_path / "loras").glob("*"))

@@ -25,6 +25,7 @@ SRPO_NODES = {
         "learning_rate",
         "rank",
         "settings",
+        "validation",
         "regularizer",
         "real_latents",
         "existing_lora",
@@ -40,6 +41,7 @@ SRPO_NODES = {
         "training_dtype",
         "gradient_checkpointing",
     },
+    "SRPOValidation": {"prompts", "every", "seed", "save_lora_every"},
     "SRPORewardScore": {"reward_model", "images", "prompt", "positive", "negative"},
     "SRPODirectAlignPreview": {"model", "vae", "positive", "latent", "sigma"},
 }
@@ -66,6 +68,6 @@ def test_node_is_served_with_its_inputs_and_tooltips(
 def test_trainer_outputs_feed_the_stock_training_nodes(comfy_client: ComfyClient) -> None:
     info = comfy_client.object_info()
     outputs = info["SRPODirectAlignTrainer"]["output"]
-    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT"]
+    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "IMAGE"]
     assert inputs_of(info["SaveLoRA"])["lora"][0] == "LORA_MODEL"
     assert inputs_of(info["LossGraphNode"])["loss"][0] == "LOSS_MAP"
