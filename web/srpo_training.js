@@ -1,8 +1,9 @@
 // Live SRPO training report on the Direct-Align Trainer node (ComfyUI frontend extension).
 //
 // The trainer (nodes/live.py) sends one "srpo.training" websocket message per optimiser step
-// ({node, phase: "step", step, total, loss, reward, reward_pos, reward_neg, ...}) and one when
-// it starts ("start"), finishes ("done") or is interrupted ("stopped", with the text to show).
+// ({node, phase: "step", step, total, loss, reward, reward_pos, reward_neg, ...}), one per
+// SRPO Validation ("validation": the validation samples' mean reward) and one when it starts
+// ("start"), finishes ("done") or is interrupted ("stopped", with the text to show).
 // This extension draws the loss and reward curves on the trainer node, gives the node room for
 // ComfyUI's own live preview (sent through the progress bar) at a readable size, and shows the
 // "stopped at step N/M, checkpoint ..., Run again resumes" text after an interrupt.
@@ -22,11 +23,28 @@ const PANEL_HEIGHT = PLOT_HEIGHT + TEXT_LINE * TEXT_LINES + 12;
 const MARGIN = 10;
 const PREVIEW_MIN_HEIGHT = 320;
 const MIN_WIDTH = 400;
-const COLORS = { loss: "#ff6b6b", reward: "#5fd068", frame: "#555", text: "#ddd", stop: "#ffb347" };
+const COLORS = {
+  loss: "#ff6b6b",
+  reward: "#5fd068",
+  validation: "#6bb8ff",
+  frame: "#555",
+  text: "#ddd",
+  stop: "#ffb347",
+};
 
 /** State of the last run of one trainer node: the series and the status line. */
 function emptyRun() {
-  return { steps: [], loss: [], reward: [], total: 0, phase: "idle", text: "", checkpoint: null };
+  return {
+    steps: [],
+    loss: [],
+    reward: [],
+    validationSteps: [],
+    validation: [],
+    total: 0,
+    phase: "idle",
+    text: "",
+    checkpoint: null,
+  };
 }
 
 function finite(values) {
@@ -100,6 +118,9 @@ function drawPanel(ctx, run, width, y) {
   const inner = { x: box.x + 4, y: box.y + 18, w: box.w - 8, h: box.h - 24 };
   const loss = drawSeries(ctx, run.steps, run.loss, run.total, inner, COLORS.loss);
   const reward = drawSeries(ctx, run.steps, run.reward, run.total, inner, COLORS.reward);
+  const validation = drawSeries(
+    ctx, run.validationSteps, run.validation, run.total, inner, COLORS.validation
+  );
   ctx.font = "12px sans-serif";
   ctx.textBaseline = "top";
   ctx.fillStyle = COLORS.loss;
@@ -108,6 +129,11 @@ function drawPanel(ctx, run, width, y) {
   ctx.fillStyle = COLORS.reward;
   const rewardLabel = `reward${range(reward)}`;
   ctx.fillText(rewardLabel, box.x + box.w - 6 - ctx.measureText(rewardLabel).width, box.y + 3);
+  if (validation) {
+    ctx.fillStyle = COLORS.validation;
+    const label = `validation ${validation.last.toFixed(4)}`;
+    ctx.fillText(label, box.x + box.w - 6 - ctx.measureText(label).width, box.y + box.h - 15);
+  }
   ctx.fillStyle = run.phase === "stopped" ? COLORS.stop : COLORS.text;
   const lines = wrap(ctx, statusText(run), box.w).slice(0, TEXT_LINES);
   lines.forEach((line, i) => ctx.fillText(line, box.x, box.y + box.h + 6 + i * TEXT_LINE));
@@ -162,6 +188,9 @@ function onTraining(event) {
     run.steps.push(data.step);
     run.loss.push(data.loss ?? Number.NaN);
     run.reward.push(data.reward ?? Number.NaN);
+  } else if (data.phase === "validation") {
+    run.validationSteps.push(data.step);
+    run.validation.push(data.reward ?? Number.NaN);
   } else {
     Object.assign(run, { phase: data.phase, text: data.text, checkpoint: data.checkpoint });
   }

@@ -5,7 +5,8 @@ messages go to this page's websocket). While the trainer runs: the loss and rewa
 the panel on the trainer node, ComfyUI's own live preview sits below it at a readable size, and a
 screenshot of the canvas is kept. Then Cancel (the frontend's interrupt): the node says where it
 stopped and which checkpoint it left, though the workflow's checkpoint_name is empty. Run again:
-the trainer resumes from that step and finishes.
+the trainer resumes from that step and finishes; the workflow's SRPO Validation (every 10 steps)
+reports its mean reward after step 10.
 
 Screenshots: test-artifacts/live_training_midrun.png, live_training_stopped.png,
 live_training_resumed.png (the folder is git-ignored).
@@ -82,6 +83,7 @@ const preview = (node.widgets || []).find((w) => String(w.name).includes("image-
 const imgs = node.imgs || [];
 return {
   live: live && { steps: [...live.steps], loss: [...live.loss], reward: [...live.reward],
+                  validationSteps: [...live.validationSteps],
                   total: live.total, phase: live.phase, text: live.text,
                   checkpoint: live.checkpoint },
   widgets,
@@ -170,3 +172,4 @@ def test_curves_preview_cancel_message_and_resume(frontend: Frontend, comfy: Com
     assert done["live"]["steps"][0] == stopped_at + 1, done["live"]
     assert done["live"]["steps"][-1] == STEPS
     assert f"resumed at step {stopped_at}" in done["live"]["text"], done["live"]["text"]
+    assert done["live"]["validationSteps"] == [STEPS], "SRPO Validation (every 10) after step 10"
