@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 LORA_FOLDER = "loras"
 """Sub-folder of the output folder for the LoRAs saved during training."""
 LABEL_HEIGHT = 14
+LABEL_MIN_WIDTH = 256
+"""Smaller samples are enlarged (nearest neighbour, whole factors) so the label stays legible."""
 LABEL_COLOR = (255, 255, 255)
 LABEL_BACKGROUND = (0, 0, 0)
 MAX_EVERY = 100000
@@ -104,7 +106,11 @@ class SRPOValidationNode(io.ComfyNode):
 
 
 def label(image: torch.Tensor, text: str) -> torch.Tensor:
-    """(3, H, W) in [0, 1] with ``text`` on a black strip along its top edge."""
+    """(3, H, W) in [0, 1] with ``text`` on a black strip along its top edge; images narrower
+    than LABEL_MIN_WIDTH are first enlarged by a whole factor (nearest neighbour)."""
+    factor = -(-LABEL_MIN_WIDTH // image.shape[-1])
+    if factor > 1:
+        image = image.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
     array = image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     picture = Image.fromarray(np.ascontiguousarray(array))
     draw = ImageDraw.Draw(picture)

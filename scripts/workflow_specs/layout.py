@@ -42,8 +42,9 @@ GROUPED_COLUMN_GAP = 2 * GROUP_PADDING + 30
 GROUPED_ROW_GAP = 24
 """Free space between stacked nodes of a grouped layout (tighter: fit zoom on 1920x1080)."""
 """Horizontal space between columns of a grouped layout (the groups' frames sit in it)."""
-RESULT_HEIGHT = 220
-"""Body height of a node that shows images or a graph after a run (previews, saves, loss)."""
+RESULT_HEIGHT = 236
+"""Room a node that shows images or a graph after a run (previews, saves, loss) needs below its
+widgets: the frontend's image preview widget is at least 220 high."""
 RESULT_TYPES = frozenset({"PreviewImage", "SaveImage", "LossGraphNode"})
 WIDE_TYPES = {"SRPODirectAlignTrainer": 400.0}
 """Node types drawn wider than NODE_WIDTH (the trainer's live panel wants 400, see web/)."""
@@ -76,7 +77,7 @@ def node_size(node: ResolvedNode) -> tuple[float, float]:
     height = rows * SLOT_HEIGHT + sum(map(widget_height, node.node_def.widgets)) + BODY_PADDING
     kind = node.spec.class_type
     if kind in RESULT_TYPES:
-        height = max(height, RESULT_HEIGHT)
+        height += RESULT_HEIGHT
     if kind in WIDE_TYPES:
         height += LIVE_REPORT_HEIGHT
     if node.spec.height is not None:

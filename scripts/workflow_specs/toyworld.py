@@ -55,6 +55,8 @@ Press Run: the trainer draws its loss and reward curves and the latest preview w
 Cancel keeps a checkpoint; Run again resumes.
 """
 NOTE_HEIGHT = 170
+PROMPT_HEIGHT = 100
+"""The sample prompts are one line: a shorter text box than the estimate."""
 COLUMNS = {"models": 0, "settings": 1, "trainer": 2, "results": 3, "before": 4, "after": 5}
 
 
@@ -114,19 +116,21 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
             validation=validation.out(),
             **TRAIN,
         )
-    with wf.group("Training results", COLUMNS["results"]):
+    with wf.group("Training", COLUMNS["settings"]):
         wf.add(
             "SaveLoRA",
             lora=trainer.out("lora"),
             prefix="loras/srpo_toy",
             steps=trainer.out("steps"),
         )
+    with wf.group("Training results", COLUMNS["results"]):
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
         wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
     with wf.group("Before / after", COLUMNS["before"]):
         positive = wf.add("CLIPTextEncode", "Prompt", clip=clip, text=PROMPT)
-        negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="")
+        positive = positive.sized(wf, PROMPT_HEIGHT)
+        negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="").sized(wf, PROMPT_HEIGHT)
     with wf.group("Before / after", COLUMNS["after"]):
         latent = wf.add(
             "EmptySD3LatentImage", "Latent", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=SAMPLES

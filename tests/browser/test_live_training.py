@@ -8,8 +8,10 @@ stopped and which checkpoint it left, though the workflow's checkpoint_name is e
 the trainer resumes from that step and finishes; the workflow's SRPO Validation (every 10 steps)
 reports its mean reward after step 10.
 
+After the run no two nodes overlap (outputs shown, the trainer's panel and preview included).
+
 Screenshots: test-artifacts/live_training_midrun.png, live_training_stopped.png,
-live_training_resumed.png (the folder is git-ignored).
+live_training_resumed.png, live_training_after_run.png (the folder is git-ignored).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from scripts.comfy_server import ComfyServer
 from tests.browser.test_frontend import (  # the same browser and page fixtures
@@ -71,6 +74,19 @@ window.app.graph.setDirtyCanvas(true, true);
 """
 ZOOM = 0.9
 """Canvas zoom of the screenshots: the trainer node fills the window's height."""
+OVERLAPS_JS = """
+const nodes = window.app.graph.nodes;
+const pairs = [];
+for (let i = 0; i < nodes.length; i++) {
+  for (let j = i + 1; j < nodes.length; j++) {
+    const [ax, ay, aw, ah] = nodes[i].boundingRect, [bx, by, bw, bh] = nodes[j].boundingRect;
+    if (ax < bx + bw && bx < ax + aw && ay < by + bh && by < ay + ah) {
+      pairs.push([nodes[i].id, nodes[j].id]);
+    }
+  }
+}
+return pairs;
+"""
 QUEUE_JS = """
 const done = arguments[0];
 window.app.queuePrompt(0, 1).then(() => done(true), (e) => done(String(e)));
@@ -122,6 +138,17 @@ def queue(page: Frontend) -> None:
     assert page.driver.execute_async_script(QUEUE_JS) is True
 
 
+def wait_for_prompt_end(comfy: ComfyServer) -> None:
+    """Until the server's queue is empty (the samplers after the trainer have run)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        queue = requests.get(f"{comfy.url}/queue", timeout=30).json()
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            return
+        time.sleep(POLL_S)
+    pytest.fail("the queue did not empty")
+
+
 def stepped(n: int) -> Any:
     return lambda s: s["live"] is not None and len(s["live"]["steps"]) >= n
 
@@ -169,6 +196,12 @@ def test_curves_preview_cancel_message_and_resume(frontend: Frontend, comfy: Com
     queue(page)
     done = wait_until(page, node_id, phase("done"), "the resumed run to finish")
     screenshot(page, "live_training_resumed.png", node_id)
+    page.driver.execute_script("window.app.canvas.fitViewToSelectionAnimated({duration: 1});")
+    wait_for_prompt_end(comfy)
+    time.sleep(1.0)  # the last outputs (samples, loss graph) are drawn
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    assert page.driver.save_screenshot(str(ARTIFACTS_DIR / "live_training_after_run.png"))
+    assert page.driver.execute_script(OVERLAPS_JS) == [], "nodes overlap after the run"
     assert done["live"]["steps"][0] == stopped_at + 1, done["live"]
     assert done["live"]["steps"][-1] == STEPS
     assert f"resumed at step {stopped_at}" in done["live"]["text"], done["live"]["text"]

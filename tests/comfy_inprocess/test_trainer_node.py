@@ -201,7 +201,7 @@ def test_validation_samples_every_n_steps_without_changing_training(
             tiny_flux, tiny_vae, prompts, reward, validation=validation, **settings
         )
     samples = checked.args[5]
-    assert samples.shape == (4, 64, 64, 3)
+    assert samples.shape == (4, 256, 256, 3)  # 64 x 64 samples enlarged for a legible label
     strip = samples[:, :14]
     assert float(strip.min()) == 0.0 and float(strip.max()) > 0.9, "light text on a black strip"
     assert not torch.equal(samples[0], samples[2]), "the LoRA changed between validations"
