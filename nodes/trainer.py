@@ -473,7 +473,6 @@ def run_training(
                 items,
                 offline_latents=offline,
                 collate_cond=index_conds,
-                enable_gradient_checkpointing=lambda: None,
                 callback=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),

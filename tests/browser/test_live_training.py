@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from scripts.comfy_server import ComfyServer
+from scripts.comfy_harness.server import ComfyServer
 from tests.browser.test_frontend import (  # the same browser and page fixtures
     ARTIFACTS_DIR,
     WORKFLOWS_DIR,

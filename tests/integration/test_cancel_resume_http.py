@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scripts.comfy_server import ComfyClient, ComfyServer, ExecutionInterrupted
+from scripts.comfy_harness.server import ComfyClient, ComfyServer, ExecutionInterrupted
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from scripts.comfy_server import ComfyServer, PromptRejected
+from scripts.comfy_harness.server import ComfyServer, PromptRejected
 
 pytestmark = [pytest.mark.comfyui]
 
