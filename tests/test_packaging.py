@@ -102,3 +102,14 @@ def test_pip_dry_run_moves_neither_torch_nor_the_frontend(tmp_path: Path) -> Non
     moved = {item["metadata"]["name"].lower().replace("_", "-") for item in install}
     print(f"\npip install --dry-run -U would install: {sorted(moved) or 'nothing'}")
     assert not moved & COMFYUI_OWNED, moved
+
+
+def test_every_workflow_has_a_templates_thumbnail() -> None:
+    """ComfyUI serves workflows/ as the pack's templates; <name>.jpg is each one's thumbnail."""
+    from PIL import Image
+
+    names = sorted(p.stem for p in (REPO_ROOT / "workflows").glob("*.json"))
+    assert names
+    for name in names:
+        with Image.open(REPO_ROOT / "workflows" / f"{name}.jpg") as thumbnail:
+            assert thumbnail.format == "JPEG" and thumbnail.width >= 320, name
