@@ -87,6 +87,43 @@ def default_checkpoint_name(identity: str) -> str:
     return f"{DEFAULT_NAME_PREFIX}{identity}"
 
 
+LOSS_HISTORY_SUFFIX = ".losses.json"
+"""Next to a checkpoint: the loss of every step trained so far (a resumed run's LOSS_MAP and
+curves cover the whole run, not only the steps since the resume)."""
+
+
+def loss_history_path(checkpoint: str) -> str:
+    return f"{checkpoint}{LOSS_HISTORY_SUFFIX}"
+
+
+def load_loss_history(checkpoint: str | None) -> list[float]:
+    """The losses saved next to ``checkpoint`` (empty without a file or a checkpoint)."""
+    if checkpoint is None or not os.path.isfile(loss_history_path(checkpoint)):
+        return []
+    with open(loss_history_path(checkpoint), encoding="utf-8") as f:
+        values = json.load(f)
+    if not isinstance(values, list):
+        raise ValueError(f"{loss_history_path(checkpoint)} must hold a JSON list of losses")
+    return [float(v) for v in values]
+
+
+def save_loss_history(checkpoint: str | None, losses: list[float]) -> None:
+    """Write the losses next to ``checkpoint`` (nothing without a checkpoint)."""
+    if checkpoint is None:
+        return
+    tmp = f"{loss_history_path(checkpoint)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(losses, f)
+    os.replace(tmp, loss_history_path(checkpoint))
+
+
+def merged_history(previous: list[float], first_step: int | None, new: list[float]) -> list[float]:
+    """``previous`` up to the step this run started at (0-based ``first_step``), then ``new``."""
+    if first_step is None:
+        return previous
+    return previous[:first_step] + new
+
+
 def stopped_message(done: int | None, total: int, checkpoint: str | None) -> str:
     """What the node and the log say after an interrupt (the file's name, not its full path:
     the node shows this text; checkpoints live in output/srpo_checkpoints)."""

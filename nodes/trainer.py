@@ -39,7 +39,10 @@ from .live import (
     LiveReport,
     default_checkpoint_name,
     finished_message,
+    load_loss_history,
+    merged_history,
     run_identity,
+    save_loss_history,
     server_report,
     stopped_message,
 )
@@ -258,10 +261,14 @@ class Progress:
         self.bar.update_absolute(0, total)
         self.report = report if report is not None else LiveReport(None, None)
         self.done: int | None = None
+        self.first_step: int | None = None
+        """0-based index of the first step this run trained (None: none yet)."""
         self.losses: list[float] = []
         self.previews: list[torch.Tensor] = []
 
     def __call__(self, m: StepMetrics) -> None:
+        if self.first_step is None:
+            self.first_step = m.step
         self.losses.append(m.loss)
         self.done = m.step + 1
         preview = None
@@ -529,6 +536,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         )
         cfg = settings.config
         progress = Progress(cfg.steps, report)
+        previous = load_loss_history(cfg.checkpoint_path)
         report.start(0, cfg.steps, cfg.checkpoint_path)
         try:
             with torch.inference_mode(False), torch.enable_grad():
@@ -545,11 +553,17 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 )
                 lora = adapters.freeze()
         except comfy.model_management.InterruptProcessingException:
+            history = merged_history(previous, progress.first_step, progress.losses)
+            save_loss_history(cfg.checkpoint_path, history)
             announce_stop(report, progress.done, cfg)
             raise
         if result.interrupted:
+            history = merged_history(previous, progress.first_step, progress.losses)
+            save_loss_history(cfg.checkpoint_path, history)
             announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
+        history = merged_history(previous, progress.first_step, progress.losses)
+        save_loss_history(result.checkpoint_path, history)
         text = finished_message(
             result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
         )
@@ -559,7 +573,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         return io.NodeOutput(
             mp,
             lora,
-            {"loss": progress.losses},
+            {"loss": history},
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),

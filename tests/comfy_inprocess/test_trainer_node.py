@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from types import ModuleType
 from typing import Any
 
@@ -147,7 +148,11 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     with torch.inference_mode():
         out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
     _, _, loss, _, steps, _ = out.args
-    assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
+    # resumed: steps 3 and 4 ran now; the loss map covers the whole run (steps 1-2 from the
+    # history saved next to the checkpoint at the interrupt)
+    assert steps == 4 and len(loss["loss"]) == 4
+    history = tmp_path / "srpo_checkpoints" / "run1.ckpt.losses.json"
+    assert json.loads(history.read_text()) == loss["loss"]
     assert load_checkpoint(str(path)).step == 4
 
 
