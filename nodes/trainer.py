@@ -458,14 +458,21 @@ def run_training(
         reward.model.to(device)
         policy = grouped_velocity(velocity)
 
+        def validate(done: int) -> None:
+            assert validator is not None
+            result = validator.run(done, policy, decoder, device, cfg.latent_shape)
+            if result is not None:
+                progress.show_validation(done, result.mean_reward, validator.labelled(result))
+
         def on_step(m: StepMetrics) -> None:
             progress(m)
             if validator is not None:
-                done = m.step + 1
-                result = validator.run(done, policy, decoder, device, cfg.latent_shape)
-                if result is not None:
-                    progress.show_validation(done, result.mean_reward, validator.labelled(result))
-                validator.save_lora(done, adapters.state)
+                validate(m.step + 1)
+                validator.save_lora(m.step + 1, adapters.state)
+
+        fresh = cfg.checkpoint_path is None or not os.path.exists(cfg.checkpoint_path)
+        if validator is not None and fresh:
+            validate(0)  # the "before" samples and reward of the validation prompts
 
         offline = None
         if real_latents is not None:

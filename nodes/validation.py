@@ -53,7 +53,8 @@ class ValidationSettings:
 
 
 class SRPOValidationNode(io.ComfyNode):
-    """Validation samples (and optional LoRA saves) every N steps of the trainer."""
+    """Validation samples (and optional LoRA saves) every N steps of the trainer; a fresh run
+    also validates before its first step (labelled "before")."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -61,9 +62,10 @@ class SRPOValidationNode(io.ComfyNode):
             node_id="SRPOValidation",
             display_name="SRPO Validation",
             category=CATEGORY,
-            description="Every N steps the trainer samples these prompts from fixed noise with"
-            " the current LoRA, scores them with the reward, and shows them labelled with the"
-            " step and reward (live, and as its validation output). Optionally saves the LoRA.",
+            description="Before training and every N steps the trainer samples these prompts"
+            " from fixed noise with the current LoRA, scores them with the reward, and shows them"
+            " labelled with the step and reward (live, and as its validation output): before"
+            " and after side by side. Optionally saves the LoRA.",
             inputs=[
                 SRPOPrompts.Input(
                     "prompts", tooltip="Validation prompts (an SRPO Prompt Set); one sample each."
@@ -103,6 +105,11 @@ class SRPOValidationNode(io.ComfyNode):
     ) -> io.NodeOutput:
         config = ValidationConfig(every=every, seed=seed, save_lora_every=save_lora_every)
         return io.NodeOutput(ValidationSettings(prompts, config))
+
+
+def step_label(step: int) -> str:
+    """ "before" for the validation before training (step 0), else "step N"."""
+    return "before" if step == 0 else f"step {step}"
 
 
 def label(image: torch.Tensor, text: str) -> torch.Tensor:
@@ -178,7 +185,7 @@ class Validator:
 
     def labelled(self, result: ValidationResult) -> list[torch.Tensor]:
         return [
-            label(image, f"step {result.step}  r {float(r):+.3f}")
+            label(image, f"{step_label(result.step)}  r {float(r):+.3f}")
             for image, r in zip(result.images, result.rewards, strict=True)
         ]
 

@@ -191,8 +191,8 @@ def test_settings_node_keeps_the_trainers_former_defaults(pack: ModuleType) -> N
 def test_validation_samples_every_n_steps_without_changing_training(
     pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any, tmp_path: Any
 ) -> None:
-    """Validation after steps 2 and 4 (two prompts each, labelled); LoRA saved at step 4; the
-    trained LoRA is the same as without validation (validation draws from its own RNG)."""
+    """Validation before training and after steps 2 and 4 (two prompts each, labelled); LoRA
+    saved at step 4; the trained LoRA is the same as without validation (own RNG)."""
     import folder_paths
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
     from comfyui_srpo.nodes.validation import SRPOValidationNode
@@ -206,10 +206,10 @@ def test_validation_samples_every_n_steps_without_changing_training(
             tiny_flux, tiny_vae, prompts, reward, validation=validation, **settings
         )
     samples = checked.args[5]
-    assert samples.shape == (4, 256, 256, 3)  # 64 x 64 samples enlarged for a legible label
+    assert samples.shape == (6, 256, 256, 3)  # 64 x 64 samples enlarged for a legible label
     strip = samples[:, :14]
     assert float(strip.min()) == 0.0 and float(strip.max()) > 0.9, "light text on a black strip"
-    assert not torch.equal(samples[0], samples[2]), "the LoRA changed between validations"
+    assert not torch.equal(samples[2], samples[4]), "the LoRA changed between validations"
     for key, value in plain.args[1].items():
         assert torch.equal(value, checked.args[1][key]), key
     saved = sorted((tmp_path / "loras").glob("*_step00004.safetensors"))
