@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 TRAINING_EVENT = "srpo.training"
 """Websocket message type of the live training report (the web extension listens for it)."""
 RUN_CONTROL_INPUTS: dict[str, frozenset[str]] = {
-    "SRPODirectAlignTrainer": frozenset({"steps", "preview_every", "checkpoint_name"}),
+    "SRPODirectAlignTrainer": frozenset(
+        {"steps", "preview_every", "checkpoint_name", "export_run_file", "export_only"}
+    ),
     "SRPOTrainingSettings": frozenset({"checkpoint_every", "gradient_checkpointing"}),
 }
 """Per node type, the inputs that do not change what is trained (not part of the run's

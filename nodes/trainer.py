@@ -47,6 +47,7 @@ from .live import (
     stopped_message,
 )
 from .prompts import PromptSet
+from .run_export import RUNS_DIR, export_run_file
 from .training_settings import TrainingSettings
 from .types import (
     CATEGORY,
@@ -196,6 +197,21 @@ def _trainer_inputs() -> list[Any]:
             "existing_lora",
             optional=True,
             tooltip="Continue training this LORA_MODEL (same algorithm and keys).",
+        ),
+        io.String.Input(
+            "export_run_file",
+            default="",
+            optional=True,
+            tooltip=f"Also write these settings as a run file for `python -m srpo_core.train`"
+            f" (torchrun, several GPUs) to output/{RUNS_DIR}/<this name>/run.toml, with the"
+            " prompts' conditioning next to it; fill in its model paths there. Empty: no export.",
+        ),
+        io.Boolean.Input(
+            "export_only",
+            default=False,
+            optional=True,
+            tooltip="With export_run_file: write the run file and stop without training here"
+            " (the model passes through unchanged, the LoRA is empty).",
         ),
     ]
 
@@ -535,6 +551,10 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         validation: ValidationSettings | None = kw.pop("validation", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
+        export_name = str(kw.pop("export_run_file", "") or "").strip()
+        export_only = bool(kw.pop("export_only", False))
+        if export_only and not export_name:
+            raise ValueError("export_only needs an export_run_file name")
         report = server_report()
         settings = with_default_checkpoint(
             build_settings(model, vae, real_latents, kw),
@@ -542,6 +562,9 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             report.node_id,
         )
         cfg = settings.config
+        if export_name and export_run(export_name, export_only, model, prompts, reward, settings):
+            blank = torch.zeros(1, 1, 1, 3)
+            return io.NodeOutput(model, {}, {"loss": []}, blank, 0, blank)
         progress = Progress(cfg.steps, report)
         previous = load_loss_history(cfg.checkpoint_path)
         report.start(0, cfg.steps, cfg.checkpoint_path)
@@ -585,6 +608,25 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             result.steps_done,
             samples if samples is not None else blank_image(),
         )
+
+
+def export_run(
+    name: str, only: bool, model: Any, prompts: PromptSet, reward: Any, settings: TrainerSettings
+) -> bool:
+    """Write the run file for ``python -m srpo_core.train``; True when nothing else should run
+    (``export_only``)."""
+    path = export_run_file(
+        name,
+        settings.config,
+        align_reward(reward, settings),
+        prompts.texts,
+        prompts.conds,
+        settings.rank,
+        model.get_model_object("latent_format"),
+        settings.guidance,
+    )
+    log.info("SRPO run file written: %s", path)
+    return only
 
 
 def with_default_checkpoint(
