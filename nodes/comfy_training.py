@@ -67,6 +67,8 @@ class AdapterSet:
 
     state: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     modules: list[torch.nn.Module] = field(default_factory=list)
+    continued: dict[str, tuple[str, int | None, torch.dtype]] = field(default_factory=dict)
+    """Adapters taken from an existing LoRA: key -> (its algorithm, rank or None, dtype)."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The tensors to optimise (the state also holds frozen ones, e.g. LoRA alpha)."""
@@ -89,6 +91,20 @@ def _existing_adapter(prefix: str, existing: dict[str, torch.Tensor]) -> Any:
     return None
 
 
+def _adapter_rank(adapter: Any) -> int | None:
+    """Rank of a LoRA adapter (its up matrix is (out, rank)); None for other algorithms."""
+    weights = getattr(adapter, "weights", None)
+    if getattr(adapter, "name", "") != "lora" or not weights or weights[0].ndim < 2:
+        return None
+    return int(weights[0].shape[1])
+
+
+def _adapter_dtype(adapter: Any) -> torch.dtype:
+    weights = getattr(adapter, "weights", None) or ()
+    tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+    return tensors[0].dtype if tensors else torch.float32
+
+
 def _new_diff(shape: torch.Size, dtype: torch.dtype, existing: torch.Tensor | None) -> Any:
     init = existing.to(dtype) if existing is not None else torch.zeros(shape, dtype=dtype)
     return torch.nn.Parameter(init.clone(), requires_grad=True)
@@ -101,18 +117,37 @@ def attach_adapters(
     rank: int,
     dtype: torch.dtype,
     existing: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
 ) -> AdapterSet:
     """Wrap every patchable weight of ``mp.model`` with a trainable adapter (in place on ``mp``).
 
     Matrices get ``algorithm`` adapters of ``rank`` (or continue an ``existing`` LoRA state dict);
     1-d weights and biases get additive diffs (``<module>.diff`` / ``<module>.diff_b``), which also
     replaces inference tensors (e.g. Flux RMSNorm scales) in the autograd graph by normal ones.
+    New adapters are initialised from ``seed`` (the global RNG is forked, not consumed), so the
+    result does not depend on what ran before in the same process.
     """
     if algorithm not in adapter_maps:
         raise ValueError(
             f"unknown adapter algorithm {algorithm!r}; choose one of {ADAPTER_ALGORITHMS}"
         )
     existing = existing or {}
+    with torch.random.fork_rng(devices=_rng_devices(mp)):
+        torch.manual_seed(seed)
+        return _attach(mp, algorithm, rank, dtype, existing)
+
+
+def _rng_devices(mp: Any) -> list[int]:
+    """CUDA devices whose RNG the adapter initialisation may draw from (the model's)."""
+    device = getattr(mp, "load_device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return [device.index or 0]
+    return []
+
+
+def _attach(
+    mp: Any, algorithm: str, rank: int, dtype: torch.dtype, existing: dict[str, torch.Tensor]
+) -> AdapterSet:
     out = AdapterSet()
     for name, module in mp.model.named_modules():
         if not hasattr(module, "weight_function"):
@@ -121,6 +156,7 @@ def attach_adapters(
         if weight is not None and weight.ndim >= 2:
             loaded = _existing_adapter(name, existing)
             if loaded is not None:
+                out.continued[name] = (loaded.name, _adapter_rank(loaded), _adapter_dtype(loaded))
                 adapter = loaded.to_train().to(dtype)
             else:
                 adapter = (

@@ -16,7 +16,6 @@ from typing import Any
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 import node_helpers
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from ..srpo_core.training import (
     config_hash,
     train,
 )
+from . import checks, resume
 from . import comfy_training as bridge
 from .live import (
     LiveReport,
@@ -47,6 +47,7 @@ from .live import (
     stopped_message,
 )
 from .prompts import PromptSet
+from .resume import CHECKPOINT_DIR, checkpoint_path
 from .run_export import RUNS_DIR, export_run_file
 from .training_settings import TrainingSettings
 from .types import (
@@ -64,14 +65,18 @@ from .validation import ValidationSettings, Validator
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "srpo_checkpoints"
-"""Sub-folder of ComfyUI's output folder where resumable training checkpoints live."""
 PREVIEW_MAX_SIZE = 512
 """Longest side of the live preview frames sent to the UI."""
 LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 """Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
-MAX_RESOLUTION = 4096
-BLANK_PREVIEW_SIZE = 64
+MAX_RESOLUTION, MIN_RESOLUTION, MAX_STEPS = (
+    resume.MAX_RESOLUTION,
+    resume.MIN_RESOLUTION,
+    resume.MAX_STEPS,
+)
+EMPTY_PREVIEW_SIZE = 64
+"""Side of the black frame returned as previews when a run had no preview step (e.g. a resumed
+run whose remaining steps held none)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def _trainer_inputs() -> list[Any]:
         io.Vae.Input("vae", tooltip="The model's VAE; decodes recovered latents for the reward."),
         SRPOPrompts.Input("prompts", tooltip="Training prompts (SRPO Prompt Set)."),
         SRPOReward.Input("reward", tooltip="Control-word reward (SRPO Control-Word Reward)."),
-        io.Int.Input("steps", default=50, min=1, max=100000, tooltip=help_of(t, "steps")),
+        io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip=help_of(t, "steps")),
         io.Float.Input(
             "learning_rate",
             default=1e-4,
@@ -141,10 +146,21 @@ def _trainer_inputs() -> list[Any]:
         io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank (adapter size)."),
         io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=help_of(t, "batch_size")),
         io.Int.Input(
-            "width", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image width."
+            "width",
+            default=512,
+            min=MIN_RESOLUTION,
+            max=MAX_RESOLUTION,
+            step=16,
+            tooltip=f"Image width (width x height at most {checks.MAX_TRAIN_PIXELS / 1e6:.1f} MP).",
         ),
         io.Int.Input(
-            "height", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image height."
+            "height",
+            default=512,
+            min=MIN_RESOLUTION,
+            max=MAX_RESOLUTION,
+            step=16,
+            tooltip="Image height (width x height at most"
+            f" {checks.MAX_TRAIN_PIXELS / 1e6:.1f} MP).",
         ),
         io.Int.Input(
             "seed",
@@ -241,27 +257,6 @@ def latent_shape(model: Any, vae: Any, width: int, height: int) -> tuple[int, in
     return channels, height // factor, width // factor
 
 
-def checkpoint_path(name: str) -> str | None:
-    """``output/srpo_checkpoints/<name>.ckpt`` for a plain name; None for an empty one."""
-    problem = name_problem(name)
-    if problem:
-        raise ValueError(problem)
-    name = name.strip()
-    if not name:
-        return None
-    folder = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_DIR)
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"{name}.ckpt")
-
-
-def name_problem(checkpoint_name: str) -> str | None:
-    """Why checkpoint_name is not a plain file name (None when it is one, or empty)."""
-    name = checkpoint_name.strip()
-    if name and (os.path.basename(name) != name or name in {".", ".."}):
-        return f"checkpoint_name must be a plain file name (no folders), got {checkpoint_name!r}"
-    return None
-
-
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> PIL RGB."""
     array = image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -322,7 +317,7 @@ class Progress:
 
 def blank_image() -> torch.Tensor:
     """A small black IMAGE (1, H, W, 3) for an image output that has nothing to show."""
-    return torch.zeros(1, BLANK_PREVIEW_SIZE, BLANK_PREVIEW_SIZE, 3)
+    return torch.zeros(1, EMPTY_PREVIEW_SIZE, EMPTY_PREVIEW_SIZE, 3)
 
 
 def step_values(m: StepMetrics) -> dict[str, float | bool | None]:
@@ -420,6 +415,47 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
     )
 
 
+def prepare_run(
+    model: Any,
+    vae: Any,
+    prompts: PromptSet,
+    reward: ControlWordReward,
+    real_latents: Any,
+    kw: dict[str, Any],
+    queued: tuple[Any, str | None] = (None, None),
+) -> TrainerSettings:
+    """Every check that needs the inputs but not the loaded model: settings, memory budget,
+    stale temp files, the resume rules. Nothing is loaded or trained before this passes.
+
+    ``queued``: the queued graph and this node's id; with them an empty checkpoint_name
+    checkpoints under the run's default name (``with_default_checkpoint``)."""
+    settings = with_default_checkpoint(build_settings(model, vae, real_latents, kw), *queued)
+    cfg = settings.config
+    checks.check_training_memory(model, cfg.batch_size, cfg.latent_shape)
+    if cfg.checkpoint_path is None:
+        return settings
+    identity = resume.run_identity(
+        model,
+        prompts.texts,
+        reward,
+        {
+            "guidance": settings.guidance,
+            "rank": settings.rank,
+            "algorithm": settings.algorithm,
+            "lora_dtype": kw["lora_dtype"],
+            "k_inversion": settings.k_inversion,
+            "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
+        },
+    )
+    pairs = tuple(sorted(identity.items()))
+    settings = dataclasses.replace(settings, config=dataclasses.replace(cfg, identity=pairs))
+    for stale in resume.prepare_folder():
+        log.info("SRPO: removed %s (left by an interrupted save)", stale)
+    name = os.path.basename(cfg.checkpoint_path).removesuffix(resume.CHECKPOINT_SUFFIX)
+    resume.check_resume(settings.config, kw["checkpoint_name"].strip() or name)
+    return settings
+
+
 def align_reward(reward: ControlWordReward, settings: TrainerSettings) -> ControlWordReward:
     """The reward with the trainer's interval (its k ramps) and the regulariser's k schedule."""
     config = dataclasses.replace(
@@ -443,15 +479,19 @@ def run_training(
     (validation prompts, if any, follow the training prompts in the conditioning list)."""
     cfg = settings.config
     mp = model.clone()
-    with torch.random.fork_rng(devices=[]):  # adapter init from the run's seed: reproducible
-        torch.manual_seed(cfg.seed)
-        adapters = bridge.attach_adapters(
-            mp,
-            algorithm=settings.algorithm,
-            rank=settings.rank,
-            dtype=settings.lora_dtype,
-            existing=existing_lora,
-        )
+    adapters = bridge.attach_adapters(
+        mp,
+        algorithm=settings.algorithm,
+        rank=settings.rank,
+        dtype=settings.lora_dtype,
+        existing=existing_lora,
+        seed=cfg.seed,
+    )
+    notes = checks.existing_lora_notes(
+        adapters.continued, settings.algorithm, settings.rank, settings.lora_dtype
+    )
+    if notes:
+        log.warning("SRPO existing_lora: %s", "; ".join(notes))
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
     validation_conds = validation.prompts.conds if validation else []
@@ -544,6 +584,13 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls, steps: Any, width: Any, height: Any, checkpoint_name: Any
+    ) -> bool | str:
+        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file."""
+        return resume.queue_problem(steps, width, height, checkpoint_name) or True
+
+    @classmethod
     def execute(
         cls, model: Any, vae: Any, prompts: PromptSet, reward: Any, **kw: Any
     ) -> io.NodeOutput:
@@ -556,11 +603,15 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         if export_only and not export_name:
             raise ValueError("export_only needs an export_run_file name")
         report = server_report()
-        settings = with_default_checkpoint(
-            build_settings(model, vae, real_latents, kw),
-            getattr(cls.hidden, "prompt", None),
-            report.node_id,
-        )
+        if real_latents is not None:
+            checks.require_latent(real_latents["samples"], model, "real_latents")
+        if export_only:  # nothing trains here: no memory, checkpoint or resume checks
+            settings = build_settings(model, vae, real_latents, kw)
+        else:
+            graph = getattr(cls.hidden, "prompt", None)
+            settings = prepare_run(
+                model, vae, prompts, reward, real_latents, kw, (graph, report.node_id)
+            )
         cfg = settings.config
         if export_name and export_run(export_name, export_only, model, prompts, reward, settings):
             blank = torch.zeros(1, 1, 1, 3)
