@@ -442,7 +442,7 @@ def prepare_run(
             "guidance": settings.guidance,
             "rank": settings.rank,
             "algorithm": settings.algorithm,
-            "lora_dtype": kw["lora_dtype"],
+            "lora_dtype": (kw.get("settings") or TrainingSettings()).lora_dtype,
             "k_inversion": settings.k_inversion,
             "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
         },
