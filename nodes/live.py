@@ -26,12 +26,14 @@ TRAINING_EVENT = "srpo.training"
 """Websocket message type of the live training report (the web extension listens for it)."""
 RUN_CONTROL_INPUTS: dict[str, frozenset[str]] = {
     "SRPODirectAlignTrainer": frozenset(
-        {"steps", "preview_every", "checkpoint_name", "export_run_file", "export_only"}
+        {"preview_every", "checkpoint_name", "export_run_file", "export_only"}
     ),
     "SRPOTrainingSettings": frozenset({"checkpoint_every", "gradient_checkpointing"}),
 }
 """Per node type, the inputs that do not change what is trained (not part of the run's
-identity): a run may resume with more steps, other report intervals or memory settings."""
+identity): a run may resume with other report intervals or memory settings. ``steps`` is part
+of it: the same run with other steps is another default checkpoint (a checkpoint that trained
+more steps than asked cannot be resumed)."""
 IDENTITY_CHARS = 12
 """Hex characters of the run identity used in default checkpoint names."""
 DEFAULT_NAME_PREFIX = "srpo_run_"

@@ -54,7 +54,6 @@ def test_identity_ignores_run_control_and_downstream_nodes(live: ModuleType) -> 
     base = identity(live, GRAPH)
     assert len(base) == live.IDENTITY_CHARS
     for path, value in [
-        (("4", "steps"), 500),
         (("4", "checkpoint_name"), "named"),
         (("3", "checkpoint_every"), 10),
         (("5", "prefix"), "loras/elsewhere"),
@@ -66,6 +65,7 @@ def test_identity_follows_every_setting_upstream(live: ModuleType) -> None:
     base = identity(live, GRAPH)
     for path, value in [
         (("4", "seed"), 1),
+        (("4", "steps"), 500),
         (("2", "positive_words"), "dark"),
         (("3", "micro_steps"), 2),
         (("1", "assets_dir"), "/other"),
