@@ -38,7 +38,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.comfy_harness.inprocess import import_comfy, import_pack  # noqa: E402
-from scripts.workflow_gen.toyworld import TRAIN, TRAIN_PROMPTS  # noqa: E402
+from scripts.workflow_gen.toyworld import SETTINGS, TRAIN, TRAIN_PROMPTS  # noqa: E402
 from srpo_core import image_signals as sig  # noqa: E402
 from srpo_core.rewards import score_control_pair  # noqa: E402
 from srpo_core.schedules import TrainingInterval  # noqa: E402
@@ -225,7 +225,14 @@ class ToyBench:
         defaults = {
             i.id: i.default for i in schema.inputs if getattr(i, "default", None) is not None
         }
-        inputs = {**defaults, **TRAIN, "steps": self.steps, "seed": seed, **dict(run.overrides)}
+        inputs = {
+            **defaults,
+            **SETTINGS,
+            **TRAIN,
+            "steps": self.steps,
+            "seed": seed,
+            **dict(run.overrides),
+        }
         began = time.monotonic()
         with torch.inference_mode():
             reward = rewards.SRPOControlWordReward.execute(

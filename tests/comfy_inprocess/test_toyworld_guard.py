@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from scripts.workflow_gen.toyworld import NEGATIVE, POSITIVE, TRAIN, TRAIN_PROMPTS
+from scripts.workflow_gen.toyworld import NEGATIVE, POSITIVE, SETTINGS, TRAIN, TRAIN_PROMPTS
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,7 @@ def guarded_run(lr: float) -> Any:
     inputs = {
         "algorithm": "LoRA",
         "grad_accum": 1,
+        **SETTINGS,
         **TRAIN,
         "learning_rate": lr,
         "sigma_max": 0.95,

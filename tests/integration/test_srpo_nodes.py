@@ -24,18 +24,27 @@ SRPO_NODES = {
         "steps",
         "learning_rate",
         "rank",
-        "algorithm",
-        "sigma_max",
-        "sigma_min",
-        "gt_ratio",
-        "k_early",
-        "k_late",
-        "noise_levels",
+        "settings",
+        "validation",
         "hacking_guard",
         "regularizer",
         "real_latents",
         "existing_lora",
     },
+    "SRPOTrainingSettings": {
+        "algorithm",
+        "micro_steps",
+        "rollout_steps",
+        "guidance",
+        "sigma_max",
+        "sigma_min",
+        "gt_ratio",
+        "k_early",
+        "k_late",
+        "training_dtype",
+        "gradient_checkpointing",
+    },
+    "SRPOValidation": {"prompts", "every", "seed", "save_lora_every"},
     "SRPORewardScore": {"reward_model", "images", "prompt", "positive", "negative"},
     "SRPODirectAlignPreview": {"model", "vae", "positive", "latent", "sigma"},
 }
@@ -62,6 +71,6 @@ def test_node_is_served_with_its_inputs_and_tooltips(
 def test_trainer_outputs_feed_the_stock_training_nodes(comfy_client: ComfyClient) -> None:
     info = comfy_client.object_info()
     outputs = info["SRPODirectAlignTrainer"]["output"]
-    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "STRING"]
+    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "IMAGE", "STRING"]
     assert inputs_of(info["SaveLoRA"])["lora"][0] == "LORA_MODEL"
     assert inputs_of(info["LossGraphNode"])["loss"][0] == "LOSS_MAP"
