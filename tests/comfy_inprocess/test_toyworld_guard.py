@@ -27,7 +27,7 @@ def guarded_run(lr: float) -> Any:
     from comfyui_srpo.nodes.prompts import SRPOPromptSet
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
     from comfyui_srpo.nodes.toyworld import load_toyworld
-    from comfyui_srpo.nodes.trainer import build_settings, run_training
+    from comfyui_srpo.nodes.trainer import Progress, build_settings, run_training
     from comfyui_srpo.toyworld.runtime.config import default_assets_dir
 
     model, clip, vae, reward_model = load_toyworld(default_assets_dir())
@@ -51,7 +51,10 @@ def guarded_run(lr: float) -> Any:
         reward = SRPOControlWordReward.execute(reward_model, POSITIVE, NEGATIVE, "srp", 1.0)
         settings = build_settings(model, vae, None, inputs)
     with torch.inference_mode(False), torch.enable_grad():
-        _, _, result, _ = run_training(model, vae, prompts, reward.args[0], settings, None, None)
+        progress = Progress(settings.config.steps)
+        _, _, result, _ = run_training(
+            model, vae, prompts, reward.args[0], settings, None, None, progress
+        )
     return result
 
 
