@@ -247,7 +247,7 @@ class ToyBench:
             )
         seconds = time.monotonic() - began
         print(f"[fidelity] trained {run} seed {seed} in {seconds:.0f} s", flush=True)
-        return out.args[0], out.args[5]
+        return out.args[0], out.args[6]
 
     def recovery_ratio(self, seed: int, sigma: float) -> float:
         """``MSE(one-step x0) / MSE(Direct-Align x0)`` on rendered toy scenes (base model).
