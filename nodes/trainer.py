@@ -7,6 +7,7 @@ wraps the results (MODEL with the adapters applied, LORA_MODEL, LOSS_MAP, previe
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -25,6 +26,7 @@ from PIL import Image
 from ..srpo_core.rewards import ControlWordReward
 from ..srpo_core.schedules import INVERSION_K, TrainingInterval
 from ..srpo_core.training import (
+    MemoryConfig,
     PromptItem,
     RegularizerConfig,
     StepMetrics,
@@ -32,7 +34,16 @@ from ..srpo_core.training import (
     TrainResult,
     train,
 )
+from ..srpo_core.training.memory import (
+    LORA_FORMS,
+    LORA_STORAGE_DTYPES,
+    SAVE_DTYPES,
+    TRAINING_DTYPES,
+    bf16_native,
+    resolve_training_dtype,
+)
 from . import comfy_training as bridge
+from . import memory as comfy_memory
 from .prompts import PromptSet
 from .types import (
     CATEGORY,
@@ -50,8 +61,10 @@ CHECKPOINT_DIR = "srpo_checkpoints"
 """Sub-folder of ComfyUI's output folder where resumable training checkpoints live."""
 PREVIEW_MAX_SIZE = 512
 """Longest side of the live preview frames sent to the UI."""
-LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-"""Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
+PREVIEW_KEEP_SIZE = 256
+"""Longest side of the previews kept for the node's output (uint8)."""
+PREVIEW_KEEP_COUNT = 64
+"""Previews kept for the node's output: the first one and the most recent others."""
 MAX_RESOLUTION = 4096
 
 
@@ -197,13 +210,16 @@ def _trainer_inputs() -> list[Any]:
             tooltip=help_of(t, "seed"),
         ),
         io.Combo.Input(
-            "training_dtype", options=["fp32", "bf16"], default="bf16", tooltip=help_of(t, "dtype")
+            "training_dtype",
+            options=list(TRAINING_DTYPES),
+            default="auto",
+            tooltip=help_of(t, "dtype", "auto: bf16 where the device runs it natively, else fp32."),
         ),
         io.Combo.Input(
             "lora_dtype",
-            options=list(LORA_DTYPES),
-            default="bf16",
-            tooltip="Storage dtype of the trained adapter weights.",
+            options=list(LORA_STORAGE_DTYPES),
+            default=default_of(MemoryConfig, "lora_dtype"),
+            tooltip=help_of(MemoryConfig, "lora_dtype"),
         ),
         io.Boolean.Input(
             "gradient_checkpointing",
@@ -249,7 +265,41 @@ def _trainer_inputs() -> list[Any]:
             optional=True,
             tooltip="Continue training this LORA_MODEL (same algorithm and keys).",
         ),
+        *memory_inputs(),
     ]
+
+
+def memory_inputs() -> list[Any]:
+    """The memory options (``MemoryConfig``) other than ``lora_dtype``, as optional widgets."""
+    m = MemoryConfig
+    return [
+        io.Combo.Input(
+            "save_dtype",
+            options=list(SAVE_DTYPES),
+            default=default_of(m, "save_dtype"),
+            optional=True,
+            tooltip=help_of(m, "save_dtype"),
+        ),
+        io.Combo.Input(
+            "lora_form",
+            options=list(LORA_FORMS),
+            default=default_of(m, "lora_form"),
+            optional=True,
+            tooltip=help_of(m, "lora_form"),
+        ),
+        io.Boolean.Input(
+            "decoder_checkpointing",
+            default=default_of(m, "decoder_checkpointing"),
+            optional=True,
+            tooltip=help_of(m, "decoder_checkpointing"),
+        ),
+    ]
+
+
+def memory_config(kw: dict[str, Any]) -> MemoryConfig:
+    """MemoryConfig from the node inputs (absent optional widgets keep their defaults)."""
+    names = ("lora_dtype", "save_dtype", "lora_form", "decoder_checkpointing")
+    return MemoryConfig(**{n: kw[n] for n in names if kw.get(n) is not None})
 
 
 def flow_shift(model: Any) -> float:
@@ -295,20 +345,45 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-class Progress:
-    """Step callback: ComfyUI progress bar with live previews, console log, loss history."""
+def keep_preview(image: torch.Tensor, max_size: int = PREVIEW_KEEP_SIZE) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, h, w) uint8 on the CPU, longest side at most ``max_size``."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    longest = max(image.shape[-2:])
+    if longest > max_size:
+        size = [max(1, round(n * max_size / longest)) for n in image.shape[-2:]]
+        image = torch.nn.functional.interpolate(
+            image[None], size=size, mode="bilinear", antialias=True
+        )[0].clamp(0, 1)
+    return image.mul(255).round().to(torch.uint8)
 
-    def __init__(self, total: int, start: int) -> None:
+
+class Progress:
+    """Step callback: ComfyUI progress bar with live previews, console log, loss history.
+
+    Previews are kept downscaled as uint8: the first and the latest ``PREVIEW_KEEP_COUNT - 1``.
+    """
+
+    def __init__(self, total: int, start: int, keep: int = PREVIEW_KEEP_COUNT) -> None:
         self.total, self.bar = total, comfy.utils.ProgressBar(total)
         self.bar.update_absolute(start, total)
         self.losses: list[float] = []
-        self.previews: list[torch.Tensor] = []
+        self.first: torch.Tensor | None = None
+        self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
+
+    @property
+    def previews(self) -> list[torch.Tensor]:
+        """Kept previews, (3, h, w) uint8 each, in step order."""
+        return ([self.first] if self.first is not None else []) + list(self.recent)
 
     def __call__(self, m: StepMetrics) -> None:
         self.losses.append(m.loss)
         preview = None
         if m.preview is not None:
-            self.previews.append(m.preview)
+            kept = keep_preview(m.preview)
+            if self.first is None:
+                self.first = kept
+            else:
+                self.recent.append(kept)
             preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
         self.bar.update_absolute(m.step + 1, self.total, preview)  # raises on /interrupt
         log.info(
@@ -325,8 +400,9 @@ class Progress:
         )
 
     def preview_batch(self) -> torch.Tensor:
-        """IMAGE batch (N, H, W, 3) of the collected previews."""
-        return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews."""
+        previews = self.previews or [torch.zeros(3, 1, 1, dtype=torch.uint8)]
+        return torch.stack(previews).permute(0, 2, 3, 1).float().div(255)
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -360,7 +436,9 @@ class TrainerSettings:
     config: TrainConfig
     rank: int
     algorithm: str
-    lora_dtype: torch.dtype
+    memory: MemoryConfig
+    width: int
+    height: int
     guidance: float
     k_inversion: tuple[float, float]
 
@@ -388,7 +466,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         threshold=kw["threshold"],
         max_grad_norm=kw["max_grad_norm"],
         seed=kw["seed"],
-        dtype=kw["training_dtype"],
+        dtype=resolve_training_dtype(kw["training_dtype"], model.load_device),
         offline=offline,
         latent_shape=(shape[0], shape[1], shape[2]),
         regularizer=regularizer.config if regularizer else RegularizerConfig(),
@@ -401,7 +479,9 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         config=config,
         rank=kw["rank"],
         algorithm=kw["algorithm"],
-        lora_dtype=LORA_DTYPES[kw["lora_dtype"]],
+        memory=memory_config(kw),
+        width=shape[2] * int(vae.spacial_compression_decode()),
+        height=shape[1] * int(vae.spacial_compression_decode()),
         guidance=kw["guidance"],
         k_inversion=regularizer.k_inversion if regularizer else INVERSION_K,
     )
@@ -424,15 +504,20 @@ def run_training(
     real_latents: Any,
     existing_lora: dict[str, torch.Tensor] | None,
 ) -> tuple[Any, bridge.AdapterSet, TrainResult, Progress]:
-    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup."""
-    cfg = settings.config
+    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup.
+
+    The model, the reward model and the decoder's training copy are loaded through ComfyUI's
+    memory manager for the session (:mod:`.memory`) and the helpers unloaded afterwards.
+    """
+    cfg, mem = settings.config, settings.memory
     mp = model.clone()
     adapters = bridge.attach_adapters(
         mp,
         algorithm=settings.algorithm,
         rank=settings.rank,
-        dtype=settings.lora_dtype,
+        dtype=mem.lora_torch_dtype,
         existing=existing_lora,
+        form=mem.lora_form,
     )
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
@@ -441,17 +526,25 @@ def run_training(
         for c in prompts.conds
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
-    decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
+    decoder = bridge.VAEDecoder.for_training(
+        vae,
+        mp.get_model_object("latent_format"),
+        checkpointing=mem.decoder_checkpointing,
+        autocast=bf16_native(mp.load_device),
+    )
     reward = align_reward(reward, settings)
     progress = Progress(cfg.steps, start=0)
     outcome: list[TrainResult] = []
 
     def session(velocity: Any, device: torch.device) -> None:
-        reward.model.to(device)
+        adapters.to(device)
         offline = None
         if real_latents is not None:
             offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
-        with bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing):
+        with (
+            adapters.session(),
+            bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),
+        ):
             result = train(
                 cfg,
                 grouped_velocity(velocity),
@@ -462,6 +555,7 @@ def run_training(
                 offline_latents=offline,
                 collate_cond=index_conds,
                 enable_gradient_checkpointing=lambda: None,
+                rollout_context=adapters.rollout,
                 callback=progress,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
@@ -469,7 +563,18 @@ def run_training(
         outcome.append(result)
 
     shape = (cfg.batch_size, *cfg.latent_shape)
-    bridge.run_session(mp, conds, shape, session)
+    helpers = [
+        comfy_memory.module_patcher(reward.model),
+        comfy_memory.module_patcher(decoder.module),
+    ]
+    extra = comfy_memory.trainable_bytes(adapters.parameters()) + comfy_memory.activation_bytes(
+        cfg.batch_size, settings.width, settings.height
+    )
+    try:
+        with comfy_memory.loaded_for_training(mp, helpers, extra):
+            bridge.run_session(mp, conds, shape, session)
+    finally:
+        adapters.finish(mp)
     return mp, adapters, outcome[0], progress
 
 
@@ -508,7 +613,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             mp, adapters, result, progress = run_training(
                 model, vae, prompts, reward, settings, real_latents, existing
             )
-            lora = adapters.freeze()
+            lora = adapters.freeze(settings.memory.save_torch_dtype)
         if result.interrupted:
             log.info(
                 "SRPO training interrupted at step %d; checkpoint: %s",

@@ -9,6 +9,7 @@ A step with a non-finite loss or gradient is skipped (no update); too many in a 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -87,6 +88,7 @@ class TrainResult:
 
 
 StepCallback = Callable[[StepMetrics], None]
+RolloutContext = Callable[[], contextlib.AbstractContextManager[object]]
 StopCheck = Callable[[], bool]
 
 
@@ -97,7 +99,8 @@ class SRPOTrainer:
     reward: a :class:`~srpo_core.protocols.RewardFn`; params: the trainable tensors (LoRA weights
     or a model's parameters); prompts: the prompt set, drawn with replacement; offline_latents:
     (N, C, H, W) clean latents for ``config.offline``; collate_cond: batch conds (default
-    :func:`cat_conds`); enable_gradient_checkpointing: called once when the config asks for it.
+    :func:`cat_conds`); enable_gradient_checkpointing: called once when the config asks for it;
+    rollout_context: entered around each no-grad online rollout (e.g. to merge a LoRA once).
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class SRPOTrainer:
         offline_latents: Tensor | None = None,
         collate_cond: CondCollate = cat_conds,
         enable_gradient_checkpointing: Callable[[], None] | None = None,
+        rollout_context: RolloutContext | None = None,
     ) -> None:
         self.config, self.model, self.decoder, self.reward = config, model, decoder, reward
+        self.rollout_context = rollout_context or contextlib.nullcontext
         self.params = list(params)
         self.prompts = list(prompts)
         self.offline_latents, self.collate = offline_latents, collate_cond
@@ -245,7 +250,7 @@ class SRPOTrainer:
             idx = draw_indices(len(self.offline_latents), cfg.batch_size, self.generator)
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
-            with autocast_context(self.device, cfg.dtype):
+            with self.rollout_context(), autocast_context(self.device, cfg.dtype):
                 x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
         return Batch([item.text for item in items], cond, x0, eps)
 
@@ -341,6 +346,7 @@ def train(
     offline_latents: Tensor | None = None,
     collate_cond: CondCollate = cat_conds,
     enable_gradient_checkpointing: Callable[[], None] | None = None,
+    rollout_context: RolloutContext | None = None,
     callback: StepCallback | None = None,
     should_stop: StopCheck | None = None,
     resume: bool = True,
@@ -357,6 +363,7 @@ def train(
         offline_latents=offline_latents,
         collate_cond=collate_cond,
         enable_gradient_checkpointing=enable_gradient_checkpointing,
+        rollout_context=rollout_context,
     )
     return trainer.run(
         callback=callback, should_stop=should_stop, resume=resume, interrupts=interrupts
