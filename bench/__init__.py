@@ -1,0 +1,1 @@
+"""Benchmarks of the pack: ``python -m bench.cpu`` (CPU ratios, see docs/PERFORMANCE.md)."""
