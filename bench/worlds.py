@@ -73,7 +73,7 @@ def _copies(mp: Any) -> Callable[[], Any]:
 
 def toy_world() -> World:
     from comfyui_srpo.nodes.toyworld import load_toyworld
-    from comfyui_srpo.srpo_core.toyworld.assets import default_assets_dir
+    from comfyui_srpo.toyworld.runtime.config import default_assets_dir
 
     model, clip, vae, clip_reward = load_toyworld(default_assets_dir())
     conds = [clip.encode_from_tokens_scheduled(clip.tokenize(t)) for t in PROMPTS]

@@ -554,7 +554,6 @@ def run_training(
                 items,
                 offline_latents=offline,
                 collate_cond=index_conds,
-                enable_gradient_checkpointing=lambda: None,
                 rollout_context=adapters.rollout,
                 callback=progress,
                 should_stop=comfy.model_management.processing_interrupted,

@@ -1,6 +1,6 @@
 """The main job on the embedded default: SRPO fine-tunes the toy world through a real ComfyUI.
 
-Starts ComfyUI headless (provisioned by scripts/comfyui.py, or yours via SRPO_COMFYUI_DIR), queues
+Starts ComfyUI headless (provisioned by scripts/comfy_harness or yours via SRPO_COMFYUI_DIR), queues
 workflows/api/srpo_finetune_toyworld.json over HTTP exactly as a headless user would, prints
 progress, and collects everything into one folder:
 
@@ -31,12 +31,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from scripts.comfy_server import ComfyServer  # noqa: E402
-from scripts.comfyui import ComfyUISetupError, ensure_comfyui, link_instructions  # noqa: E402
+from scripts.comfy_harness.provision import ComfyUISetupError, ensure_comfyui, link_instructions  # noqa: E402
+from scripts.comfy_harness.server import ComfyServer  # noqa: E402
 from srpo_core.rewards import ClipReward, score_control_pair  # noqa: E402
-from srpo_core.toyworld.assets import default_assets_dir, load_config  # noqa: E402
-from srpo_core.toyworld.data import mean_luminance  # noqa: E402
-from srpo_core.toyworld.reward_model import load_local_dir  # noqa: E402
+from toyworld.build.data import mean_luminance  # noqa: E402
+from toyworld.runtime.config import default_assets_dir, load_config  # noqa: E402
+from toyworld.runtime.reward import load_local_dir  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "api" / "srpo_finetune_toyworld.json"
 UI_WORKFLOW = REPO_ROOT / "workflows" / "srpo_finetune_toyworld.json"

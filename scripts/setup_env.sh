@@ -21,5 +21,5 @@ echo "[setup] installing into $venv (torch: $torch_spec)" >&2
 "${pip[@]}" $torch_spec
 "${pip[@]}" -r "$root/requirements.txt" -r "$root/tests/requirements.txt"
 # A real ComfyUI for the integration tests and the demo (SRPO_COMFYUI_DIR: use your own instead).
-"$venv/bin/python" "$root/scripts/comfyui.py" setup >/dev/null
+"$venv/bin/python" "$root/scripts/comfy_harness/provision.py" setup >/dev/null
 echo "$want" > "$stamp"

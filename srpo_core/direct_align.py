@@ -11,21 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .per_sample import PerSample, per_sample
 from .protocols import Branch, VelocityFn
 
-SigmaLike = float | Tensor
-
-
-def as_sigma(sigma: SigmaLike, like: Tensor) -> Tensor:
-    """Sigma as a (B,) tensor on ``like``'s device and dtype (``like``: (B, ...))."""
-    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
-    if s.ndim == 0:
-        s = s.expand(like.shape[0])
-    if s.shape != (like.shape[0],):
-        raise ValueError(
-            f"sigma must be a scalar or have shape ({like.shape[0]},), got {tuple(s.shape)}"
-        )
-    return s
+SigmaLike = PerSample
+"""A sigma for the whole batch or per sample (B,)."""
 
 
 def bcast(sigma: Tensor, like: Tensor) -> Tensor:
@@ -35,7 +25,7 @@ def bcast(sigma: Tensor, like: Tensor) -> Tensor:
 
 def x_t(x0: Tensor, eps: Tensor, sigma: SigmaLike) -> Tensor:
     """Noised latent ``x_sigma = (1 - sigma) * x0 + sigma * eps``; x0, eps (B, ...)."""
-    s = bcast(as_sigma(sigma, x0), x0)
+    s = bcast(per_sample(sigma, x0, "sigma"), x0)
     return (1 - s) * x0 + s * eps
 
 
@@ -44,25 +34,25 @@ def x0_from_eps(x: Tensor, eps: Tensor, sigma: SigmaLike) -> Tensor:
 
     Requires sigma < 1. x, eps: (B, ...).
     """
-    s = bcast(as_sigma(sigma, x), x)
+    s = bcast(per_sample(sigma, x, "sigma"), x)
     return (x - s * eps) / (1 - s)
 
 
 def euler_step(x: Tensor, v: Tensor, sigma_from: SigmaLike, sigma_to: SigmaLike) -> Tensor:
     """One Euler step of the flow ODE: ``x_to = x_from + (sigma_to - sigma_from) * v``."""
-    s_from = as_sigma(sigma_from, x)
-    s_to = as_sigma(sigma_to, x)
+    s_from = per_sample(sigma_from, x, "sigma")
+    s_to = per_sample(sigma_to, x, "sigma")
     return x + bcast(s_to - s_from, x) * v
 
 
 def velocity_from_denoised(x: Tensor, denoised: Tensor, sigma: SigmaLike) -> Tensor:
     """ComfyUI's denoised output D to velocity: ``v_hat = (x_sigma - D) / sigma`` (sigma > 0)."""
-    return (x - denoised) / bcast(as_sigma(sigma, x), x)
+    return (x - denoised) / bcast(per_sample(sigma, x, "sigma"), x)
 
 
 def one_step_x0(x: Tensor, v: Tensor, sigma: SigmaLike) -> Tensor:
     """The plain one-step prediction Direct-Align is compared with: ``x0_hat = x_t - sigma * v``."""
-    return x - bcast(as_sigma(sigma, x), x) * v
+    return x - bcast(per_sample(sigma, x, "sigma"), x) * v
 
 
 def model_fraction(sigma_hi: SigmaLike, sigma_lo: SigmaLike, branch: Branch) -> Tensor:
@@ -99,7 +89,7 @@ def direct_align(
     ``velocity_fn``. x0, eps: (B, C, H, W); sigmas: float or (B,), ``1 > sigma_hi > sigma_lo >= 0``.
     Returns x0_hat (B, C, H, W).
     """
-    hi, lo = as_sigma(sigma_hi, x0), as_sigma(sigma_lo, x0)
+    hi, lo = per_sample(sigma_hi, x0, "sigma"), per_sample(sigma_lo, x0, "sigma")
     if bool((hi <= lo).any()) or bool((hi >= 1).any()) or bool((lo < 0).any()):
         raise ValueError("direct_align needs 1 > sigma_hi > sigma_lo >= 0 for every sample")
     if branch == "denoise":

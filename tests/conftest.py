@@ -2,7 +2,7 @@
 
 Every test runs offline (no model hub). The real ComfyUI fixtures live here so that the
 integration and browser tests share one server per session: ``comfy`` is the running
-``ComfyServer`` (provisioned by scripts/comfyui.py, all its writable folders in a session tmp
+``ComfyServer`` (provisioned by scripts/comfy_harness, all its writable folders in a session tmp
 dir); ``comfy_client`` is a fresh HTTP + websocket client per test. Startup time, node count
 and every node-import problem in ComfyUI's log are printed in pytest's terminal summary.
 """
@@ -16,8 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts.comfy_server import ComfyClient, ComfyServer, import_problems, tree_files
-from scripts.comfyui import ComfyUIInstall, ComfyUISetupError, ensure_comfyui, link_instructions
+from scripts.comfy_harness.provision import (
+    ComfyUIInstall,
+    ComfyUISetupError,
+    ensure_comfyui,
+    link_instructions,
+)
+from scripts.comfy_harness.server import ComfyClient, ComfyServer, import_problems, tree_files
 
 SUMMARY = pytest.StashKey[list[str]]()
 """Lines for the terminal summary, collected while the session runs."""

@@ -9,20 +9,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from srpo_core.toyworld import data
-from srpo_core.toyworld.assets import (
+from toyworld.build import data
+from toyworld.build.captions import caption, full_caption
+from toyworld.build.reward_training import (
+    caption_words,
+    consistency_matrix,
+    multi_positive_infonce,
+)
+from toyworld.runtime.config import (
     MAX_TOTAL_BYTES,
     default_assets_dir,
     load_config,
     total_bytes,
 )
-from srpo_core.toyworld.captions import caption, full_caption
-from srpo_core.toyworld.reward_training import (
-    caption_words,
-    consistency_matrix,
-    multi_positive_infonce,
-)
-from srpo_core.toyworld.text_encoder import PAD, UNK, BpeVocabulary
+from toyworld.runtime.text_encoder import PAD, UNK, BpeVocabulary
 
 ASSETS = default_assets_dir()
 needs_assets = pytest.mark.skipif(
@@ -141,7 +141,8 @@ def test_config_matches_safetensors_shapes() -> None:
 @needs_assets
 @pytest.mark.slow
 def test_reward_reaches_recorded_zero_shot_accuracy() -> None:
-    from srpo_core.toyworld.reward_model import load_local_dir, zero_shot_accuracy
+    from toyworld.build.reward_model import zero_shot_accuracy
+    from toyworld.runtime.reward import load_local_dir
 
     model, tokenize = load_local_dir(ASSETS / "reward")
     recorded = json.loads((ASSETS / "build_record.json").read_text())["metrics"]

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import torch
 
-from srpo_core.toyworld import data
-from srpo_core.toyworld.flow_matching import (
+from srpo_core.direct_align import x_t
+from srpo_core.sampling import euler_rollout
+from toyworld.build import data
+from toyworld.build.flow_matching import (
     cfg_velocity,
-    euler_sample,
     flow_matching_loss,
     logit_normal_sigma,
-    noised,
     velocity_target,
 )
-from srpo_core.toyworld.reward_model import (
+from toyworld.build.reward_model import (
     RewardArchitecture,
     build_model,
-    load_local_dir,
     model_cfg,
     save_local_dir,
     tokenizer,
 )
-from srpo_core.toyworld.reward_training import soften, training_batch
-from srpo_core.toyworld.text_encoder import (
+from toyworld.build.reward_training import soften, training_batch
+from toyworld.runtime.reward import load_local_dir
+from toyworld.runtime.text_encoder import (
     BpeVocabulary,
     TextEncoderArchitecture,
     ToyTextEncoder,
@@ -38,22 +38,34 @@ def test_noised_endpoints_and_exact_velocity_loss() -> None:
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
     eps = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
-    assert torch.equal(noised(x0, eps, torch.zeros(3, dtype=torch.float64)), x0)
-    assert torch.equal(noised(x0, eps, torch.ones(3, dtype=torch.float64)), eps)
+    assert torch.equal(x_t(x0, eps, torch.zeros(3, dtype=torch.float64)), x0)
+    assert torch.equal(x_t(x0, eps, torch.ones(3, dtype=torch.float64)), eps)
     assert float(flow_matching_loss(velocity_target(x0, eps), x0, eps)) == 0.0
 
 
-def test_euler_on_the_straight_path_recovers_x0_exactly() -> None:
-    """With the true velocity of the straight path, ``v = (x - x0) / sigma``, Euler is exact."""
-    g = torch.Generator().manual_seed(1)
-    x0 = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
-    eps = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
-    sigmas = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0], dtype=torch.float64)
+def test_engine_arithmetic_is_bitwise_the_builds_own_float32_formulas() -> None:
+    """The build uses the engine's x_t and Euler rollout; in float32 they give bit for bit what
+    the build's formulas gave when the committed assets were made:
+    ``(1 - s) * x0 + s * eps`` with s (B, 1, 1, 1), and Euler from ``sigmas[0] * eps`` with the
+    float32 step ``(sigmas[i + 1] - sigmas[i]) * v(x, sigmas[i])``."""
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randn(4, 16, 8, 8, generator=g)
+    eps = torch.randn(4, 16, 8, 8, generator=g)
+    sigma = logit_normal_sigma(4, g)
+    s = sigma.view(-1, 1, 1, 1)
+    assert torch.equal(x_t(x0, eps, sigma), (1.0 - s) * x0 + s * eps)
 
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return (x - x0) / sigma.view(-1, 1, 1, 1)
+    weight = torch.randn(16, 16, generator=g) / 4
 
-    assert torch.allclose(euler_sample(velocity, eps, sigmas), x0, atol=1e-12)
+    def velocity(x: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("oc,bchw->bohw", weight, x) * (1 + sig.view(-1, 1, 1, 1))
+
+    sigmas = torch.linspace(1.0, 0.0, 9).pow(0.7)
+    reference = sigmas[0] * eps
+    for i in range(len(sigmas) - 1):
+        step = (sigmas[i + 1] - sigmas[i]) * velocity(reference, sigmas[i].expand(4))
+        reference = reference + step
+    assert torch.equal(euler_rollout(velocity, sigmas[0] * eps, sigmas), reference)
 
 
 def test_logit_normal_sigma_in_range_and_cfg_identity() -> None:

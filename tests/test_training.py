@@ -404,19 +404,11 @@ def test_config_validation_messages(overrides: dict[str, object], message: str) 
         config(**overrides)
 
 
-def test_regularizer_validation_and_hook_errors() -> None:
+def test_regularizer_and_parameter_validation() -> None:
     with pytest.raises(ValueError, match=r"share must be in \(0, 1\)"):
         RegularizerConfig(enabled=True, share=1.0)
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
         RegularizerConfig(weight=-1.0)
-    with pytest.raises(ValueError, match="no enable_gradient_checkpointing hook"):
-        run(config(gradient_checkpointing=True))
-    calls: list[int] = []
-    run(
-        config(steps=1, gradient_checkpointing=True),
-        enable_gradient_checkpointing=lambda: calls.append(1),
-    )
-    assert calls == [1]
     frozen = TinyVelocity().requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad=True"):
         run(config(), frozen)

@@ -18,6 +18,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from ..per_sample import PerSample, per_sample
+
 RewardMode = Literal["sgp", "srp", "cfg"]
 """Which semantic preference form a control-word reward uses (see module docstring)."""
 
@@ -29,7 +31,8 @@ DEFAULT_RELATIVE_NOISE_STD = 0.05
 """Std of the Gaussian noise (image values in [0, 1]) for the relative image-only reward. The
 paper only says "small amounts of noise"; 0.05 is this project's choice."""
 
-KLike = float | Tensor
+KLike = PerSample
+"""A guidance strength k for the whole batch or per sample (B,)."""
 
 
 def similarity(img_feat: Tensor, txt_feat: Tensor) -> Tensor:
@@ -50,14 +53,7 @@ def similarity(img_feat: Tensor, txt_feat: Tensor) -> Tensor:
 
 def guidance_weight(k: KLike, like: Tensor) -> Tensor:
     """CFG-like ``(1 + k)`` as a (B,) tensor on ``like``'s device/dtype; k: float, 0-d or (B,)."""
-    k_t = torch.as_tensor(k, dtype=like.dtype, device=like.device)
-    if k_t.ndim == 0:
-        k_t = k_t.expand(like.shape[0])
-    if k_t.shape != (like.shape[0],):
-        raise ValueError(
-            f"k must be a float or have shape ({like.shape[0]},), got {tuple(k_t.shape)}"
-        )
-    return 1.0 + k_t
+    return 1.0 + per_sample(k, like, "k")
 
 
 def srp_score(

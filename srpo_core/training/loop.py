@@ -99,7 +99,7 @@ class SRPOTrainer:
     reward: a :class:`~srpo_core.protocols.RewardFn`; params: the trainable tensors (LoRA weights
     or a model's parameters); prompts: the prompt set, drawn with replacement; offline_latents:
     (N, C, H, W) clean latents for ``config.offline``; collate_cond: batch conds (default
-    :func:`cat_conds`); enable_gradient_checkpointing: called once when the config asks for it;
+    :func:`cat_conds`);
     rollout_context: entered around each no-grad online rollout (e.g. to merge a LoRA once).
     """
 
@@ -114,7 +114,6 @@ class SRPOTrainer:
         *,
         offline_latents: Tensor | None = None,
         collate_cond: CondCollate = cat_conds,
-        enable_gradient_checkpointing: Callable[[], None] | None = None,
         rollout_context: RolloutContext | None = None,
     ) -> None:
         self.config, self.model, self.decoder, self.reward = config, model, decoder, reward
@@ -123,13 +122,6 @@ class SRPOTrainer:
         self.prompts = list(prompts)
         self.offline_latents, self.collate = offline_latents, collate_cond
         _check_inputs(self)
-        if config.gradient_checkpointing:
-            if enable_gradient_checkpointing is None:
-                raise ValueError(
-                    "gradient_checkpointing is on but no enable_gradient_checkpointing hook was"
-                    " given: pass one that enables it on your model, or turn the flag off"
-                )
-            enable_gradient_checkpointing()
         self.device = self.params[0].device
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
@@ -345,7 +337,6 @@ def train(
     *,
     offline_latents: Tensor | None = None,
     collate_cond: CondCollate = cat_conds,
-    enable_gradient_checkpointing: Callable[[], None] | None = None,
     rollout_context: RolloutContext | None = None,
     callback: StepCallback | None = None,
     should_stop: StopCheck | None = None,
@@ -362,7 +353,6 @@ def train(
         prompts,
         offline_latents=offline_latents,
         collate_cond=collate_cond,
-        enable_gradient_checkpointing=enable_gradient_checkpointing,
         rollout_context=rollout_context,
     )
     return trainer.run(

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from scripts.comfy_server import ComfyServer
+from scripts.comfy_harness.server import ComfyServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfyui]
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from scripts.comfy_inprocess import import_comfy, import_pack
-from scripts.comfyui import ComfyUISetupError, ensure_comfyui
+from scripts.comfy_harness.inprocess import import_comfy, import_pack
+from scripts.comfy_harness.provision import ComfyUISetupError, ensure_comfyui
 
 TINY_FLUX = {
     "image_model": "flux",

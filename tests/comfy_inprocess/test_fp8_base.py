@@ -19,7 +19,7 @@ def test_toy_world_trains_a_lora_on_fp8_base_weights(
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
     from comfyui_srpo.nodes.toyworld import load_clip, load_flux, load_reward, load_vae
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
-    from comfyui_srpo.srpo_core.toyworld.assets import default_assets_dir, load_config
+    from comfyui_srpo.toyworld.runtime.config import default_assets_dir, load_config
 
     assets = default_assets_dir()
     config = load_config(assets)

@@ -16,9 +16,9 @@ def test_direct_align_recovers_early_timesteps_better_than_one_step(pack: Module
     from comfyui_srpo.nodes.preview import recover
     from comfyui_srpo.nodes.toyworld import load_toyworld
     from comfyui_srpo.srpo_core.schedules import TrainingInterval
-    from comfyui_srpo.srpo_core.toyworld.assets import default_assets_dir
-    from comfyui_srpo.srpo_core.toyworld.captions import base_prompt
-    from comfyui_srpo.srpo_core.toyworld.data import render_batch, sample_scenes
+    from comfyui_srpo.toyworld.build.captions import base_prompt
+    from comfyui_srpo.toyworld.build.data import render_batch, sample_scenes
+    from comfyui_srpo.toyworld.runtime.config import default_assets_dir
 
     model, clip, vae, _ = load_toyworld(default_assets_dir())
     scenes = sample_scenes(SEED, SAMPLES)

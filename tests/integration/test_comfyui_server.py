@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from scripts.comfy_server import (
+from scripts.comfy_harness.provision import ComfyUIInstall
+from scripts.comfy_harness.server import (
     TERMINAL_EVENTS,
     ComfyClient,
     ComfyServer,
@@ -20,7 +21,6 @@ from scripts.comfy_server import (
     import_problems,
     tree_files,
 )
-from scripts.comfyui import ComfyUIInstall
 
 pytestmark = pytest.mark.comfyui
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from scripts.comfy_server import ComfyClient, ComfyServer, ExecutionFailed
-from srpo_core.toyworld.assets import default_assets_dir, load_config
+from scripts.comfy_harness.server import ComfyClient, ComfyServer, ExecutionFailed
+from toyworld.runtime.config import default_assets_dir, load_config
 
 pytestmark = pytest.mark.comfyui
 

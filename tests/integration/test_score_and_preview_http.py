@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.comfy_server import ComfyClient
+from scripts.comfy_harness.server import ComfyClient
 
 pytestmark = pytest.mark.comfyui
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from scripts.comfy_server import ComfyClient
+from scripts.comfy_harness.server import ComfyClient
 
 pytestmark = pytest.mark.comfyui
 

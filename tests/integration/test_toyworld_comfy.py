@@ -1,7 +1,7 @@
 """The committed toy-world models inside ComfyUI (imported in-process, CPU).
 
 Skipped with a reason when ComfyUI cannot be found (``SRPO_COMFYUI_DIR`` or the checkout that
-``scripts/comfyui.py`` provisions) or when the assets are not built.
+``scripts/comfy_harness/provision.py`` provisions) or when the assets are not built.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import torch
 
-from scripts.comfy_inprocess import import_comfy, pack_module
-from scripts.comfyui import ComfyUISetupError, comfyui_dir
-from srpo_core.toyworld import data
-from srpo_core.toyworld.assets import default_assets_dir, load_config
+from scripts.comfy_harness.inprocess import import_comfy, pack_module
+from scripts.comfy_harness.provision import ComfyUISetupError, comfyui_dir
+from toyworld.build import data
+from toyworld.runtime.config import default_assets_dir, load_config
 
 ASSETS = default_assets_dir()
 PROMPTS = ["a red circle", "a green square", "a blue triangle", "a yellow circle"]
@@ -32,7 +32,8 @@ COMFY_ROOT = _comfy_root()
 pytestmark = [
     pytest.mark.skipif(
         COMFY_ROOT is None,
-        reason="ComfyUI not found: set SRPO_COMFYUI_DIR or run `python scripts/comfyui.py setup`",
+        reason="ComfyUI not found: set SRPO_COMFYUI_DIR or run "
+        "`python scripts/comfy_harness/provision.py setup`",
     ),
     pytest.mark.skipif(
         not (ASSETS / "toyworld.json").is_file(),
@@ -63,19 +64,19 @@ def recorded() -> dict[str, float]:
 @pytest.fixture(scope="module")
 def vae(comfy: None) -> Any:
 
-    return pack_module("nodes.toyworld").load_vae(ASSETS, load_config(ASSETS))
+    return pack_module("toyworld.runtime.comfy_models").load_vae(ASSETS, load_config(ASSETS))
 
 
 @pytest.fixture(scope="module")
 def clip(comfy: None) -> Any:
 
-    return pack_module("nodes.toyworld").load_clip(ASSETS, load_config(ASSETS))
+    return pack_module("toyworld.runtime.comfy_models").load_clip(ASSETS, load_config(ASSETS))
 
 
 @pytest.fixture(scope="module")
 def flux(comfy: None) -> Any:
 
-    return pack_module("nodes.toyworld").load_flux(ASSETS, load_config(ASSETS))
+    return pack_module("toyworld.runtime.comfy_models").load_flux(ASSETS, load_config(ASSETS))
 
 
 def test_vae_is_recognised_as_16_channel_taesd(vae: Any, recorded: dict[str, float]) -> None:
@@ -107,10 +108,10 @@ def test_stock_ksampler_matches_build_sampler(flux: Any, clip: Any, vae: Any) ->
     KSampler's result equals the build's own Euler loop from the same noise."""
     import comfy.sample
 
-    from scripts.toyworld.generator import flux_sigmas, velocity
-    from srpo_core.toyworld.assets import load_config
-    from srpo_core.toyworld.flow_matching import euler_sample
-    from srpo_core.toyworld.text_encoder import BpeVocabulary
+    from srpo_core.sampling import euler_rollout
+    from toyworld.build.generator import flux_sigmas, velocity
+    from toyworld.runtime.config import load_config
+    from toyworld.runtime.text_encoder import BpeVocabulary
 
     nodes = comfy_nodes()
     seed, steps = 5, 8
@@ -128,8 +129,9 @@ def test_stock_ksampler_matches_build_sampler(flux: Any, clip: Any, vae: Any) ->
     vocab = BpeVocabulary(config.toy_bpe_ids, config.max_tokens)
     context, pooled = clip.cond_stage_model.encoder(vocab([PROMPTS[0]]))
     with torch.no_grad():
-        mine = euler_sample(
-            lambda x, s: velocity(model, x, s, context, pooled), noise, flux_sigmas(model, steps)
+        sigmas = flux_sigmas(model, steps)
+        mine = euler_rollout(
+            lambda x, s: velocity(model, x, s, context, pooled), sigmas[0] * noise, sigmas
         )
     assert torch.allclose(model.latent_format.process_in(out["samples"]), mine, atol=1e-3)
     (image,) = nodes.VAEDecode().decode(vae, out)
@@ -138,8 +140,8 @@ def test_stock_ksampler_matches_build_sampler(flux: Any, clip: Any, vae: Any) ->
 
 
 def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> None:
-    from scripts.toyworld.generator import FLUX_CONFIG, build_flux, velocity
-    from scripts.toyworld.init import init_transformer
+    from toyworld.build.generator import FLUX_CONFIG, build_flux, velocity
+    from toyworld.build.init import init_transformer
 
     model = build_flux(FLUX_CONFIG)
     init_transformer(model.diffusion_model, seed=0)
@@ -167,8 +169,9 @@ def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> No
 def test_stock_nodes_follow_colour_words(flux: Any, clip: Any, vae: Any) -> None:
     """KSampler (euler/simple, cfg 3, the config's recommendation) draws the prompted colour:
     judged by the toy reward, at least 6 of 8 samples show the right colour."""
-    from srpo_core.toyworld.data import COLOUR_NAMES
-    from srpo_core.toyworld.reward_model import image_features, load_local_dir, text_features
+    from toyworld.build.data import COLOUR_NAMES
+    from toyworld.build.reward_model import image_features, text_features
+    from toyworld.runtime.reward import load_local_dir
 
     nodes = comfy_nodes()
     reward, tokenize = load_local_dir(ASSETS / "reward")

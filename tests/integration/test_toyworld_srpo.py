@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.comfy_server import ComfyClient, ComfyServer, ExecutionFailed, ExecutionInterrupted
+from scripts.comfy_harness.server import (
+    ComfyClient,
+    ComfyServer,
+    ExecutionFailed,
+    ExecutionInterrupted,
+)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 

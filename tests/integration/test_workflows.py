@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from scripts.comfy_server import ComfyServer, PromptRejected
-from scripts.workflow_specs import WORKFLOWS
-from scripts.workflow_specs.graph import WorkflowError, WorkflowSpec
-from scripts.workflow_specs.nodedefs import MODEL_FOLDER_INPUTS, is_model_file_name
-from scripts.workflow_specs.nodedefs import parse_object_info as parse_defs
-from scripts.workflow_specs.resolve import resolve
-from scripts.workflows import build_all, stale_files
+from scripts.comfy_harness.server import ComfyServer, PromptRejected
+from scripts.workflow_gen import WORKFLOWS
+from scripts.workflow_gen.cli import build_all, stale_files
+from scripts.workflow_gen.graph import WorkflowError, WorkflowSpec
+from scripts.workflow_gen.nodedefs import MODEL_FOLDER_INPUTS, is_model_file_name
+from scripts.workflow_gen.nodedefs import parse_object_info as parse_defs
+from scripts.workflow_gen.resolve import resolve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"

@@ -1,0 +1,177 @@
+"""The FLUX.1-dev workflows: sampling with SRPO weights, and SRPO LoRA fine-tuning.
+
+File names are the ones the FLUX.1-dev and SRPO releases use; put them in ComfyUI's model folders
+(see ``MODEL_FOLDER_INPUTS``): diffusion_models (flux1-dev, srpo_flux1), text_encoders (clip_l,
+t5xxl_fp16), vae (ae), srpo_rewards (HPS_v2.1_compressed.pt).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from scripts.workflow_gen.graph import Out, Value, WorkflowSpec
+
+FLUX_UNET = "flux1-dev.safetensors"
+FLUX_CLIP_L = "clip_l.safetensors"
+FLUX_T5 = "t5xxl_fp16.safetensors"
+FLUX_VAE = "ae.safetensors"
+SRPO_WEIGHTS = "srpo_flux1.safetensors"
+"""The published SRPO transformer (diffusers layout), renamed; the layout is auto-detected."""
+HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"
+
+SEED = 1024
+GUIDANCE = 3.5
+"""FLUX.1-dev's distilled guidance (FluxGuidance); the sampler's cfg stays 1."""
+SAMPLER: dict[str, Value] = {
+    "steps": 50,
+    "cfg": 1.0,
+    "sampler_name": "euler",
+    "scheduler": "simple",
+}
+IMAGE_SIZE = 1024
+TRAIN_SIZE = 720
+"""SRPO trains FLUX.1-dev at 720 x 720."""
+STITCH_SPACING = 16
+
+SAMPLE_PROMPT = (
+    "A close-up portrait of an elderly fisherman with weathered skin and a grey beard, mending"
+    " a net on a wooden pier at dawn, soft light from the sea"
+)
+TRAIN_PROMPTS = (
+    "A young woman reading a book by a sunlit cafe window",
+    "An old stone bridge over a misty river in autumn",
+    "A golden retriever running across a snowy field",
+    "A crowded night market with paper lanterns and food stalls",
+    "A hummingbird hovering beside a red hibiscus flower",
+    "A mountain cabin under a starry sky, smoke rising from the chimney",
+)
+
+
+class FluxModels(NamedTuple):
+    """The outputs of the three FLUX.1-dev loaders."""
+
+    model: Out
+    clip: Out
+    vae: Out
+
+
+class Conditioning(NamedTuple):
+    """Positive (with FLUX guidance) and negative (zeroed) conditioning of one prompt."""
+
+    positive: Out
+    negative: Out
+
+
+def flux_loaders(wf: WorkflowSpec) -> FluxModels:
+    """UNETLoader + DualCLIPLoader (CLIP-L, T5-XXL) + VAELoader for FLUX.1-dev."""
+    unet = wf.add("UNETLoader", unet_name=FLUX_UNET, weight_dtype="default")
+    clip = wf.add(
+        "DualCLIPLoader", clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5, type="flux", device="default"
+    )
+    vae = wf.add("VAELoader", vae_name=FLUX_VAE)
+    return FluxModels(unet.out("MODEL"), clip.out("CLIP"), vae.out("VAE"))
+
+
+def flux_conditioning(wf: WorkflowSpec, clip: Out, text: str) -> Conditioning:
+    """CLIPTextEncode -> FluxGuidance; the (unused at cfg 1) negative is the zeroed prompt."""
+    encoded = wf.add("CLIPTextEncode", text=text, clip=clip)
+    positive = wf.add("FluxGuidance", conditioning=encoded.out(), guidance=GUIDANCE)
+    negative = wf.add("ConditioningZeroOut", conditioning=encoded.out())
+    return Conditioning(positive.out(), negative.out())
+
+
+def flux_sample(
+    wf: WorkflowSpec, label: str, model: Out, cond: Conditioning, latent: Out, vae: Out
+) -> Out:
+    """KSampler (fixed seed, euler, simple, 50 steps, cfg 1) + VAEDecode; returns the image."""
+    sampler = wf.add(
+        "KSampler",
+        f"KSampler ({label})",
+        model=model,
+        positive=cond.positive,
+        negative=cond.negative,
+        latent_image=latent,
+        seed=SEED,
+        denoise=1.0,
+        **SAMPLER,
+    )
+    return wf.add("VAEDecode", f"VAE Decode ({label})", samples=sampler.out(), vae=vae).out()
+
+
+def srpo_sample_flux() -> WorkflowSpec:
+    """FLUX.1-dev vs FLUX.1-dev with SRPO weights, same seed, side by side."""
+    wf = WorkflowSpec(
+        "srpo_sample_flux",
+        "SRPO: sample FLUX.1-dev",
+        "Base FLUX.1-dev (left) vs SRPO weights (right), same seed and settings.",
+    )
+    flux = flux_loaders(wf)
+    srpo = wf.add(
+        "SRPOLoadWeights",
+        model=flux.model,
+        srpo_checkpoint=SRPO_WEIGHTS,
+        strength=1.0,
+        layout="auto",
+    )
+    cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
+    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+    base_image = flux_sample(wf, "base", flux.model, cond, latent.out(), flux.vae)
+    srpo_image = flux_sample(wf, "SRPO", srpo.out("model"), cond, latent.out(), flux.vae)
+    stitched = wf.add(
+        "ImageStitch",
+        image1=base_image,
+        image2=srpo_image,
+        direction="right",
+        match_image_size=True,
+        spacing_width=STITCH_SPACING,
+        spacing_color="white",
+    )
+    wf.add("SaveImage", images=stitched.out(), filename_prefix="srpo_base_vs_tuned")
+    return wf
+
+
+def srpo_finetune_flux() -> WorkflowSpec:
+    """SRPO LoRA fine-tuning of FLUX.1-dev with HPSv2.1 and control words, before/after."""
+    wf = WorkflowSpec(
+        "srpo_finetune_flux",
+        "SRPO: fine-tune FLUX.1-dev",
+        "Direct-Align + control-word reward (HPSv2.1) trains a LoRA; samples before and after.",
+    )
+    flux = flux_loaders(wf)
+    reward_model = wf.add(
+        "SRPOLoadRewardModel",
+        checkpoint=HPS_CHECKPOINT,
+        architecture="HPSv2.1",
+        open_clip_arch="ViT-H-14",
+        dtype="bf16",
+    )
+    reward = wf.add("SRPOControlWordReward", reward_model=reward_model.out(), mode="cfg")
+    prompts = wf.add("SRPOPromptSet", clip=flux.clip, prompts="\n".join(TRAIN_PROMPTS))
+    regularizer = wf.add("SRPOInversionRegularizer")
+    trainer = wf.add(
+        "SRPODirectAlignTrainer",
+        model=flux.model,
+        vae=flux.vae,
+        prompts=prompts.out(),
+        reward=reward.out(),
+        regularizer=regularizer.out(),
+        steps=200,
+        learning_rate=1e-4,
+        rank=16,
+        width=TRAIN_SIZE,
+        height=TRAIN_SIZE,
+        guidance=GUIDANCE,
+        seed=SEED,
+    )
+    wf.add(
+        "SaveLoRA", lora=trainer.out("lora"), prefix="loras/srpo_flux", steps=trainer.out("steps")
+    )
+    wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")
+    wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+    cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
+    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+    before = flux_sample(wf, "before", flux.model, cond, latent.out(), flux.vae)
+    after = flux_sample(wf, "after", trainer.out("model"), cond, latent.out(), flux.vae)
+    wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_before")
+    wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_after")
+    return wf
