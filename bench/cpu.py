@@ -150,7 +150,6 @@ def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, r
         items,
         offline_latents=offline,
         collate_cond=index_conds,
-        enable_gradient_checkpointing=lambda: None,
         rollout_context=v.adapters.rollout,
     )
 
@@ -206,7 +205,7 @@ def micro_step(v: Variant, device: torch.device) -> Callable[[], Any]:
     return run
 
 
-def stock_sampler(world: World, lora: dict[str, torch.Tensor]) -> Callable[[], Any]:
+def stock_sampler(world: World, lora: dict[str, torch.Tensor], steps: int) -> Callable[[], Any]:
     """G1's B: KSampler (euler, simple, cfg 1) with the LoRA loaded by LoraModelLoader."""
     import node_helpers
     from comfy_extras.nodes_train import LoraModelLoader
@@ -219,9 +218,7 @@ def stock_sampler(world: World, lora: dict[str, torch.Tensor]) -> Callable[[], A
 
     def run() -> Any:
         with torch.inference_mode():
-            out = nodes.common_ksampler(
-                model, 0, ROLLOUT_STEPS, 1.0, "euler", "simple", cond, cond, latent
-            )
+            out = nodes.common_ksampler(model, 0, steps, 1.0, "euler", "simple", cond, cond, latent)
         return out[0]["samples"]
 
     return run
@@ -260,19 +257,27 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / MIB
 
 
-def measure_world(world: World, repeats: int) -> list[Row]:
+class _PrintingList(list[Row]):
+    """Rows printed (stderr) as they are measured, so a cut-short run still shows them."""
+
+    def append(self, row: Row) -> None:
+        super().append(row)
+        print(f"[bench] {row.world} {row.name} {row.what}: {row.ratio:.2f}", file=sys.stderr)
+
+
+def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS) -> list[Row]:
     act, merged = Variant(world, "activations"), Variant(world, "merged")
-    rows: list[Row] = []
+    rows: list[Row] = _PrintingList()
 
     def body(device: torch.device) -> None:
         online = {
-            v.form: trainer(v, device, offline=None, rollout=ROLLOUT_STEPS) for v in (act, merged)
+            v.form: trainer(v, device, offline=None, rollout=rollout_steps) for v in (act, merged)
         }
         x0 = online["activations"].draw_batch().x0
-        offline = trainer(act, device, offline=x0, rollout=ROLLOUT_STEPS)
+        offline = trainer(act, device, offline=x0, rollout=rollout_steps)
         dtype = offline.config.dtype
         # G1: rollout as the trainer runs it vs KSampler with the stock-loaded LoRA
-        stock = stock_sampler(world, act.lora_state())
+        stock = stock_sampler(world, act.lora_state(), rollout_steps)
         g1 = interleaved_medians(
             {
                 "act": lambda: online["activations"].draw_batch().x0,
@@ -403,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per variant")
     parser.add_argument("--worlds", default="toy,flux", help="comma list of toy, flux")
+    parser.add_argument(
+        "--rollout-steps", type=int, default=ROLLOUT_STEPS, help="Euler steps of G1's rollouts"
+    )
     args = parser.parse_args(argv)
     if args.repeats < REPEATS:
         parser.error(f"--repeats must be >= {REPEATS}")
@@ -413,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         worlds = {"toy": toy, "flux": random_flux_world(toy)}
     rows: list[Row] = []
     for name in args.worlds.split(","):
-        rows += measure_world(worlds[name.strip()], args.repeats)
+        rows += measure_world(worlds[name.strip()], args.repeats, args.rollout_steps)
     text = table(rows, time.perf_counter() - start)
     print(text)
     if args.out:
