@@ -45,6 +45,7 @@ from ..srpo_core.training.memory import (
 from . import comfy_training as bridge
 from . import memory as comfy_memory
 from .prompts import PromptSet
+from .run_export import RUNS_DIR, export_run_file
 from .types import (
     CATEGORY,
     SRPOPrompts,
@@ -264,6 +265,21 @@ def _trainer_inputs() -> list[Any]:
             "existing_lora",
             optional=True,
             tooltip="Continue training this LORA_MODEL (same algorithm and keys).",
+        ),
+        io.String.Input(
+            "export_run_file",
+            default="",
+            optional=True,
+            tooltip=f"Also write these settings as a run file for `python -m srpo_core.train`"
+            f" (torchrun, several GPUs) to output/{RUNS_DIR}/<this name>/run.toml, with the"
+            " prompts' conditioning next to it; fill in its model paths there. Empty: no export.",
+        ),
+        io.Boolean.Input(
+            "export_only",
+            default=False,
+            optional=True,
+            tooltip="With export_run_file: write the run file and stop without training here"
+            " (the model passes through unchanged, the LoRA is empty).",
         ),
         *memory_inputs(),
     ]
@@ -607,7 +623,26 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         real_latents, existing = kw.pop("real_latents", None), kw.pop("existing_lora", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
+        export_name = str(kw.pop("export_run_file", "") or "").strip()
+        export_only = bool(kw.pop("export_only", False))
+        if export_only and not export_name:
+            raise ValueError("export_only needs an export_run_file name")
         settings = build_settings(model, vae, real_latents, kw)
+        if export_name:
+            path = export_run_file(
+                export_name,
+                settings.config,
+                align_reward(reward, settings),
+                prompts.texts,
+                prompts.conds,
+                settings.rank,
+                model.get_model_object("latent_format"),
+                settings.guidance,
+            )
+            log.info("SRPO run file written: %s", path)
+            if export_only:
+                blank = torch.zeros(1, 1, 1, 3)
+                return io.NodeOutput(model, {}, {"loss": []}, blank, 0)
         with torch.inference_mode(False), torch.enable_grad():
             mp, adapters, result, progress = run_training(
                 model, vae, prompts, reward, settings, real_latents, existing

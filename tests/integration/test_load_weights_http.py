@@ -1,14 +1,15 @@
 """Load SRPO Weights in a real ComfyUI over HTTP, on the toy world's Flux.
 
-The toy Flux's own weights written in ComfyUI and diffusers layout must reproduce the base
-model's samples exactly; perturbed weights must change them; a mismatched file must fail with
-the offending keys and apply nothing.
+The toy Flux's own weights written in ComfyUI layout and by diffusers' save_pretrained must
+reproduce the base model's samples exactly; perturbed weights must change them; a mismatched file
+must fail with the offending keys and apply nothing.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,31 @@ BASIC_MAP = {
 }
 
 
+def diffusers_written(bfl: dict[str, torch.Tensor], folder: Path) -> Path:
+    """The toy Flux as diffusers itself writes it: the hand-made layout is loaded strictly into a
+    FluxTransformer2DModel of the toy config (names and shapes checked by diffusers), then saved
+    with ``save_pretrained`` (config.json + diffusion_pytorch_model.safetensors)."""
+    import diffusers  # test dependency (tests/requirements.txt)
+
+    cfg = load_config(default_assets_dir()).flux
+    patch = cfg["patch_size"]
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=cfg["in_channels"] * patch * patch,
+        num_layers=cfg["depth"],
+        num_single_layers=cfg["depth_single_blocks"],
+        attention_head_dim=cfg["hidden_size"] // cfg["num_heads"],
+        num_attention_heads=cfg["num_heads"],
+        joint_attention_dim=cfg["context_in_dim"],
+        pooled_projection_dim=cfg["vec_in_dim"],
+        guidance_embeds=cfg["guidance_embed"],
+        axes_dims_rope=tuple(cfg["axes_dim"]),
+    )
+    model.load_state_dict(to_diffusers(bfl), strict=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder / "diffusion_pytorch_model.safetensors"
+
+
 def sample_prompt(checkpoint: str | None, prefix: str) -> dict[str, Any]:
     """Toy loader (-> SRPOLoadWeights) -> KSampler -> SaveImage."""
     model: list[Any] = ["toy", 0]
@@ -190,14 +216,15 @@ def run_images(client: ComfyClient, prompt: dict[str, Any]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def weights_dir(comfy: ComfyServer) -> Path:
+def weights_dir(comfy: ComfyServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = comfy.dirs.output / "diffusion_models"
     folder.mkdir(parents=True, exist_ok=True)
     bfl = toy_weights()
     save_file(
         {f"model.diffusion_model.{k}": v for k, v in bfl.items()}, folder / "same_comfy.safetensors"
     )
-    save_file(to_diffusers(bfl), folder / "same_diffusers.safetensors")
+    written = diffusers_written(bfl, tmp_path_factory.mktemp("srpo_transformer"))
+    shutil.copyfile(written, folder / "same_diffusers.safetensors")
     g = torch.Generator().manual_seed(0)
     moved = {k: v + 0.05 * torch.randn(v.shape, generator=g).to(v.dtype) for k, v in bfl.items()}
     save_file(to_diffusers(moved), folder / "moved_diffusers.safetensors")

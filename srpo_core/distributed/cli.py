@@ -1,0 +1,173 @@
+"""What ``python -m srpo_core.train`` does: check, build, wrap, train, export (rank-aware)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..training import StepMetrics
+from ..training.config import config_hash
+from ..training.loop import StepCallback
+from .components import Components, load_provider
+from .dcp import full_state, save_export
+from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
+from .parallel import (
+    World,
+    check_divisible,
+    init_world,
+    is_distributed,
+    mean_over_ranks,
+    shard_fsdp,
+    shutdown,
+    world_size_from_env,
+    wrap_ddp,
+)
+from .progress import Progress
+from .runfile import RunFile, dumps, load
+from .trainer import ShardedTrainer, ShardPlan
+
+REQUIRED_PATHS = ("transformer", "vae", "reward", "prompts")
+LORA_FILE = "srpo_lora.safetensors"
+FULL_FILE = "srpo_transformer.safetensors"
+
+
+def check_paths(run: RunFile) -> None:
+    """Every model path set and existing, before anything is loaded."""
+    paths = run.paths
+    problems = []
+    for name in REQUIRED_PATHS:
+        value = getattr(paths, name)
+        if not value:
+            problems.append(f"paths.{name} is empty")
+        elif not Path(value).exists():
+            problems.append(f"paths.{name} = {value!r} does not exist")
+    if paths.transformer_config and not Path(paths.transformer_config).is_file():
+        problems.append(f"paths.transformer_config = {paths.transformer_config!r} does not exist")
+    if problems:
+        raise FileNotFoundError("the run file's paths need fixing: " + "; ".join(problems))
+
+
+@dataclass
+class Prepared:
+    """module: holds the parameters (FSDP-sharded or plain); model: what the loop calls (the
+    module, or its DDP wrapper); params: the trainable tensors."""
+
+    module: nn.Module
+    model: nn.Module
+    params: list[nn.Parameter]
+
+
+def prepare_model(run: RunFile, parts: Components, world: World) -> Prepared:
+    """LoRA or full parameters, checkpointing, then DDP or FSDP2 (module docstrings)."""
+    module = parts.velocity
+    transformer = module.get_submodule(parts.model_prefix.rstrip("."))
+    lora = run.parallel.mode == "lora"
+    if lora:
+        p = run.parallel
+        add_lora(transformer, p.lora_rank, p.lora_alpha, run.train.seed, parts.lora_blocks)
+    else:
+        transformer.requires_grad_(True)
+    if run.train.gradient_checkpointing and parts.enable_checkpointing is not None:
+        parts.enable_checkpointing()
+    model = module
+    if run.parallel.strategy == "fsdp" and is_distributed():
+        p = run.parallel
+        module = model = shard_fsdp(module, parts.blocks, world, p.param_dtype, p.reduce_dtype)
+    elif run.parallel.strategy == "ddp":
+        model = wrap_ddp(module, world)
+    params = (
+        lora_parameters(module) if lora else [p for p in module.parameters() if p.requires_grad]
+    )
+    return Prepared(module, model, params)
+
+
+def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, world: World) -> Path:
+    """Gather the trained weights and write one safetensors file (rank 0)."""
+    lora = run.parallel.mode == "lora"
+    state = full_state(prepared.module, frozen_base=lora)
+    name = LORA_FILE if lora else FULL_FILE
+    path = Path(run.paths.output_dir) / name
+    if world.is_main:
+        if lora:
+            lora_state = lora_export_state(state, parts.model_prefix, parts.lora_export_prefix)
+            tensors = add_alphas(lora_state, run.parallel.lora_alpha)
+        else:
+            n = len(parts.model_prefix)
+            stripped = {k[n:]: v for k, v in state.items() if k.startswith(parts.model_prefix)}
+            tensors = parts.to_export(stripped)
+        dtype = torch.bfloat16 if run.parallel.export_dtype == "bf16" else torch.float32
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        metadata = {
+            "srpo_format": "lora" if lora else "full",
+            "srpo_steps": str(steps),
+            "srpo_config_hash": config_hash(run.train),
+            "srpo_run_file": dumps(run),
+        }
+        save_export(path, tensors, metadata)
+    return path
+
+
+def report(progress: Progress, world: World) -> StepCallback:
+    """Step callback: means over ranks, logged on rank 0 only."""
+
+    def callback(m: StepMetrics) -> None:
+        loss, reward, pos, neg = mean_over_ranks(
+            [m.loss, m.reward, m.reward_pos, m.reward_neg], world.device
+        )
+        progress.update(
+            m.step + 1,
+            {
+                "loss": loss,
+                "reward": reward,
+                "reward_pos": pos,
+                "reward_neg": neg,
+                "grad_norm": m.grad_norm,
+                "step_time_s": m.step_time_s,
+            },
+        )
+
+    return callback
+
+
+def run_from_file(path: str) -> Path:
+    """Check the run file, train on this rank, export; returns the exported file's path."""
+    run = load(path)
+    check_paths(run)
+    check_divisible(run.train.batch_size, world_size_from_env())
+    world = init_world()
+    try:
+        torch.manual_seed(run.train.seed)  # identical model init (LoRA A) on every rank
+        parts = load_provider(run.model.provider)(run, world.device)
+        prepared = prepare_model(run, parts, world)
+        plan = ShardPlan(
+            run.train,
+            world,
+            run.paths.output_dir,
+            run.parallel.checkpoint_every,
+            frozen_base=run.parallel.mode == "lora",
+        )
+        trainer = ShardedTrainer(
+            plan,
+            prepared.module,
+            model=prepared.model,
+            decoder=parts.decoder,
+            reward=parts.reward,
+            params=prepared.params,
+            prompts=parts.prompts,
+            collate_cond=parts.collate,
+        )
+        start = time.perf_counter()
+        with Progress(run, world) as progress:
+            result = trainer.run(callback=report(progress, world))
+            out = export(run, parts, prepared, result.steps_done, world)
+            progress.message(
+                f"done: {result.steps_done} steps in {time.perf_counter() - start:.1f} s; "
+                f"weights: {out}; checkpoint: {result.checkpoint_path}"
+            )
+        return out
+    finally:
+        shutdown()

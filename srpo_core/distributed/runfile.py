@@ -1,0 +1,262 @@
+"""The run file of ``python -m srpo_core.train``: every engine setting plus the model paths.
+
+A run file is TOML with a format tag and version, then one table per settings class:
+``[paths]``, ``[model]``, ``[parallel]``, ``[log]``, ``[train]`` (every field of
+:class:`~srpo_core.training.TrainConfig`) and ``[reward]`` (every field of
+:class:`~srpo_core.rewards.ControlWordRewardConfig`). The ``[train]`` and ``[reward]`` tables are
+generated from those dataclasses (:mod:`.tomlconf`), so settings added to the engine appear here
+without edits. ``tomllib`` (Python 3.11+) reads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..rewards import ControlWordRewardConfig
+from ..training import TrainConfig
+from .tomlconf import RunFileError, from_dict, to_toml
+
+FORMAT = "srpo-run"
+VERSION = 1
+"""Bumped when the run file's layout changes incompatibly."""
+MODES = ("lora", "full")
+STRATEGIES = ("ddp", "fsdp")
+DTYPES = ("fp32", "bf16")
+DEFAULT_PROVIDER = "srpo_core.distributed.diffusers_provider:load_components"
+DEFAULT_LORA_RANK = 16
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where the models, prompts and outputs are."""
+
+    transformer: str = field(
+        default="",
+        metadata={
+            "help": "FLUX transformer weights: one safetensors file in BFL/ComfyUI layout"
+            " (double_blocks...) or diffusers layout (transformer_blocks...)."
+        },
+    )
+    transformer_config: str = field(
+        default="",
+        metadata={
+            "help": "diffusers config.json of the FluxTransformer2DModel (FLUX.1-dev's"
+            " transformer/config.json); empty: the FLUX.1-dev architecture."
+        },
+    )
+    vae: str = field(
+        default="",
+        metadata={"help": "diffusers VAE folder (config.json + weights), e.g. FLUX.1-dev's vae/."},
+    )
+    reward: str = field(
+        default="",
+        metadata={
+            "help": "Reward model: an open_clip local-dir folder, or a checkpoint file of"
+            " [model] reward_arch (HPS_v2.1_compressed.pt with ViT-H-14)."
+        },
+    )
+    prompts: str = field(
+        default="",
+        metadata={
+            "help": "Conditioning cache (.safetensors): the prompts and their encoded text"
+            " conditioning, written by the trainer node's export or srpo_core.distributed."
+            "conditioning.save_conditioning. The text encoders never run during training."
+        },
+    )
+    output_dir: str = field(
+        default="srpo-run",
+        metadata={"help": "Checkpoints (torch.distributed.checkpoint) and the exported weights."},
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How the models are built."""
+
+    provider: str = field(
+        default=DEFAULT_PROVIDER,
+        metadata={
+            "help": "'module:function' that builds the models from this run file (see"
+            " srpo_core.distributed.components). The default uses diffusers'"
+            " FluxTransformer2DModel."
+        },
+    )
+    reward_arch: str = field(
+        default="ViT-H-14",
+        metadata={
+            "help": "open_clip architecture of a reward checkpoint file (ignored for a dir)."
+        },
+    )
+    latent_scale: float = field(
+        default=0.3611,
+        metadata={"help": "Model latent = (VAE latent - latent_shift) * latent_scale (FLUX)."},
+    )
+    latent_shift: float = field(default=0.1159, metadata={"help": "See latent_scale (FLUX)."})
+    guidance: float = field(
+        default=3.5,
+        metadata={"help": "Distilled guidance of guidance-embedding models (FLUX.1-dev)."},
+    )
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """What is trained and how it is spread over the ranks."""
+
+    mode: str = field(
+        default="lora",
+        metadata={"help": "'lora': LoRA adapters on a frozen base; 'full': every parameter."},
+    )
+    strategy: str = field(
+        default="ddp",
+        metadata={
+            "help": "'ddp': replicate the model, all-reduce gradients (LoRA only); 'fsdp': FSDP2"
+            " fully_shard per transformer block (sharded parameters, gradients, optimiser state)."
+        },
+    )
+    lora_rank: int = field(default=DEFAULT_LORA_RANK, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(
+        default=float(DEFAULT_LORA_RANK), metadata={"help": "LoRA alpha (scale alpha / rank)."}
+    )
+    param_dtype: str = field(
+        default="bf16",
+        metadata={"help": "FSDP compute dtype of the gathered parameters ('bf16' or 'fp32')."},
+    )
+    reduce_dtype: str = field(
+        default="fp32",
+        metadata={"help": "FSDP gradient reduce-scatter dtype ('fp32' or 'bf16')."},
+    )
+    checkpoint_every: int = field(
+        default=50,
+        metadata={"help": "Save a sharded checkpoint every N steps (0: only at the end)."},
+    )
+    export_dtype: str = field(
+        default="bf16",
+        metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("parallel.mode", self.mode, MODES)
+        _one_of("parallel.strategy", self.strategy, STRATEGIES)
+        _one_of("parallel.param_dtype", self.param_dtype, DTYPES)
+        _one_of("parallel.reduce_dtype", self.reduce_dtype, DTYPES)
+        _one_of("parallel.export_dtype", self.export_dtype, DTYPES)
+        if self.mode == "full" and self.strategy == "ddp":
+            raise ValueError(
+                "full fine-tuning needs strategy = 'fsdp' (DDP would replicate the 12 B"
+                " parameters and their optimiser state on every GPU)"
+            )
+        if self.lora_rank < 1 or self.checkpoint_every < 0:
+            raise ValueError("lora_rank must be >= 1 and checkpoint_every >= 0")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What rank 0 reports."""
+
+    progress_bar: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0."})
+    tensorboard: bool = field(
+        default=False,
+        metadata={"help": "Also write TensorBoard scalars to output_dir/tb (needs tensorboard)."},
+    )
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """One run: paths, model building, parallel layout, logging, and the engine's settings."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            dtype="bf16", checkpoint_path=None, gradient_checkpointing=True
+        )
+    )
+    reward: ControlWordRewardConfig = field(default_factory=ControlWordRewardConfig)
+
+
+SECTIONS: dict[str, str] = {
+    "paths": "Model, prompt and output paths (relative paths are relative to this file).",
+    "model": "How the models are built.",
+    "parallel": "LoRA or full fine-tuning, DDP or FSDP2, checkpoints and export.",
+    "log": "Rank-0 progress reporting.",
+    "train": "Engine settings (srpo_core.training.TrainConfig). batch_size is the GLOBAL batch:"
+    " it must be divisible by the number of processes. checkpoint_path and checkpoint_every are"
+    " unused here (the CLI writes sharded checkpoints to paths.output_dir, see [parallel]);"
+    " gradient_checkpointing recomputes each transformer block in backward.",
+    "reward": "Control-word reward (srpo_core.rewards.ControlWordRewardConfig). Its interval is"
+    " replaced by [train.interval].",
+}
+HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
+#   (or: torchrun --nproc_per_node N -m srpo_core.train --config THIS_FILE)
+format = "{FORMAT}"
+version = {VERSION}
+"""
+
+
+def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+def toml_reader() -> Any:
+    """``tomllib`` (Python 3.11+) or, on 3.10, the ``tomli`` package it came from."""
+    for name in ("tomllib", "tomli"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise RunFileError("reading a run file needs Python 3.11+ (tomllib) or `pip install tomli`")
+
+
+def dumps(run: RunFile) -> str:
+    """The run file as documented TOML."""
+    parts = [HEADER]
+    for name, help_text in SECTIONS.items():
+        parts.append(to_toml(getattr(run, name), name, help_text))
+    return "\n".join(parts)
+
+
+def loads(text: str, source: str = "<run file>") -> RunFile:
+    """Parse and validate a run file; :class:`RunFileError` names what to fix."""
+    toml = toml_reader()
+    try:
+        data: dict[str, Any] = toml.loads(text)
+    except toml.TOMLDecodeError as e:
+        raise RunFileError(f"{source} is not valid TOML: {e}") from e
+    fmt, version = data.pop("format", None), data.pop("version", None)
+    if fmt != FORMAT or version != VERSION:
+        raise RunFileError(
+            f"{source} is a run file of format {fmt!r} version {version!r}; this pack reads "
+            f"{FORMAT!r} version {VERSION}. Write a new one with --print-default-config or the"
+            " trainer node's export and copy your settings over."
+        )
+    return from_dict(RunFile, data, "run")
+
+
+def load(path: str | Path) -> RunFile:
+    """Read a run file; relative paths in ``[paths]`` are resolved against its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunFileError(f"run file {path} does not exist")
+    run = loads(path.read_text(encoding="utf-8"), str(path))
+    return replace(run, paths=resolve_paths(run.paths, path.parent))
+
+
+def resolve_paths(paths: PathsConfig, base: Path) -> PathsConfig:
+    """Relative non-empty paths become ``base / path``."""
+    values = {
+        k: str(base / v) if v and not Path(v).is_absolute() else v
+        for k, v in paths.__dict__.items()
+    }
+    return PathsConfig(**values)
+
+
+def save(run: RunFile, path: str | Path) -> None:
+    """Write ``run`` to ``path`` as documented TOML."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(dumps(run), encoding="utf-8")

@@ -1,0 +1,137 @@
+"""The engine's :class:`~srpo_core.training.SRPOTrainer` with per-sample streams and DCP.
+
+Each optimiser step runs ``grad_accum`` batches per local sample, every batch of one sample
+(batch size 1 locally) drawn from that sample's own stream (:mod:`.parallel`). The local config
+therefore has ``batch_size = 1`` and ``grad_accum = grad_accum * B / W``, which makes every
+micro-step's loss carry the factor ``1 / (micro_steps * grad_accum * B / W)``; DDP and FSDP
+average the gradients over the W ranks, so the update is that of the global batch of B samples.
+Checkpoints go through :mod:`.dcp` instead of the single-file checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..training import SRPOTrainer, StepMetrics, TrainConfig
+from ..training.config import config_hash, config_json
+from ..training.data import Batch
+from .dcp import (
+    CheckpointMeta,
+    check_meta,
+    latest_checkpoint,
+    load_sharded,
+    read_meta,
+    save_sharded,
+)
+from .parallel import (
+    AgreedFiniteReward,
+    World,
+    derive_seed,
+    is_distributed,
+    local_samples,
+    sample_streams,
+)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The global config, this rank's samples and where checkpoints go."""
+
+    config: TrainConfig
+    world: World
+    output_dir: str
+    checkpoint_every: int
+    frozen_base: bool
+
+
+def local_config(config: TrainConfig, world: World) -> TrainConfig:
+    """The config one rank runs (module docstring): batch 1, accumulation over local samples."""
+    _, count = local_samples(config.batch_size, world)
+    return replace(
+        config,
+        batch_size=1,
+        grad_accum=config.grad_accum * count,
+        seed=derive_seed(config.seed, "rank", world.rank) % 2**32,
+        checkpoint_path=None,
+        checkpoint_every=0,
+    )
+
+
+class ShardedTrainer(SRPOTrainer):
+    """SRPOTrainer whose batches come from per-sample streams and that saves DCP checkpoints.
+
+    ``module`` is the (possibly FSDP-sharded, not DDP-wrapped) module holding the parameters.
+    """
+
+    def __init__(self, plan: ShardPlan, module: nn.Module, **kwargs: Any) -> None:
+        if is_distributed():
+            kwargs["reward"] = AgreedFiniteReward(kwargs["reward"], plan.world.device)
+        super().__init__(local_config(plan.config, plan.world), **kwargs)
+        self.plan, self.module = plan, module
+        first, count = local_samples(plan.config.batch_size, plan.world)
+        self.first_sample = first
+        self.streams = sample_streams(plan.config.seed, first, count)
+        self._cursor = 0
+
+    def draw_batch(self) -> Batch:
+        """The next local sample's batch, from its own stream (also used for its plan)."""
+        self.generator = self.streams[self._cursor % len(self.streams)]
+        self._cursor += 1
+        return super().draw_batch()
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _stream_states(self) -> Tensor:
+        """(B, S) uint8: every global sample's stream state, identical on all ranks."""
+        local = torch.stack([g.get_state() for g in self.streams])
+        if not is_distributed():
+            return local
+        local = local.to(self.plan.world.device)  # NCCL gathers CUDA tensors only
+        parts = [torch.empty_like(local) for _ in range(self.plan.world.size)]
+        dist.all_gather(parts, local)
+        return torch.cat([p.cpu() for p in parts])
+
+    def save(self) -> str | None:
+        meta = CheckpointMeta(
+            step=self.step,
+            consecutive_skips=self.consecutive_skips,
+            config_hash=config_hash(self.plan.config),
+            config_json=config_json(self.plan.config),
+            world_size=self.plan.world.size,
+        )
+        path = save_sharded(
+            self.plan.output_dir,
+            self.module,
+            self.optimizer,
+            self._stream_states(),
+            meta,
+            frozen_base=self.plan.frozen_base,
+            is_main=self.plan.world.is_main,
+        )
+        return str(path)
+
+    def resume(self) -> int | None:
+        folder = latest_checkpoint(self.plan.output_dir)
+        if folder is None:
+            return None
+        meta = read_meta(folder)
+        check_meta(meta, config_hash(self.plan.config), config_json(self.plan.config), folder)
+        template = torch.zeros(
+            (self.plan.config.batch_size, self.streams[0].get_state().numel()), dtype=torch.uint8
+        )
+        states = load_sharded(
+            folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
+        )
+        for k, g in enumerate(self.streams):
+            g.set_state(states[self.first_sample + k].clone())  # a view would not do
+        self.step, self.consecutive_skips = meta.step, meta.consecutive_skips
+        return meta.step
+
+    def _checkpoint_due(self, metrics: StepMetrics) -> bool:
+        every = self.plan.checkpoint_every
+        return every > 0 and not metrics.skipped and self.step % every == 0
