@@ -84,6 +84,8 @@ class AdapterSet:
     wrappers: list[WeightDtypeLora] = field(default_factory=list)
     hooks: list[ActivationLora] = field(default_factory=list)
     deferred: list[tuple[str, Any]] = field(default_factory=list)
+    continued: dict[str, tuple[str, int | None, torch.dtype]] = field(default_factory=dict)
+    """Adapters taken from an existing LoRA: key -> (its algorithm, rank or None, dtype)."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The tensors to optimise (the state also holds frozen ones, e.g. LoRA alpha)."""
@@ -125,22 +127,23 @@ def _existing_adapter(prefix: str, existing: dict[str, torch.Tensor]) -> Any:
     return None
 
 
+def _adapter_rank(adapter: Any) -> int | None:
+    """Rank of a LoRA adapter (its up matrix is (out, rank)); None for other algorithms."""
+    weights = getattr(adapter, "weights", None)
+    if getattr(adapter, "name", "") != "lora" or not weights or weights[0].ndim < 2:
+        return None
+    return int(weights[0].shape[1])
+
+
+def _adapter_dtype(adapter: Any) -> torch.dtype:
+    weights = getattr(adapter, "weights", None) or ()
+    tensors = [w for w in weights if isinstance(w, torch.Tensor)]
+    return tensors[0].dtype if tensors else torch.float32
+
+
 def _new_diff(shape: torch.Size, dtype: torch.dtype, existing: torch.Tensor | None) -> Any:
     init = existing.to(dtype) if existing is not None else torch.zeros(shape, dtype=dtype)
     return torch.nn.Parameter(init.clone(), requires_grad=True)
-
-
-def _matrix_adapter(
-    name: str, weight: torch.Tensor, existing: dict[str, torch.Tensor], **kw: Any
-) -> Any:
-    loaded = _existing_adapter(name, existing)
-    if loaded is not None:
-        return loaded.to_train().to(kw["dtype"])
-    return (
-        adapter_maps[kw["algorithm"]]
-        .create_train(weight, rank=kw["rank"], alpha=DEFAULT_LORA_ALPHA)
-        .to(kw["dtype"])
-    )
 
 
 def attach_adapters(
@@ -150,6 +153,7 @@ def attach_adapters(
     rank: int,
     dtype: torch.dtype,
     existing: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
     form: str = "merged",
 ) -> AdapterSet:
     """Wrap every patchable weight of ``mp.model`` with a trainable adapter (in place on ``mp``).
@@ -157,14 +161,37 @@ def attach_adapters(
     Matrices get ``algorithm`` adapters of ``rank`` (or continue an ``existing`` LoRA state dict),
     stored in ``dtype``; 1-d weights and biases get additive diffs (``<module>.diff`` /
     ``<module>.diff_b``), which also replaces inference tensors (e.g. Flux RMSNorm scales) in the
-    autograd graph by normal ones. Plain LoRAs on Linears take ``form`` (see :mod:`.lora_forms`):
-    "merged" wraps the weight, "activations" hooks the layer's output during :meth:`session`.
+    autograd graph by normal ones. New adapters are initialised from ``seed`` (the global RNG is
+    forked, not consumed), so the result does not depend on what ran before in the same process.
+    Plain LoRAs on Linears take ``form`` (see :mod:`.lora_forms`): "merged" wraps the weight,
+    "activations" replaces the layer's forward during :meth:`AdapterSet.session`.
     """
     if algorithm not in adapter_maps:
         raise ValueError(
             f"unknown adapter algorithm {algorithm!r}; choose one of {ADAPTER_ALGORITHMS}"
         )
     existing = existing or {}
+    with torch.random.fork_rng(devices=_rng_devices(mp)):
+        torch.manual_seed(seed)
+        return _attach(mp, algorithm, rank, dtype, existing, form)
+
+
+def _rng_devices(mp: Any) -> list[int]:
+    """CUDA devices whose RNG the adapter initialisation may draw from (the model's)."""
+    device = getattr(mp, "load_device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        return [device.index or 0]
+    return []
+
+
+def _attach(
+    mp: Any,
+    algorithm: str,
+    rank: int,
+    dtype: torch.dtype,
+    existing: dict[str, torch.Tensor],
+    form: str,
+) -> AdapterSet:
     out = AdapterSet()
     for name, module in mp.model.named_modules():
         if not hasattr(module, "weight_function"):
@@ -172,9 +199,16 @@ def attach_adapters(
         weight = getattr(module, "weight", None)
         hooked: ActivationLora | None = None
         if weight is not None and weight.ndim >= 2:
-            adapter = _matrix_adapter(
-                name, weight, existing, algorithm=algorithm, rank=rank, dtype=dtype
-            )
+            loaded = _existing_adapter(name, existing)
+            if loaded is not None:
+                out.continued[name] = (loaded.name, _adapter_rank(loaded), _adapter_dtype(loaded))
+                adapter = loaded.to_train().to(dtype)
+            else:
+                adapter = (
+                    adapter_maps[algorithm]
+                    .create_train(weight, rank=rank, alpha=DEFAULT_LORA_ALPHA)
+                    .to(dtype)
+                )
             for pname, param in adapter.named_parameters():
                 out.state[f"{name}.{pname}"] = param
             out.modules.append(adapter)

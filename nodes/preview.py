@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..srpo_core.direct_align import direct_align, one_step_x0, x_t
 from ..srpo_core.schedules import TrainingInterval
+from . import checks
 from . import comfy_training as bridge
 from .types import CATEGORY
 
@@ -87,6 +88,7 @@ class SRPODirectAlignPreview(io.ComfyNode):
         span: float,
         seed: int,
     ) -> io.NodeOutput:
+        checks.require_latent(latent["samples"], model, "latent")
         x0 = model.model.process_latent_in(latent["samples"].float())
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         panels: dict[str, torch.Tensor] = {}

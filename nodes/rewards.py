@@ -64,15 +64,38 @@ def reward_path(name: str) -> str:
     )
 
 
+def reward_file_problem(name: Any) -> str | None:
+    """Queue-time check of the checkpoint input: listed, a known type, not empty."""
+    if name is None:
+        return None
+    try:
+        path = reward_path(str(name))
+    except ValueError as error:
+        return str(error)
+    if os.path.splitext(path)[1].lower() not in REWARD_EXTENSIONS:
+        return f"{name!r} is not a reward checkpoint ({', '.join(sorted(REWARD_EXTENSIONS))})"
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"corrupt or incomplete file: {path} (the file is empty); download it again"
+    return None
+
+
 def load_reward(architecture: str, path: str, arch: str, dtype: torch.dtype) -> ClipReward:
-    """Build a reward model outside inference mode (its image path must stay differentiable)."""
+    """Build a reward model outside inference mode (its image path must stay differentiable).
+
+    Keys and shapes are checked against the architecture before it is built; POST /interrupt
+    is honoured before and after the build.
+    """
     device = comfy.model_management.get_torch_device()
+    comfy.model_management.throw_exception_if_processing_interrupted()
     with torch.inference_mode(False):
         if architecture == "HPSv2.1":
-            return load_hps_v21(path, device=device, dtype=dtype)
-        if architecture == "PickScore":
-            return load_pickscore(path, device=device, dtype=dtype)
-        return load_open_clip_reward(arch, path, device=device, dtype=dtype)
+            model = load_hps_v21(path, device=device, dtype=dtype)
+        elif architecture == "PickScore":
+            model = load_pickscore(path, device=device, dtype=dtype)
+        else:
+            model = load_open_clip_reward(arch, path, device=device, dtype=dtype)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    return model
 
 
 class SRPOLoadRewardModel(io.ComfyNode):
@@ -114,6 +137,11 @@ class SRPOLoadRewardModel(io.ComfyNode):
             ],
             outputs=[SRPORewardModel.Output(display_name="reward_model")],
         )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint: Any) -> bool | str:
+        """Queue-time check (POST /prompt answers 400) of the checkpoint file."""
+        return reward_file_problem(checkpoint) or True
 
     @classmethod
     def execute(

@@ -10,13 +10,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
 import comfy.utils
-import folder_paths
 import node_helpers
 import numpy as np
 import torch
@@ -42,9 +40,11 @@ from ..srpo_core.training.memory import (
     bf16_native,
     resolve_training_dtype,
 )
+from . import checks, resume
 from . import comfy_training as bridge
 from . import memory as comfy_memory
 from .prompts import PromptSet
+from .resume import CHECKPOINT_DIR, checkpoint_path
 from .run_export import RUNS_DIR, export_run_file
 from .types import (
     CATEGORY,
@@ -58,15 +58,20 @@ from .types import (
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "srpo_checkpoints"
-"""Sub-folder of ComfyUI's output folder where resumable training checkpoints live."""
 PREVIEW_MAX_SIZE = 512
 """Longest side of the live preview frames sent to the UI."""
 PREVIEW_KEEP_SIZE = 256
 """Longest side of the previews kept for the node's output (uint8)."""
 PREVIEW_KEEP_COUNT = 64
 """Previews kept for the node's output: the first one and the most recent others."""
-MAX_RESOLUTION = 4096
+MAX_RESOLUTION, MIN_RESOLUTION, MAX_STEPS = (
+    resume.MAX_RESOLUTION,
+    resume.MIN_RESOLUTION,
+    resume.MAX_STEPS,
+)
+EMPTY_PREVIEW_SIZE = 64
+"""Side of the black frame returned as previews when a run had no preview step (e.g. a resumed
+run whose remaining steps held none)."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def _trainer_inputs() -> list[Any]:
         io.Vae.Input("vae", tooltip="The model's VAE; decodes recovered latents for the reward."),
         SRPOPrompts.Input("prompts", tooltip="Training prompts (SRPO Prompt Set)."),
         SRPOReward.Input("reward", tooltip="Control-word reward (SRPO Control-Word Reward)."),
-        io.Int.Input("steps", default=50, min=1, max=100000, tooltip=help_of(t, "steps")),
+        io.Int.Input("steps", default=50, min=1, max=MAX_STEPS, tooltip=help_of(t, "steps")),
         io.Float.Input(
             "learning_rate",
             default=1e-4,
@@ -148,10 +153,21 @@ def _trainer_inputs() -> list[Any]:
             "rollout_steps", default=25, min=1, max=200, tooltip=help_of(t, "rollout_steps")
         ),
         io.Int.Input(
-            "width", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image width."
+            "width",
+            default=512,
+            min=MIN_RESOLUTION,
+            max=MAX_RESOLUTION,
+            step=16,
+            tooltip=f"Image width (width x height at most {checks.MAX_TRAIN_PIXELS / 1e6:.1f} MP).",
         ),
         io.Int.Input(
-            "height", default=512, min=16, max=MAX_RESOLUTION, step=16, tooltip="Image height."
+            "height",
+            default=512,
+            min=MIN_RESOLUTION,
+            max=MAX_RESOLUTION,
+            step=16,
+            tooltip="Image height (width x height at most"
+            f" {checks.MAX_TRAIN_PIXELS / 1e6:.1f} MP).",
         ),
         io.Float.Input(
             "guidance",
@@ -343,18 +359,6 @@ def latent_shape(model: Any, vae: Any, width: int, height: int) -> tuple[int, in
     return channels, height // factor, width // factor
 
 
-def checkpoint_path(name: str) -> str | None:
-    """``output/srpo_checkpoints/<name>.ckpt`` for a plain name; None for an empty one."""
-    name = name.strip()
-    if not name:
-        return None
-    if os.path.basename(name) != name or name in {".", ".."}:
-        raise ValueError(f"checkpoint_name must be a plain file name, got {name!r}")
-    folder = os.path.join(folder_paths.get_output_directory(), CHECKPOINT_DIR)
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"{name}.ckpt")
-
-
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] -> PIL RGB."""
     array = image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -416,9 +420,11 @@ class Progress:
         )
 
     def preview_batch(self) -> torch.Tensor:
-        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews."""
-        previews = self.previews or [torch.zeros(3, 1, 1, dtype=torch.uint8)]
-        return torch.stack(previews).permute(0, 2, 3, 1).float().div(255)
+        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews; one black frame when
+        this run made none (e.g. a resumed run whose remaining steps held no preview step)."""
+        if not self.previews:
+            return torch.zeros(1, EMPTY_PREVIEW_SIZE, EMPTY_PREVIEW_SIZE, 3)
+        return torch.stack(self.previews).permute(0, 2, 3, 1).float().div(255)
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -503,6 +509,42 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
     )
 
 
+def prepare_run(
+    model: Any,
+    vae: Any,
+    prompts: PromptSet,
+    reward: ControlWordReward,
+    real_latents: Any,
+    kw: dict[str, Any],
+) -> TrainerSettings:
+    """Every check that needs the inputs but not the loaded model: settings, memory budget,
+    stale temp files, the resume rules. Nothing is loaded or trained before this passes."""
+    settings = build_settings(model, vae, real_latents, kw)
+    cfg = settings.config
+    checks.check_training_memory(model, cfg.batch_size, cfg.latent_shape)
+    if cfg.checkpoint_path is None:
+        return settings
+    identity = resume.run_identity(
+        model,
+        prompts.texts,
+        reward,
+        {
+            "guidance": settings.guidance,
+            "rank": settings.rank,
+            "algorithm": settings.algorithm,
+            "lora_dtype": kw["lora_dtype"],
+            "k_inversion": settings.k_inversion,
+            "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
+        },
+    )
+    pairs = tuple(sorted(identity.items()))
+    settings = dataclasses.replace(settings, config=dataclasses.replace(cfg, identity=pairs))
+    for stale in resume.prepare_folder():
+        log.info("SRPO: removed %s (left by an interrupted save)", stale)
+    resume.check_resume(settings.config, kw["checkpoint_name"].strip())
+    return settings
+
+
 def align_reward(reward: ControlWordReward, settings: TrainerSettings) -> ControlWordReward:
     """The reward with the trainer's interval (its k ramps) and the regulariser's k schedule."""
     config = dataclasses.replace(
@@ -533,8 +575,14 @@ def run_training(
         rank=settings.rank,
         dtype=mem.lora_torch_dtype,
         existing=existing_lora,
+        seed=cfg.seed,
         form=mem.lora_form,
     )
+    notes = checks.existing_lora_notes(
+        adapters.continued, settings.algorithm, settings.rank, mem.lora_torch_dtype
+    )
+    if notes:
+        log.warning("SRPO existing_lora: %s", "; ".join(notes))
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
     conds = [
@@ -617,6 +665,13 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(
+        cls, steps: Any, width: Any, height: Any, checkpoint_name: Any
+    ) -> bool | str:
+        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file."""
+        return resume.queue_problem(steps, width, height, checkpoint_name) or True
+
+    @classmethod
     def execute(
         cls, model: Any, vae: Any, prompts: PromptSet, reward: Any, **kw: Any
     ) -> io.NodeOutput:
@@ -627,7 +682,12 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         export_only = bool(kw.pop("export_only", False))
         if export_only and not export_name:
             raise ValueError("export_only needs an export_run_file name")
-        settings = build_settings(model, vae, real_latents, kw)
+        if real_latents is not None:
+            checks.require_latent(real_latents["samples"], model, "real_latents")
+        if export_only:  # nothing trains here: no memory, checkpoint or resume checks
+            settings = build_settings(model, vae, real_latents, kw)
+        else:
+            settings = prepare_run(model, vae, prompts, reward, real_latents, kw)
         if export_name:
             path = export_run_file(
                 export_name,

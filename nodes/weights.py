@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import comfy.model_management
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..srpo_core.files import reading, require_nonempty
 from ..srpo_core.weights import plan_load, safetensors_shapes, stream_weights, strip_prefix
 from .types import CATEGORY
 
@@ -24,6 +26,39 @@ KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.")
 DIFFUSERS_MARKERS = ("transformer_blocks.", "single_transformer_blocks.", "x_embedder.")
 MODEL_PREFIX = "diffusion_model."
 """Where the transformer's weights live inside a ComfyUI model (patch keys)."""
+
+
+READ_HINT = (
+    "SRPO weights are a .safetensors transformer checkpoint (e.g. the published"
+    " diffusion_pytorch_model.safetensors); download it again if it was cut short"
+)
+SUFFIX = ".safetensors"
+
+
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape from the file header; a clear error for other formats and damaged files."""
+    if not path.lower().endswith(SUFFIX):
+        raise ValueError(
+            f"Load SRPO Weights reads {SUFFIX} files only (no pickle is ever loaded); {path} is"
+            " not one. Convert it to .safetensors where it was made"
+        )
+    require_nonempty(path, READ_HINT)
+    with reading(path, READ_HINT):
+        return safetensors_shapes(path)
+
+
+def checkpoint_problem(name: Any) -> str | None:
+    """Queue-time check of the srpo_checkpoint input (None when fine)."""
+    if name is None:
+        return None
+    path = folder_paths.get_full_path("diffusion_models", str(name))
+    if path is None:
+        return f"srpo_checkpoint {name!r} is not in models/diffusion_models"
+    try:
+        checkpoint_shapes(path)
+    except (ValueError, OSError) as error:
+        return str(error)
+    return None
 
 
 def detect_layout(keys: list[str]) -> str:
@@ -48,7 +83,7 @@ def apply_srpo_weights(model: Any, path: str, strength: float, layout: str) -> A
         raise ValueError(f"strength must be in [0, 1], got {strength}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    shapes = safetensors_shapes(path)
+    shapes = checkpoint_shapes(path)
     prefix = strip_prefix(shapes, KNOWN_PREFIXES)
     source = {k[len(prefix) :]: v for k, v in shapes.items()}
     if layout == "auto":
@@ -61,8 +96,10 @@ def apply_srpo_weights(model: Any, path: str, strength: float, layout: str) -> A
     if strength == 0.0:
         return patched
     dtypes = {k: v.dtype for k, v in weights.items()}
-    for key, tensor in stream_weights(path, plan, targets, dtypes, prefix):
-        patched.add_patches({MODEL_PREFIX + key: (tensor,)}, strength, 1.0 - strength)
+    with reading(path, READ_HINT):
+        for key, tensor in stream_weights(path, plan, targets, dtypes, prefix):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            patched.add_patches({MODEL_PREFIX + key: (tensor,)}, strength, 1.0 - strength)
     return patched
 
 
@@ -105,6 +142,11 @@ class SRPOLoadWeights(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with SRPO weights.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, srpo_checkpoint: Any) -> bool | str:
+        """Queue-time check (POST /prompt answers 400): the file exists and is safetensors."""
+        return checkpoint_problem(srpo_checkpoint) or True
 
     @classmethod
     def execute(

@@ -65,14 +65,17 @@ def comfy(
 ) -> Iterator[ComfyServer]:
     """One running ComfyUI server for the whole session.
 
-    Its output/loras and output/diffusion_models folders are also model folders, so a LoRA saved
-    by one prompt can be loaded by the stock LoRA loaders in the next, and tests can add weights.
+    Its output/loras, output/diffusion_models and output/clip folders are also model folders, so
+    a LoRA saved by one prompt can be loaded by the stock LoRA loaders in the next, and tests can
+    add weights and reward checkpoints. tests/comfy_test_nodes holds test-only nodes (e.g. a
+    reward that returns NaN on demand); only this server loads them.
     """
     work = tmp_path_factory.mktemp("comfyui")
     paths = work / "extra_model_paths.yaml"
     paths.write_text(
         f"srpo_tests:\n  base_path: {work / 'output'}\n  loras: loras\n"
-        "  diffusion_models: diffusion_models\n"
+        "  diffusion_models: diffusion_models\n  clip: clip\n"
+        f"srpo_test_nodes:\n  custom_nodes: {TEST_NODES}\n"
     )
     server = ComfyServer(
         comfy_install.root,
@@ -112,6 +115,8 @@ def pytest_terminal_summary(
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_NODES = Path(__file__).resolve().parent / "comfy_test_nodes"
+"""Custom-node folder of test-only nodes, added to the test server's search path."""
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..files import CorruptFileError, reading, require_nonempty
 from .config import TrainConfig, config_differences, config_hash, config_json
 
 FORMAT_VERSION = 1
 """Bumped when the payload layout changes."""
+TEMP_SUFFIX = ".tmp"
+"""Suffix of the temporary files :func:`atomic_write` renames into place."""
+READ_HINT = (
+    "A training checkpoint is written by the Direct-Align Trainer; this one was cut short or"
+    " is another kind of file. Delete it (or pick another checkpoint_name) to start over"
+)
 
 
 class CheckpointMismatchError(ValueError):
@@ -119,7 +127,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write a file atomically: temp file in the same dir, fsync, ``os.replace``; on any error the
     temp file is removed and an existing ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -131,6 +139,33 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of :func:`atomic_write`'s temporary files for ``path``: ``.<name>.``."""
+    return f".{path.name}."
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], suffix: str = "") -> list[Path]:
+    """Delete temporary files that crashed :func:`atomic_write` calls left in ``folder``.
+
+    Only names ``.<target><suffix>.<random>.tmp`` are touched (``suffix`` narrows to one kind of
+    target, e.g. ``.ckpt``). Call it before a run starts writing there, not while another run
+    in the same folder may be saving. Returns the removed paths.
+    """
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        name = entry.name
+        stem = name[1 : -len(TEMP_SUFFIX)] if name.endswith(TEMP_SUFFIX) else ""
+        if not (name.startswith(".") and stem and f"{suffix}." in stem) or not entry.is_file():
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -150,22 +185,42 @@ def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> None:
     atomic_write(Path(path), lambda f: _write_payload(payload, f))
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
-    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: str | os.PathLike[str], mmap: bool = False) -> TrainingState:
+    """Load a checkpoint saved by :func:`save_checkpoint` (``weights_only=True``).
+
+    ``mmap``: map the tensors instead of reading them (cheap checks of step and config hash;
+    only for the zip format ``torch.save`` writes, other files are read normally).
+
+    A damaged or foreign file raises :class:`~srpo_core.files.CorruptFileError`
+    ("corrupt or incomplete file: <path>"); a pickle naming code raises
+    :class:`~srpo_core.files.UnsafeFileError`.
+    """
+    require_nonempty(path, READ_HINT)
+    with reading(path, READ_HINT):
+        mapped = mmap and zipfile.is_zipfile(path)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise CorruptFileError(f"corrupt or incomplete file: {path}. {READ_HINT} (no payload)")
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointMismatchError(
             f"checkpoint {path} has format version {version}, this code reads {FORMAT_VERSION}"
         )
     del payload["format_version"]
-    return TrainingState(**payload)
+    with reading(path, READ_HINT):
+        return TrainingState(**payload)
 
 
 def check_compatible(
     state: TrainingState, config: TrainConfig, params: list[torch.nn.Parameter], path: str
 ) -> None:
     """Raise :class:`CheckpointMismatchError` naming what differs between checkpoint and run."""
+    if state.step > config.steps:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} has already trained {state.step} steps, more than the"
+            f" {config.steps} asked for now: raise steps to at least that many to continue (or"
+            " to get its result), or use a new checkpoint name to start over"
+        )
     now = config_hash(config)
     if state.config_hash != now:
         diffs = "; ".join(config_differences(state.config_json, config)) or "(unknown fields)"

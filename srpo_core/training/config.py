@@ -147,6 +147,14 @@ class TrainConfig:
         default_factory=RegularizerConfig,
         metadata=_help("Inversion-branch regulariser settings."),
     )
+    identity: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata=_help(
+            "Settings outside this config that change the result (reward words, prompts, adapter"
+            " rank, base model, ...) as (name, fingerprint) pairs; part of the checkpoint hash,"
+            " so a checkpoint only resumes a run that would train the same way."
+        ),
+    )
     gradient_checkpointing: bool = field(
         default=False,
         metadata=_help(

@@ -1,0 +1,405 @@
+"""FLUX.1-dev memory and FLOP model: the trainer's own step on fake tensors, on a CPU.
+
+One :class:`ModelRun` builds FLUX.1-dev, the FLUX VAE and a ViT-H-14 reward as fake tensors
+(:mod:`bench.world`), sets up training exactly as the Direct-Align Trainer node does
+(``nodes.trainer.build_settings`` from the node's inputs, ``comfy_training.attach_adapters``,
+``replace_inference_parameters``, ``VAEDecoder.for_training``, ``block_checkpointing``,
+``run_session`` through ComfyUI's sampling preparation), then runs the pieces of
+``SRPOTrainer.train_step`` in its order: ``draw_batch`` (the no-grad rollout), ``run_micro_step``
+(Direct-Align, VAE decode with grad, reward, backward) and the clipped AdamW update. A live-storage
+tracker gives the peak and the FLOPs (torch.utils.flop_counter formulas) per phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .fake_trace import (
+    LiveStorageTracker,
+    cuda_autocast_fp32_ops,
+    fake_module_support,
+)
+from .shapes import FLUX_DEV, WorldShapes
+from .world import World, build_world
+
+GB = 1e9
+TFLOP = 1e12
+ADAMW_STATES = 2
+"""exp_avg and exp_avg_sq, each the size of its parameter."""
+TRACED_ROLLOUT_STEPS = 1
+"""Rollout steps actually traced; the rollout's FLOPs scale linearly with its step count."""
+FLUX_LATENT_FACTOR = 8
+"""Pixels per latent pixel of the FLUX VAE."""
+PHASES = ("rollout", "micro-step", "update")
+
+FEATURE_MODULES: dict[str, tuple[str, str]] = {
+    "decoder_checkpointing": ("srpo_core.training.memory", "MemoryConfig"),
+    "lora_form": ("srpo_core.training.memory", "MemoryConfig"),
+}
+"""Memory features of issue 7 item 2/3 that this model can switch: where the pack defines them.
+A feature whose module/config field is absent on this branch is reported as a gap."""
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One configuration of the memory/FLOP model (the trainer node's inputs that cost memory)."""
+
+    resolution: int = field(default=720, metadata={"help": "Square image side in pixels."})
+    rank: int = field(default=16, metadata={"help": "LoRA rank."})
+    base_dtype: str = field(
+        default="bf16", metadata={"help": "UNETLoader weight dtype: bf16, fp8_e4m3fn, ..."}
+    )
+    block_checkpointing: bool = field(
+        default=True, metadata={"help": "The trainer's per-block gradient checkpointing."}
+    )
+    lora_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA storage dtype (the trainer's lora_dtype input); None: its default."
+        },
+    )
+    batch_size: int = field(default=1, metadata={"help": "Samples per micro-step."})
+    rollout_steps: int = field(
+        default=25, metadata={"help": "Euler steps of the rollout in a real SRPO step."}
+    )
+    decoder_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "VAE decoder checkpointing (issue 7 item 2); None: the pack's default."},
+    )
+    lora_form: str | None = field(
+        default=None,
+        metadata={"help": "'merged' or 'activations' LoRA (issue 7 item 3); None: the default."},
+    )
+
+    @property
+    def label(self) -> str:
+        """Short name for tables."""
+        ckpt = "ckpt" if self.block_checkpointing else "no-ckpt"
+        lora = "" if self.lora_dtype is None else f" lora={self.lora_dtype}"
+        extra = lora + "".join(
+            f" {name}={getattr(self, name)}"
+            for name in FEATURE_MODULES
+            if getattr(self, name) is not None
+        )
+        return f"{self.resolution} r{self.rank} {self.base_dtype} {ckpt}{extra}"
+
+    def requested_features(self) -> list[str]:
+        """Names of the optional memory features this run sets explicitly."""
+        return [name for name in FEATURE_MODULES if getattr(self, name) is not None]
+
+
+class FeatureGap(RuntimeError):
+    """A requested memory feature does not exist in this version of the pack."""
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one traced run measured (bytes and FLOPs)."""
+
+    run: ModelRun
+    weights: int
+    """Frozen tensors resident when the step begins (and its small inputs)."""
+    trainable: int
+    optimizer: int
+    phase_peaks: dict[str, int]
+    flops: dict[str, int]
+    saved: dict[str, int] = field(default_factory=dict)
+    """Bytes left alive by the micro-step's transformer call, decode and reward (see saving)."""
+
+    @property
+    def peak(self) -> int:
+        """Steady-state peak: the highest phase peak with the AdamW states resident (they are
+        created by the first update and stay)."""
+        states_missing = {"rollout": self.optimizer, "micro-step": self.optimizer, "update": 0}
+        return max(self.phase_peaks[p] + states_missing[p] for p in PHASES)
+
+    @property
+    def peak_phase(self) -> str:
+        """The phase where the steady-state peak happens."""
+        states_missing = {"rollout": self.optimizer, "micro-step": self.optimizer, "update": 0}
+        return max(PHASES, key=lambda p: self.phase_peaks[p] + states_missing[p])
+
+    @property
+    def trainable_and_optimizer(self) -> int:
+        """LoRA parameters, their gradients and the AdamW states."""
+        return 2 * self.trainable + self.optimizer
+
+    @property
+    def activations(self) -> int:
+        """Peak minus weights minus trainable + optimiser: activations and temporaries."""
+        return self.peak - self.weights - self.trainable_and_optimizer
+
+    @property
+    def rollout_step_flops(self) -> float:
+        """FLOPs of one Euler step of the no-grad rollout (one model call)."""
+        return self.flops["rollout"] / TRACED_ROLLOUT_STEPS
+
+    @property
+    def micro_step_flops(self) -> float:
+        """FLOPs of one training micro-step (forward, recompute, backward, decode, reward)."""
+        return float(self.flops["micro-step"])
+
+    @property
+    def srpo_step_flops(self) -> float:
+        """FLOPs of one SRPO step: the rollout plus one micro-step plus the update."""
+        return (
+            self.run.rollout_steps * self.rollout_step_flops
+            + self.micro_step_flops
+            + self.flops["update"]
+        )
+
+
+def feature_available(name: str) -> bool:
+    """Whether the pack defines the optional memory feature ``name`` (see FEATURE_MODULES)."""
+    module_name, config_name = FEATURE_MODULES[name]
+    try:
+        module = importlib.import_module(f"comfyui_srpo.{module_name}")
+    except ImportError:
+        return False
+    config = getattr(module, config_name, None)
+    return config is not None and name in {f.name for f in dataclasses.fields(config)}
+
+
+def check_features(run: ModelRun) -> None:
+    """Raise FeatureGap naming every requested feature this pack version lacks."""
+    missing = [name for name in run.requested_features() if not feature_available(name)]
+    if missing:
+        raise FeatureGap(
+            f"{', '.join(missing)}: not in this version of the pack (issue 7 items 2-3);"
+            " the model can only measure what the trainer implements"
+        )
+    if run.requested_features():
+        raise FeatureGap(
+            f"{', '.join(run.requested_features())}: defined by the pack but not yet wired into"
+            " bench/memmodel.py (connect it in trainer_kwargs/prepare)"
+        )
+
+
+def node_defaults() -> dict[str, Any]:
+    """The Direct-Align Trainer node's input defaults, from its V3 schema (so inputs the node
+    gains later, e.g. memory options, take part with their defaults)."""
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    inputs = SRPODirectAlignTrainer.define_schema().inputs
+    defaults = {i.id: getattr(i, "default", None) for i in inputs if not i.optional}
+    return {name: value for name, value in defaults.items() if value is not None}
+
+
+def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
+    """The trainer node's inputs for this run: its defaults, with what the run varies."""
+    varied: dict[str, Any] = {
+        "steps": 1,
+        "batch_size": run.batch_size,
+        "micro_steps": 1,
+        "grad_accum": 1,
+        "rollout_steps": TRACED_ROLLOUT_STEPS,
+        "rank": run.rank,
+        "algorithm": "LoRA",
+        "width": run.resolution,
+        "height": run.resolution,
+        "training_dtype": "bf16",
+        "gradient_checkpointing": run.block_checkpointing,
+        "preview_every": 0,
+        "checkpoint_name": "",
+        "checkpoint_every": 0,
+    }
+    if run.lora_dtype is not None:
+        varied["lora_dtype"] = run.lora_dtype
+    return {**node_defaults(), **varied}
+
+
+@dataclass
+class Prepared:
+    """The trainer node's setup (``nodes.trainer.run_training`` up to ``run_session``)."""
+
+    mp: Any
+    adapters: Any
+    decoder: Any
+    reward: Any
+    conds: list[Any]
+    items: list[Any]
+    settings: Any
+
+
+def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
+    """What ``nodes.trainer.run_training`` does before its session, on the world's models.
+
+    ``node_inputs`` override the trainer node's inputs of :func:`trainer_kwargs`.
+    """
+    import node_helpers
+    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes import trainer
+    from comfyui_srpo.srpo_core.rewards import ControlWordReward
+    from comfyui_srpo.srpo_core.training import PromptItem
+
+    kwargs = {**trainer_kwargs(run), **node_inputs}
+    settings = trainer.build_settings(world.model, world.vae, None, kwargs)
+    mp = world.model.clone()
+    adapters = bridge.attach_adapters(
+        mp, algorithm=settings.algorithm, rank=settings.rank, dtype=settings.lora_dtype
+    )
+    bridge.replace_inference_parameters(mp)
+    mp.model.requires_grad_(False)
+    use_sdpa(mp)
+    conds = [
+        node_helpers.conditioning_set_values(
+            prompt_conditioning(world), {"guidance": settings.guidance}
+        )
+    ]
+    items = [PromptItem("a photo of a cat", 0)]
+    decoder = bridge.VAEDecoder.for_training(world.vae, mp.get_model_object("latent_format"))
+    use_sdpa_in_vae(decoder.module)
+    reward = trainer.align_reward(ControlWordReward(world.reward), settings)
+    return Prepared(mp, adapters, decoder, reward, conds, items, settings)
+
+
+def prompt_conditioning(world: World) -> list[Any]:
+    """One FLUX prompt's conditioning (random T5 and CLIP-L features of FLUX's sizes)."""
+    from .world import flux_conditioning
+
+    return flux_conditioning(world.shapes, torch.device("cpu"), seed=0)
+
+
+def use_sdpa(mp: Any) -> None:
+    """Make the transformer use PyTorch SDPA, as ComfyUI does on NVIDIA GPUs (under --cpu it
+    picks split attention, which would materialise the attention matrix)."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    def override(func: Any, *args: Any, **kwargs: Any) -> Any:
+        return attention_pytorch(*args, **kwargs)
+
+    options = mp.model_options.setdefault("transformer_options", {})
+    options["optimized_attention_override"] = override
+
+
+def use_sdpa_in_vae(module: torch.nn.Module) -> None:
+    """The VAE's attention blocks use PyTorch SDPA, as ComfyUI's VAE does on NVIDIA GPUs."""
+    from comfy.ldm.modules.diffusionmodules.model import AttnBlock, pytorch_attention
+
+    for sub in module.modules():
+        if isinstance(sub, AttnBlock):
+            sub.optimized_attention = pytorch_attention
+
+
+def model_tensors(prepared: Prepared) -> list[torch.Tensor]:
+    """Every frozen tensor resident during training: transformer (with its object patches and
+    their backups), VAE decoder copy, the reward model."""
+    mp = prepared.mp
+    tensors = [*mp.model.parameters(), *mp.model.buffers()]
+    tensors += [t for t in mp.object_patches.values() if isinstance(t, torch.Tensor)]
+    tensors += [t for t in mp.object_patches_backup.values() if isinstance(t, torch.Tensor)]
+    for module in (prepared.decoder.module, prepared.reward.model.model):
+        tensors += [*module.parameters(), *module.buffers()]
+    return tensors
+
+
+def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
+    """Inside ComfyUI's sampling setup, run the pieces of ``SRPOTrainer.train_step`` in its
+    order, each as a tracked phase (``tracker.peaks``, ``tracker.flops``); returns the bytes
+    resident when the step began (weights, trainable parameters, inputs)."""
+    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes import trainer as node
+    from comfyui_srpo.srpo_core.training.data import bind_cond
+    from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
+    from comfyui_srpo.srpo_core.training.step import (
+        clip_gradients,
+        plan_micro_steps,
+        run_micro_step,
+    )
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    cfg = prepared.settings.config
+    resident: list[int] = []
+
+    def session(velocity: Any, device: torch.device) -> None:
+        prepared.reward.model.to(device)
+        loop = SRPOTrainer(
+            cfg,
+            node.grouped_velocity(velocity),
+            prepared.decoder,
+            prepared.reward,
+            prepared.adapters.parameters(),
+            prepared.items,
+            collate_cond=node.index_conds,
+        )
+        tracker.register("weights", model_tensors(prepared))
+        tracker.register("trainable", prepared.adapters.parameters())
+        resident.append(tracker.live)
+        diffusion_model = prepared.mp.model.diffusion_model
+        with (
+            bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
+            cuda_autocast_fp32_ops(),
+        ):
+            loop.optimizer.zero_grad(set_to_none=True)
+            with tracker.phase("rollout"):
+                batch = loop.draw_batch()
+            velocity_of_batch = bind_cond(loop.model, batch.cond)
+            with unset_fake_temporarily():  # real sigmas: Direct-Align checks their values
+                plan = plan_micro_steps(cfg, len(batch.prompts), loop.generator)
+            for micro in plan:
+                with tracker.phase("micro-step"):
+                    run_micro_step(
+                        saving(tracker, "transformer", velocity_of_batch),
+                        saving(tracker, "decoder", loop.decoder),
+                        saving(tracker, "reward", loop.reward),
+                        batch,
+                        micro,
+                        cfg,
+                        loop.step,
+                    )
+            with tracker.phase("update"):
+                clip_gradients(loop.params, cfg.max_grad_norm)
+                loop.optimizer.step()
+
+    shape = (cfg.batch_size, *cfg.latent_shape)
+    with tracker:  # also answers the data-dependent scalars of ComfyUI's sampling setup
+        bridge.run_session(prepared.mp, prepared.conds, shape, session)
+    return resident[0]
+
+
+def saving(tracker: LiveStorageTracker, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` recording in ``tracker.saved[name]`` the bytes it leaves alive (with grad: what
+    autograd keeps for backward, plus its output)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before = tracker.live
+        out = fn(*args, **kwargs)
+        tracker.saved[name] = tracker.saved.get(name, 0) + tracker.live - before
+        return out
+
+    return wrapped
+
+
+def parameter_bytes(params: list[torch.nn.Parameter]) -> int:
+    """Bytes of the parameters (AdamW keeps ADAMW_STATES more of the same size and dtype)."""
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport:
+    """Build the world as fake tensors, run one traced training step, report memory and FLOPs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    check_features(run)
+    cpu = torch.device("cpu")
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with fake_mode, fake_module_support():
+        world = build_world(shapes, cpu, base_dtype=run.base_dtype)
+        prepared = prepare(world, run)
+        tracker = LiveStorageTracker(fake_mode)
+        resident = run_phases(prepared, tracker)
+    trainable = parameter_bytes(prepared.adapters.parameters())
+    return RunReport(
+        run=run,
+        weights=resident - trainable,
+        trainable=trainable,
+        optimizer=ADAMW_STATES * trainable,
+        phase_peaks={name: record.peak for name, record in tracker.peaks.items()},
+        saved=dict(tracker.saved),
+        flops=dict(tracker.flops),
+    )

@@ -1,0 +1,67 @@
+"""The benchmarks in bench/ on tiny models: the fake-tensor memory model and the GPU script's
+``--tiny`` mode (so neither can rot without a GPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def real_bytes(modules: list[torch.nn.Module]) -> int:
+    """Bytes of the parameters and buffers of real (not fake) modules."""
+    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_memory_model_counts_the_weights_and_sees_checkpointing(pack: ModuleType) -> None:
+    from bench.memmodel import ModelRun, trace
+    from bench.shapes import TINY
+    from bench.world import build_world
+
+    run = ModelRun(resolution=64, rank=4)
+    on = trace(run, TINY)
+    off = trace(ModelRun(resolution=64, rank=4, block_checkpointing=False), TINY)
+    fp8 = trace(ModelRun(resolution=64, rank=4, base_dtype="fp8_e4m3fn"), TINY)
+
+    world = build_world(TINY, torch.device("cpu"))  # the same models with real weights
+    frozen = real_bytes([world.model.model, world.vae.first_stage_model, world.reward.model])
+    assert on.weights == pytest.approx(frozen, rel=0.05)
+    flux = real_bytes([world.model.model.diffusion_model])
+    assert on.weights - fp8.weights == pytest.approx(flux / 2, rel=0.05)  # bf16 -> fp8 halves
+    assert on.optimizer == 2 * on.trainable > 0
+    assert on.peak >= on.weights + on.trainable_and_optimizer
+    assert off.activations > on.activations  # no checkpointing keeps activations for backward
+    assert on.flops["rollout"] > 0 and on.micro_step_flops > on.rollout_step_flops
+    assert off.micro_step_flops < on.micro_step_flops  # nothing to recompute without it
+
+
+def test_memory_model_reports_features_missing_from_the_pack(pack: ModuleType) -> None:
+    from bench.memmodel import FeatureGap, ModelRun, feature_available, trace
+    from bench.shapes import TINY
+
+    if feature_available("lora_form"):
+        pytest.skip("the pack has the feature: the gap report does not apply")
+    with pytest.raises(FeatureGap, match="lora_form"):
+        trace(ModelRun(resolution=64, rank=4, lora_form="activations"), TINY)
+
+
+def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> None:
+    from bench.gpu_bench import main
+
+    assert main(["--tiny", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["device"] == "CPU"
+    assert result["raw"]["capped"]["oom"] is False
+    assert result["raw"]["srpo_step_flops"] > 0
+    for name, value in result["ratios"].items():
+        assert math.isfinite(value), name
+    table = (tmp_path / "results.md").read_text()
+    for row in ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor"):
+        assert row in table
