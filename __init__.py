@@ -4,6 +4,8 @@ ComfyUI loads this file as the package ``custom_nodes/<folder>`` and awaits ``co
 There is deliberately no ``NODE_CLASS_MAPPINGS``: ComfyUI ignores ``comfy_entrypoint`` in a
 module that defines the V1 mapping.
 
+``WEB_DIRECTORY`` names the frontend extension's folder (ComfyUI reads it for V1 and V3 packs).
+
 The ComfyUI imports happen inside ``comfy_entrypoint``, not at import time: pytest (whose rootdir
 is this folder) imports this file as a package while collecting, where comfy_api does not exist.
 """
@@ -14,6 +16,10 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from comfy_api.latest import ComfyExtension
+
+WEB_DIRECTORY = "./web"
+"""The pack's frontend extension (live training report on the trainer node), served by ComfyUI
+under /extensions/<folder>/ and loaded by the editor."""
 
 
 async def comfy_entrypoint() -> ComfyExtension:

@@ -17,9 +17,27 @@ from types import ModuleType
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import preview, prompts, rewards, toyworld, trainer, weights
+from . import (
+    preview,
+    prompts,
+    rewards,
+    toyworld,
+    trainer,
+    training_settings,
+    validation,
+    weights,
+)
 
-NODE_FAMILIES: tuple[ModuleType, ...] = (weights, rewards, prompts, trainer, preview, toyworld)
+NODE_FAMILIES: tuple[ModuleType, ...] = (
+    weights,
+    rewards,
+    prompts,
+    trainer,
+    training_settings,
+    validation,
+    preview,
+    toyworld,
+)
 """The node-family modules, in the order their nodes are registered."""
 
 

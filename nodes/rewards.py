@@ -28,6 +28,7 @@ from ..srpo_core.rewards import (
     score_control_pair,
 )
 from ..srpo_core.schedules import DENOISE_K
+from .model_files import REWARD_SOURCES, missing_file_message
 from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of, k_schedule_inputs
 
 REWARD_FOLDER = "srpo_rewards"
@@ -54,14 +55,30 @@ def reward_files() -> list[str]:
     return names + [n for n in folder_paths.get_filename_list("clip") if n not in names]
 
 
-def reward_path(name: str) -> str:
+def find_reward(name: str) -> str | None:
+    """Full path of reward checkpoint ``name`` (models/srpo_rewards, then models/clip)."""
+    register_folders()
     for folder in (REWARD_FOLDER, "clip"):
-        path = folder_paths.get_full_path(folder, name)
+        path = folder_paths.get_full_path(folder, name) if name else None
         if path is not None:
             return path
-    raise ValueError(
-        f"reward checkpoint {name!r} not found in models/{REWARD_FOLDER} or models/clip"
-    )
+    return None
+
+
+def missing_reward_message(name: str, architecture: str | None = None) -> str:
+    """The missing checkpoint's folders and download page: by architecture when known, else by
+    the file's usual name (HPSv2.1, the shipped workflows' reward, when nothing matches)."""
+    by_name = [a for a, s in REWARD_SOURCES.items() if s.file.lower() == name.lower()]
+    key = architecture or (by_name[0] if by_name else "HPSv2.1")
+    source = REWARD_SOURCES.get(key, REWARD_SOURCES["open_clip"])
+    return missing_file_message(name, f"models/{REWARD_FOLDER} or models/clip", source)
+
+
+def reward_path(name: str, architecture: str = "HPSv2.1") -> str:
+    path = find_reward(name)
+    if path is None:
+        raise ValueError(missing_reward_message(name, architecture))
+    return path
 
 
 def reward_file_problem(name: Any) -> str | None:
@@ -149,7 +166,7 @@ class SRPOLoadRewardModel(io.ComfyNode):
     ) -> io.NodeOutput:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
-        path = reward_path(checkpoint)
+        path = reward_path(checkpoint, architecture)
         return io.NodeOutput(load_reward(architecture, path, open_clip_arch.strip(), DTYPES[dtype]))
 
 

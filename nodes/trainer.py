@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,31 +32,43 @@ from ..srpo_core.training import (
     StepMetrics,
     TrainConfig,
     TrainResult,
+    config_hash,
     train,
 )
 from ..srpo_core.training.memory import (
-    LORA_FORMS,
-    LORA_STORAGE_DTYPES,
-    SAVE_DTYPES,
-    TRAINING_DTYPES,
     bf16_native,
     resolve_training_dtype,
 )
 from . import checks, resume
 from . import comfy_training as bridge
 from . import memory as comfy_memory
+from .live import (
+    LiveReport,
+    default_checkpoint_name,
+    finished_message,
+    load_loss_history,
+    merged_history,
+    run_identity,
+    save_loss_history,
+    server_report,
+    stopped_message,
+)
 from .prompts import PromptSet
 from .resume import CHECKPOINT_DIR, checkpoint_path
 from .run_export import RUNS_DIR, export_run_file
+from .training_settings import TrainingSettings
 from .types import (
     CATEGORY,
     SRPOPrompts,
     SRPORegularizer,
     SRPOReward,
+    SRPOTrainingSettings,
+    SRPOValidation,
     default_of,
     help_of,
     k_schedule_inputs,
 )
+from .validation import ValidationSettings, Validator
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +138,6 @@ class SRPOInversionRegularizer(io.ComfyNode):
 
 def _trainer_inputs() -> list[Any]:
     t = TrainConfig
-    interval = TrainingInterval()
     return [
         io.Model.Input("model", tooltip="The flow model to fine-tune (FLUX, SD3, ...)."),
         io.Vae.Input("vae", tooltip="The model's VAE; decodes recovered latents for the reward."),
@@ -140,18 +153,7 @@ def _trainer_inputs() -> list[Any]:
             tooltip=help_of(t, "lr", "LoRA: 1e-4 is a good start."),
         ),
         io.Int.Input("rank", default=16, min=1, max=256, tooltip="LoRA rank (adapter size)."),
-        io.Combo.Input(
-            "algorithm",
-            options=list(bridge.ADAPTER_ALGORITHMS),
-            default="LoRA",
-            tooltip="Weight-adapter algorithm (comfy.weight_adapter), as in the stock Train LoRA.",
-        ),
         io.Int.Input("batch_size", default=1, min=1, max=64, tooltip=help_of(t, "batch_size")),
-        io.Int.Input("grad_accum", default=1, min=1, max=256, tooltip=help_of(t, "grad_accum")),
-        io.Int.Input("micro_steps", default=1, min=1, max=16, tooltip=help_of(t, "micro_steps")),
-        io.Int.Input(
-            "rollout_steps", default=25, min=1, max=200, tooltip=help_of(t, "rollout_steps")
-        ),
         io.Int.Input(
             "width",
             default=512,
@@ -169,55 +171,6 @@ def _trainer_inputs() -> list[Any]:
             tooltip="Image height (width x height at most"
             f" {checks.MAX_TRAIN_PIXELS / 1e6:.1f} MP).",
         ),
-        io.Float.Input(
-            "guidance",
-            default=3.5,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            tooltip="Distilled guidance put into the conditioning (FLUX.1-dev; ignored by"
-            " models without a guidance embedding).",
-        ),
-        io.Float.Input(
-            "sigma_max",
-            default=interval.sigma_max,
-            min=0.01,
-            max=0.999,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "sigma_max"),
-        ),
-        io.Float.Input(
-            "sigma_min",
-            default=interval.sigma_min,
-            min=0.001,
-            max=0.99,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "sigma_min"),
-        ),
-        io.Float.Input(
-            "gt_ratio",
-            default=interval.gt_ratio,
-            min=0.0,
-            max=0.99,
-            step=0.01,
-            tooltip=help_of(TrainingInterval, "gt_ratio"),
-        ),
-        io.Float.Input(
-            "threshold",
-            default=default_of(t, "threshold"),
-            min=-100.0,
-            max=100.0,
-            step=0.01,
-            tooltip=help_of(t, "threshold"),
-        ),
-        io.Float.Input(
-            "max_grad_norm",
-            default=default_of(t, "max_grad_norm"),
-            min=1e-4,
-            max=1e4,
-            step=0.01,
-            tooltip=help_of(t, "max_grad_norm"),
-        ),
         io.Int.Input(
             "seed",
             default=0,
@@ -225,24 +178,6 @@ def _trainer_inputs() -> list[Any]:
             max=0xFFFFFFFFFFFFFFFF,
             control_after_generate=True,
             tooltip=help_of(t, "seed"),
-        ),
-        io.Combo.Input(
-            "training_dtype",
-            options=list(TRAINING_DTYPES),
-            default="auto",
-            tooltip=help_of(t, "dtype", "auto: bf16 where the device runs it natively, else fp32."),
-        ),
-        io.Combo.Input(
-            "lora_dtype",
-            options=list(LORA_STORAGE_DTYPES),
-            default=default_of(MemoryConfig, "lora_dtype"),
-            tooltip=help_of(MemoryConfig, "lora_dtype"),
-        ),
-        io.Boolean.Input(
-            "gradient_checkpointing",
-            default=True,
-            tooltip="Checkpoint each transformer block: far less memory, one extra forward."
-            " Back-propagation through ComfyUI's Flux needs it (in-place residual adds).",
         ),
         io.Int.Input(
             "preview_every",
@@ -255,16 +190,22 @@ def _trainer_inputs() -> list[Any]:
         io.String.Input(
             "checkpoint_name",
             default="",
-            tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/ (empty: none)."
-            " If it exists and the settings match, training resumes from it; it is saved"
-            " every checkpoint_every steps, at the end and on interrupt.",
+            tooltip=f"Resumable checkpoint name under output/{CHECKPOINT_DIR}/. Empty: a name"
+            " made from this run's settings (srpo_run_<hash>), so Run again resumes. If it"
+            " exists and the settings match, training resumes from it; it is saved at the end,"
+            " on interrupt and every checkpoint_every steps (SRPO Training Settings).",
         ),
-        io.Int.Input(
-            "checkpoint_every",
-            default=0,
-            min=0,
-            max=100000,
-            tooltip=help_of(t, "checkpoint_every"),
+        SRPOTrainingSettings.Input(
+            "settings",
+            optional=True,
+            tooltip="SRPO Training Settings: the rarely changed settings (algorithm, interval,"
+            " dtypes, ...); without it their defaults apply.",
+        ),
+        SRPOValidation.Input(
+            "validation",
+            optional=True,
+            tooltip="SRPO Validation: fixed-prompt samples and their reward every N steps"
+            " (live and on the validation output), optional LoRA saves.",
         ),
         SRPORegularizer.Input(
             "regularizer",
@@ -296,34 +237,6 @@ def _trainer_inputs() -> list[Any]:
             optional=True,
             tooltip="With export_run_file: write the run file and stop without training here"
             " (the model passes through unchanged, the LoRA is empty).",
-        ),
-        *memory_inputs(),
-    ]
-
-
-def memory_inputs() -> list[Any]:
-    """The memory options (``MemoryConfig``) other than ``lora_dtype``, as optional widgets."""
-    m = MemoryConfig
-    return [
-        io.Combo.Input(
-            "save_dtype",
-            options=list(SAVE_DTYPES),
-            default=default_of(m, "save_dtype"),
-            optional=True,
-            tooltip=help_of(m, "save_dtype"),
-        ),
-        io.Combo.Input(
-            "lora_form",
-            options=list(LORA_FORMS),
-            default=default_of(m, "lora_form"),
-            optional=True,
-            tooltip=help_of(m, "lora_form"),
-        ),
-        io.Boolean.Input(
-            "decoder_checkpointing",
-            default=default_of(m, "decoder_checkpointing"),
-            optional=True,
-            tooltip=help_of(m, "decoder_checkpointing"),
         ),
     ]
 
@@ -378,14 +291,21 @@ def keep_preview(image: torch.Tensor, max_size: int = PREVIEW_KEEP_SIZE) -> torc
 
 
 class Progress:
-    """Step callback: ComfyUI progress bar with live previews, console log, loss history.
+    """Step callback: ComfyUI progress bar with live previews, the editor's live report (loss and
+    reward curves), console log, loss history. ``done`` is the last step completed (from 1).
 
-    Previews are kept downscaled as uint8: the first and the latest ``PREVIEW_KEEP_COUNT - 1``.
+    Previews are kept downscaled as uint8: the first and the latest ``keep - 1``.
     """
 
-    def __init__(self, total: int, start: int, keep: int = PREVIEW_KEEP_COUNT) -> None:
+    def __init__(
+        self, total: int, report: LiveReport | None = None, keep: int = PREVIEW_KEEP_COUNT
+    ) -> None:
         self.total, self.bar = total, comfy.utils.ProgressBar(total)
-        self.bar.update_absolute(start, total)
+        self.bar.update_absolute(0, total)
+        self.report = report if report is not None else LiveReport(None, None)
+        self.done: int | None = None
+        self.first_step: int | None = None
+        """0-based index of the first step this run trained (None: none yet)."""
         self.losses: list[float] = []
         self.first: torch.Tensor | None = None
         self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
@@ -396,7 +316,10 @@ class Progress:
         return ([self.first] if self.first is not None else []) + list(self.recent)
 
     def __call__(self, m: StepMetrics) -> None:
+        if self.first_step is None:
+            self.first_step = m.step
         self.losses.append(m.loss)
+        self.done = m.step + 1
         preview = None
         if m.preview is not None:
             kept = keep_preview(m.preview)
@@ -405,10 +328,11 @@ class Progress:
             else:
                 self.recent.append(kept)
             preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
-        self.bar.update_absolute(m.step + 1, self.total, preview)  # raises on /interrupt
+        self.report.step(self.done, self.total, step_values(m))
+        self.bar.update_absolute(self.done, self.total, preview)  # raises on /interrupt
         log.info(
             "SRPO step %d/%d  loss %.4f  reward %.4f (pos %.4f, neg %.4f)  grad %.3g  %.2fs%s",
-            m.step + 1,
+            self.done,
             self.total,
             m.loss,
             m.reward,
@@ -419,12 +343,35 @@ class Progress:
             "  skipped (non-finite)" if m.skipped else "",
         )
 
+    def show_validation(self, step: int, mean_reward: float, images: list[torch.Tensor]) -> None:
+        """Validation samples as the live preview (side by side), mean reward to the editor."""
+        row = torch.cat(images, dim=2)
+        self.bar.update_absolute(step, self.total, ("JPEG", to_pil(row), PREVIEW_MAX_SIZE))
+        self.report.emit("validation", step=step, total=self.total, reward=mean_reward)
+
     def preview_batch(self) -> torch.Tensor:
-        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews; one black frame when
+        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews; one blank frame when
         this run made none (e.g. a resumed run whose remaining steps held no preview step)."""
         if not self.previews:
-            return torch.zeros(1, EMPTY_PREVIEW_SIZE, EMPTY_PREVIEW_SIZE, 3)
+            return blank_image()
         return torch.stack(self.previews).permute(0, 2, 3, 1).float().div(255)
+
+
+def blank_image() -> torch.Tensor:
+    """A small black IMAGE (1, H, W, 3) for an image output that has nothing to show."""
+    return torch.zeros(1, EMPTY_PREVIEW_SIZE, EMPTY_PREVIEW_SIZE, 3)
+
+
+def step_values(m: StepMetrics) -> dict[str, float | bool | None]:
+    """The numbers of one step that the editor plots (non-finite values become None in JSON)."""
+    values = {
+        "loss": m.loss,
+        "reward": m.reward,
+        "reward_pos": m.reward_pos,
+        "reward_neg": m.reward_neg,
+        "grad_norm": m.grad_norm,
+    }
+    return {**{k: v if math.isfinite(v) else None for k, v in values.items()}, "skipped": m.skipped}
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -466,7 +413,12 @@ class TrainerSettings:
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
-    """Validate the node inputs and turn them into a TrainConfig (raises before any work)."""
+    """Validate the node inputs and turn them into a TrainConfig (raises before any work).
+
+    ``kw``: the trainer's own inputs; the SRPO Training Settings node's values (or their
+    defaults) fill in the rest."""
+    extra: TrainingSettings = kw.get("settings") or TrainingSettings()
+    kw = {**dataclasses.asdict(extra), **{k: v for k, v in kw.items() if k != "settings"}}
     regularizer: InversionSettings | None = kw.get("regularizer")
     offline = real_latents is not None
     if offline:
@@ -516,10 +468,14 @@ def prepare_run(
     reward: ControlWordReward,
     real_latents: Any,
     kw: dict[str, Any],
+    queued: tuple[Any, str | None] = (None, None),
 ) -> TrainerSettings:
     """Every check that needs the inputs but not the loaded model: settings, memory budget,
-    stale temp files, the resume rules. Nothing is loaded or trained before this passes."""
-    settings = build_settings(model, vae, real_latents, kw)
+    stale temp files, the resume rules. Nothing is loaded or trained before this passes.
+
+    ``queued``: the queued graph and this node's id; with them an empty checkpoint_name
+    checkpoints under the run's default name (``with_default_checkpoint``)."""
+    settings = with_default_checkpoint(build_settings(model, vae, real_latents, kw), *queued)
     cfg = settings.config
     checks.check_training_memory(model, cfg.batch_size, cfg.latent_shape)
     if cfg.checkpoint_path is None:
@@ -532,7 +488,7 @@ def prepare_run(
             "guidance": settings.guidance,
             "rank": settings.rank,
             "algorithm": settings.algorithm,
-            "lora_dtype": kw["lora_dtype"],
+            "lora_dtype": (kw.get("settings") or TrainingSettings()).lora_dtype,
             "k_inversion": settings.k_inversion,
             "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
         },
@@ -541,7 +497,8 @@ def prepare_run(
     settings = dataclasses.replace(settings, config=dataclasses.replace(cfg, identity=pairs))
     for stale in resume.prepare_folder():
         log.info("SRPO: removed %s (left by an interrupted save)", stale)
-    resume.check_resume(settings.config, kw["checkpoint_name"].strip())
+    name = os.path.basename(cfg.checkpoint_path).removesuffix(resume.CHECKPOINT_SUFFIX)
+    resume.check_resume(settings.config, kw["checkpoint_name"].strip() or name)
     return settings
 
 
@@ -561,8 +518,11 @@ def run_training(
     settings: TrainerSettings,
     real_latents: Any,
     existing_lora: dict[str, torch.Tensor] | None,
-) -> tuple[Any, bridge.AdapterSet, TrainResult, Progress]:
-    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup.
+    progress: Progress,
+    validation: ValidationSettings | None = None,
+) -> tuple[Any, bridge.AdapterSet, TrainResult, Validator | None]:
+    """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup
+    (validation prompts, if any, follow the training prompts in the conditioning list).
 
     The model, the reward model and the decoder's training copy are loaded through ComfyUI's
     memory manager for the session (:mod:`.memory`) and the helpers unloaded afterwards.
@@ -585,9 +545,10 @@ def run_training(
         log.warning("SRPO existing_lora: %s", "; ".join(notes))
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
+    validation_conds = validation.prompts.conds if validation else []
     conds = [
         node_helpers.conditioning_set_values(c, {"guidance": settings.guidance})
-        for c in prompts.conds
+        for c in [*prompts.conds, *validation_conds]
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
     decoder = bridge.VAEDecoder.for_training(
@@ -597,11 +558,34 @@ def run_training(
         autocast=bf16_native(mp.load_device),
     )
     reward = align_reward(reward, settings)
-    progress = Progress(cfg.steps, start=0)
     outcome: list[TrainResult] = []
+    validator = None
+    if validation is not None:
+        stem = os.path.splitext(os.path.basename(cfg.checkpoint_path or "srpo_lora"))[0]
+        validator = Validator(
+            validation, len(prompts.conds), reward, cfg.rollout_steps, cfg.shift, cfg.dtype, stem
+        )
 
     def session(velocity: Any, device: torch.device) -> None:
         adapters.to(device)
+        policy = grouped_velocity(velocity)
+
+        def validate(done: int) -> None:
+            assert validator is not None
+            result = validator.run(done, policy, decoder, device, cfg.latent_shape)
+            if result is not None:
+                progress.show_validation(done, result.mean_reward, validator.labelled(result))
+
+        def on_step(m: StepMetrics) -> None:
+            progress(m)
+            if validator is not None:
+                validate(m.step + 1)
+                validator.save_lora(m.step + 1, adapters.state)
+
+        fresh = cfg.checkpoint_path is None or not os.path.exists(cfg.checkpoint_path)
+        if validator is not None and fresh:
+            validate(0)  # the "before" samples and reward of the validation prompts
+
         offline = None
         if real_latents is not None:
             offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
@@ -611,7 +595,7 @@ def run_training(
         ):
             result = train(
                 cfg,
-                grouped_velocity(velocity),
+                policy,
                 decoder,
                 reward,
                 adapters.parameters(),
@@ -619,7 +603,7 @@ def run_training(
                 offline_latents=offline,
                 collate_cond=index_conds,
                 rollout_context=adapters.rollout,
-                callback=progress,
+                callback=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
             )
@@ -638,7 +622,7 @@ def run_training(
             bridge.run_session(mp, conds, shape, session)
     finally:
         adapters.finish(mp)
-    return mp, adapters, outcome[0], progress
+    return mp, adapters, outcome[0], validator
 
 
 class SRPODirectAlignTrainer(io.ComfyNode):
@@ -653,6 +637,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             description="Fine-tunes a flow model with SRPO: rollouts (or real latents), Direct-"
             "Align at early timesteps, a control-word reward, gradient ascent on a LoRA.",
             inputs=_trainer_inputs(),
+            hidden=[io.Hidden.prompt],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the LoRA applied."),
                 io.LoraModel.Output(display_name="lora", tooltip="For Save LoRA Weights."),
@@ -661,6 +646,11 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                     display_name="previews", tooltip="Recovered images during training."
                 ),
                 io.Int.Output(display_name="steps", tooltip="Total steps trained (with resumes)."),
+                io.Image.Output(
+                    display_name="validation",
+                    tooltip="SRPO Validation samples of this run, labelled with step and reward"
+                    " (one black image without a validation input).",
+                ),
             ],
         )
 
@@ -676,48 +666,110 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         cls, model: Any, vae: Any, prompts: PromptSet, reward: Any, **kw: Any
     ) -> io.NodeOutput:
         real_latents, existing = kw.pop("real_latents", None), kw.pop("existing_lora", None)
+        validation: ValidationSettings | None = kw.pop("validation", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
         export_name = str(kw.pop("export_run_file", "") or "").strip()
         export_only = bool(kw.pop("export_only", False))
         if export_only and not export_name:
             raise ValueError("export_only needs an export_run_file name")
+        report = server_report()
         if real_latents is not None:
             checks.require_latent(real_latents["samples"], model, "real_latents")
         if export_only:  # nothing trains here: no memory, checkpoint or resume checks
             settings = build_settings(model, vae, real_latents, kw)
         else:
-            settings = prepare_run(model, vae, prompts, reward, real_latents, kw)
-        if export_name:
-            path = export_run_file(
-                export_name,
-                settings.config,
-                align_reward(reward, settings),
-                prompts.texts,
-                prompts.conds,
-                settings.rank,
-                model.get_model_object("latent_format"),
-                settings.guidance,
+            graph = getattr(cls.hidden, "prompt", None)
+            settings = prepare_run(
+                model, vae, prompts, reward, real_latents, kw, (graph, report.node_id)
             )
-            log.info("SRPO run file written: %s", path)
-            if export_only:
-                blank = torch.zeros(1, 1, 1, 3)
-                return io.NodeOutput(model, {}, {"loss": []}, blank, 0)
-        with torch.inference_mode(False), torch.enable_grad():
-            mp, adapters, result, progress = run_training(
-                model, vae, prompts, reward, settings, real_latents, existing
-            )
-            lora = adapters.freeze(settings.memory.save_torch_dtype)
+        cfg = settings.config
+        if export_name and export_run(export_name, export_only, model, prompts, reward, settings):
+            blank = torch.zeros(1, 1, 1, 3)
+            return io.NodeOutput(model, {}, {"loss": []}, blank, 0, blank)
+        progress = Progress(cfg.steps, report)
+        previous = load_loss_history(cfg.checkpoint_path)
+        report.start(0, cfg.steps, cfg.checkpoint_path)
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                mp, adapters, result, validator = run_training(
+                    model,
+                    vae,
+                    prompts,
+                    reward,
+                    settings,
+                    real_latents,
+                    existing,
+                    progress,
+                    validation,
+                )
+                lora = adapters.freeze(settings.memory.save_torch_dtype)
+        except comfy.model_management.InterruptProcessingException:
+            history = merged_history(previous, progress.first_step, progress.losses)
+            save_loss_history(cfg.checkpoint_path, history)
+            announce_stop(report, progress.done, cfg)
+            raise
         if result.interrupted:
-            log.info(
-                "SRPO training interrupted at step %d; checkpoint: %s",
-                result.steps_done,
-                result.checkpoint_path,
-            )
+            history = merged_history(previous, progress.first_step, progress.losses)
+            save_loss_history(cfg.checkpoint_path, history)
+            announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
-        return io.NodeOutput(
-            mp, lora, {"loss": progress.losses}, progress.preview_batch(), result.steps_done
+        history = merged_history(previous, progress.first_step, progress.losses)
+        save_loss_history(result.checkpoint_path, history)
+        text = finished_message(
+            result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
         )
+        log.info(text)
+        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path)
+        samples = validator.image_batch() if validator is not None else None
+        return io.NodeOutput(
+            mp,
+            lora,
+            {"loss": history},
+            progress.preview_batch(),
+            result.steps_done,
+            samples if samples is not None else blank_image(),
+        )
+
+
+def export_run(
+    name: str, only: bool, model: Any, prompts: PromptSet, reward: Any, settings: TrainerSettings
+) -> bool:
+    """Write the run file for ``python -m srpo_core.train``; True when nothing else should run
+    (``export_only``)."""
+    path = export_run_file(
+        name,
+        settings.config,
+        align_reward(reward, settings),
+        prompts.texts,
+        prompts.conds,
+        settings.rank,
+        model.get_model_object("latent_format"),
+        settings.guidance,
+    )
+    log.info("SRPO run file written: %s", path)
+    return only
+
+
+def with_default_checkpoint(
+    settings: TrainerSettings, prompt: Any, node_id: str | None
+) -> TrainerSettings:
+    """Cancel-safe default: without a checkpoint_name, a queued trainer checkpoints under a name
+    derived from its settings and inputs (live.run_identity), so Run again resumes. Outside a
+    queued prompt (no graph to identify the run) nothing changes."""
+    cfg = settings.config
+    if cfg.checkpoint_path is not None or prompt is None or node_id not in prompt:
+        return settings
+    name = default_checkpoint_name(run_identity(prompt, node_id, config_hash(cfg)))
+    config = dataclasses.replace(cfg, checkpoint_path=checkpoint_path(name))
+    return dataclasses.replace(settings, config=config)
+
+
+def announce_stop(report: LiveReport, done: int | None, cfg: TrainConfig) -> None:
+    """Log and show on the node where an interrupted run stopped and how to resume it."""
+    text = stopped_message(done, cfg.steps, cfg.checkpoint_path)
+    log.warning("%s (%s)", text, cfg.checkpoint_path)
+    report.end("stopped", done, cfg.steps, text, cfg.checkpoint_path)
 
 
 NODES: list[type[io.ComfyNode]] = [SRPODirectAlignTrainer, SRPOInversionRegularizer]

@@ -15,6 +15,10 @@ SRPOPrompts = io.Custom("SRPO_PROMPTS")
 """A ``PromptSet``: prompt texts and their encoded conditionings."""
 SRPORegularizer = io.Custom("SRPO_REGULARIZER")
 """A ``srpo_core.training.RegularizerConfig`` plus its discount settings."""
+SRPOValidation = io.Custom("SRPO_VALIDATION")
+"""A ``nodes.validation.ValidationSettings``: validation prompts and how often to sample them."""
+SRPOTrainingSettings = io.Custom("SRPO_TRAINING_SETTINGS")
+"""A ``nodes.training_settings.TrainingSettings``: the trainer's rarely changed settings."""
 
 CATEGORY = "SRPO"
 

@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from ..srpo_core.files import reading, require_nonempty
 from ..srpo_core.weights import plan_load, safetensors_shapes, stream_weights, strip_prefix
+from .model_files import SRPO_WEIGHTS, missing_file_message
 from .types import CATEGORY
 
 LAYOUTS = ("auto", "diffusers", "comfyui")
@@ -53,7 +54,7 @@ def checkpoint_problem(name: Any) -> str | None:
         return None
     path = folder_paths.get_full_path("diffusion_models", str(name))
     if path is None:
-        return f"srpo_checkpoint {name!r} is not in models/diffusion_models"
+        return missing_file_message(str(name), "models/diffusion_models", SRPO_WEIGHTS)
     try:
         checkpoint_shapes(path)
     except (ValueError, OSError) as error:

@@ -5,10 +5,11 @@
 
 For every workflow in ``scripts.workflow_gen.WORKFLOWS`` it writes ``<out>/<name>.json`` (UI
 format: drag into the editor), ``<out>/api/<name>.json`` (API format: POST /prompt) and
-``<out>/<name>.png`` (a picture with both embedded, as SaveImage embeds them). ``check`` writes
-nothing and exits 1 when a file differs from what ``build`` would write, is missing, or was not
-made by the generator (PNGs are compared by their text chunks and pixels, not by bytes, so a
-different zlib does not count).
+``<out>/<name>.png`` (a picture with both embedded, as SaveImage embeds them) and
+``<out>/<name>.jpg`` (that picture as the thumbnail of ComfyUI's Templates browser). ``check``
+writes nothing and exits 1 when a file differs from what ``build`` would write, is missing, or
+was not made by the generator (PNGs are compared by their text chunks and pixels, not by bytes,
+so a different zlib does not count; thumbnails by size and mean pixel difference).
 
 Input order, defaults, types and output names come from the ``/object_info`` of a real ComfyUI
 with this pack installed: the one at ``--url``, or one this script starts (provisioned by
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from scripts.workflow_gen import WORKFLOWS
 from scripts.workflow_gen.formats import api_prompt, ui_workflow
@@ -42,6 +43,11 @@ WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR_NAME = "api"
 HTTP_TIMEOUT_S = 60.0
 JSON_INDENT = 2
+THUMBNAIL_WIDTH = 640
+"""Width of the <name>.jpg thumbnail ComfyUI's Templates browser shows."""
+THUMBNAIL_QUALITY = 85
+THUMBNAIL_TOLERANCE = 4.0
+"""Mean absolute difference (0-255) a rebuilt thumbnail may show (JPEG encoders differ)."""
 BUILD_COMMAND = ".venv/bin/python scripts/workflows.py build"
 
 
@@ -65,6 +71,17 @@ class Artifacts:
     @property
     def png_path(self) -> str:
         return f"{self.name}.png"
+
+    @property
+    def thumbnail_path(self) -> str:
+        """``<name>.jpg``: the picture the editor's Templates browser shows for the workflow."""
+        return f"{self.name}.jpg"
+
+    def thumbnail(self) -> Image.Image:
+        """The picture scaled to THUMBNAIL_WIDTH, RGB."""
+        picture = self.picture.convert("RGB")
+        height = round(picture.height * THUMBNAIL_WIDTH / picture.width)
+        return picture.resize((THUMBNAIL_WIDTH, height), Image.Resampling.LANCZOS)
 
 
 def api_path(name: str) -> str:
@@ -104,7 +121,27 @@ def write(artifacts: Sequence[Artifacts], out_dir: Path) -> list[Path]:
         png = out_dir / item.png_path
         png.write_bytes(png_bytes(item.picture, item.text_chunks))
         written.append(png)
+        jpg = out_dir / item.thumbnail_path
+        item.thumbnail().save(jpg, format="JPEG", quality=THUMBNAIL_QUALITY)
+        written.append(jpg)
     return written
+
+
+def thumbnail_problem(item: Artifacts, path: Path) -> str | None:
+    """Why the thumbnail at ``path`` is not what ``build`` makes (JPEG is lossy and encoders
+    differ: same size and pixels within THUMBNAIL_TOLERANCE on average), or None."""
+    if not path.is_file():
+        return f"{item.thumbnail_path}: missing"
+    expected = item.thumbnail()
+    with Image.open(path) as found:
+        image = found.convert("RGB")
+    if image.size != expected.size:
+        return f"{item.thumbnail_path}: size {image.size}, expected {expected.size}"
+    difference = ImageChops.difference(image, expected)
+    mean = sum(ImageStat.Stat(difference).mean) / len(difference.getbands())
+    if mean > THUMBNAIL_TOLERANCE:
+        return f"{item.thumbnail_path}: picture differs (mean difference {mean:.1f})"
+    return None
 
 
 def png_problem(item: Artifacts, path: Path) -> str | None:
@@ -121,7 +158,8 @@ def unexpected_files(artifacts: Sequence[Artifacts], out_dir: Path) -> list[str]
     """Workflow files under ``out_dir`` that no description makes."""
     expected = {p for item in artifacts for p in item.json_files()}
     expected |= {item.png_path for item in artifacts}
-    patterns = ("*.json", "*.png", f"{API_DIR_NAME}/*.json")
+    expected |= {item.thumbnail_path for item in artifacts}
+    patterns = ("*.json", "*.png", "*.jpg", f"{API_DIR_NAME}/*.json")
     found = [path for pattern in patterns for path in out_dir.glob(pattern)]
     return sorted(
         f"{path.relative_to(out_dir).as_posix()}: not made by the generator"
@@ -142,6 +180,9 @@ def stale_files(artifacts: Sequence[Artifacts], out_dir: Path) -> list[str]:
                 problems.append(f"{relative}: differs")
         png = out_dir / item.png_path
         problem = png_problem(item, png) if png.is_file() else f"{item.png_path}: missing"
+        if problem:
+            problems.append(problem)
+        problem = thumbnail_problem(item, out_dir / item.thumbnail_path)
         if problem:
             problems.append(problem)
     return problems + unexpected_files(artifacts, out_dir)

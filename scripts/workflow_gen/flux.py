@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scripts.workflow_gen.graph import Out, Value, WorkflowSpec
+from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
 
 FLUX_UNET = "flux1-dev.safetensors"
 FLUX_CLIP_L = "clip_l.safetensors"
@@ -18,6 +18,64 @@ FLUX_VAE = "ae.safetensors"
 SRPO_WEIGHTS = "srpo_flux1.safetensors"
 """The published SRPO transformer (diffusers layout), renamed; the layout is auto-detected."""
 HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"
+
+HF = "https://huggingface.co"
+FILES = {
+    FLUX_UNET: ModelFile(
+        FLUX_UNET,
+        f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+        "diffusion_models",
+    ),
+    FLUX_VAE: ModelFile(
+        FLUX_VAE, f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"
+    ),
+    FLUX_CLIP_L: ModelFile(
+        FLUX_CLIP_L,
+        f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+        "text_encoders",
+    ),
+    FLUX_T5: ModelFile(
+        FLUX_T5,
+        f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
+        "text_encoders",
+    ),
+    SRPO_WEIGHTS: ModelFile(
+        SRPO_WEIGHTS,
+        f"{HF}/tencent/SRPO/resolve/main/diffusion_pytorch_model.safetensors",
+        "diffusion_models",
+    ),
+    HPS_CHECKPOINT: ModelFile(
+        HPS_CHECKPOINT, f"{HF}/xswu/HPSv2/resolve/main/HPS_v2.1_compressed.pt", "srpo_rewards"
+    ),
+}
+"""Where each model file comes from and the ComfyUI models/ folder it goes in (the loaders'
+``properties.models``: the editor's missing-models dialog offers these downloads)."""
+FILES_NOTE = """Model files (ComfyUI/models/<folder>/), sizes approximate:
+- flux1-dev.safetensors -> diffusion_models/ (about 24 GB)
+  huggingface.co/black-forest-labs/FLUX.1-dev (accept its licence first)
+- ae.safetensors -> vae/ (about 0.3 GB), same page
+- clip_l.safetensors (about 0.25 GB), t5xxl_fp16.safetensors (about 9.8 GB)
+  -> text_encoders/: huggingface.co/comfyanonymous/flux_text_encoders
+"""
+SAMPLE_NOTE = (
+    FILES_NOTE
+    + """- srpo_flux1.safetensors -> diffusion_models/ (about 24 GB): the file
+  diffusion_pytorch_model.safetensors from huggingface.co/tencent/SRPO, renamed
+
+Memory: FLUX.1-dev in bf16 needs about 24 GB of GPU memory; with less, pick
+weight_dtype fp8 in Load Diffusion Model (the SRPO weights are applied on top)."""
+)
+TRAIN_NOTE = (
+    FILES_NOTE
+    + """- HPS_v2.1_compressed.pt -> srpo_rewards/ (about 2 GB): huggingface.co/xswu/HPSv2
+
+Memory: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB
+(estimated by a trace of this pack's training step, not measured on a GPU); fp8 base
+weights (Load Diffusion Model) about 27 GB. Out of memory: lower width/height."""
+)
+NOTE_HEIGHT = 300
+SAVE_HEIGHT = 360
+"""Body height of the nodes that show the 1024 x 1024 samples."""
 
 SEED = 1024
 GUIDANCE = 3.5
@@ -65,10 +123,13 @@ class Conditioning(NamedTuple):
 def flux_loaders(wf: WorkflowSpec) -> FluxModels:
     """UNETLoader + DualCLIPLoader (CLIP-L, T5-XXL) + VAELoader for FLUX.1-dev."""
     unet = wf.add("UNETLoader", unet_name=FLUX_UNET, weight_dtype="default")
+    unet.loads(wf, FILES[FLUX_UNET])
     clip = wf.add(
         "DualCLIPLoader", clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5, type="flux", device="default"
     )
+    clip.loads(wf, FILES[FLUX_CLIP_L], FILES[FLUX_T5])
     vae = wf.add("VAELoader", vae_name=FLUX_VAE)
+    vae.loads(wf, FILES[FLUX_VAE])
     return FluxModels(unet.out("MODEL"), clip.out("CLIP"), vae.out("VAE"))
 
 
@@ -105,28 +166,39 @@ def srpo_sample_flux() -> WorkflowSpec:
         "SRPO: sample FLUX.1-dev",
         "Base FLUX.1-dev (left) vs SRPO weights (right), same seed and settings.",
     )
-    flux = flux_loaders(wf)
-    srpo = wf.add(
-        "SRPOLoadWeights",
-        model=flux.model,
-        srpo_checkpoint=SRPO_WEIGHTS,
-        strength=1.0,
-        layout="auto",
-    )
-    cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
-    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
-    base_image = flux_sample(wf, "base", flux.model, cond, latent.out(), flux.vae)
-    srpo_image = flux_sample(wf, "SRPO", srpo.out("model"), cond, latent.out(), flux.vae)
-    stitched = wf.add(
-        "ImageStitch",
-        image1=base_image,
-        image2=srpo_image,
-        direction="right",
-        match_image_size=True,
-        spacing_width=STITCH_SPACING,
-        spacing_color="white",
-    )
-    wf.add("SaveImage", images=stitched.out(), filename_prefix="srpo_base_vs_tuned")
+    with wf.group("Models", 0):
+        flux = flux_loaders(wf)
+        srpo = wf.add(
+            "SRPOLoadWeights",
+            model=flux.model,
+            srpo_checkpoint=SRPO_WEIGHTS,
+            strength=1.0,
+            layout="auto",
+        )
+        srpo.loads(wf, FILES[SRPO_WEIGHTS])
+        wf.note("Model files and memory", SAMPLE_NOTE, NOTE_HEIGHT)
+    with wf.group("Prompt", 1):
+        cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
+        latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+    with wf.group("Base vs SRPO", 2):
+        base_image = flux_sample(wf, "base", flux.model, cond, latent.out(), flux.vae)
+        srpo_image = flux_sample(wf, "SRPO", srpo.out("model"), cond, latent.out(), flux.vae)
+    with wf.group("Base vs SRPO", 3):
+        stitched = wf.add(
+            "ImageStitch",
+            image1=base_image,
+            image2=srpo_image,
+            direction="right",
+            match_image_size=True,
+            spacing_width=STITCH_SPACING,
+            spacing_color="white",
+        )
+        wf.add(
+            "SaveImage",
+            "Save (base | SRPO)",
+            images=stitched.out(),
+            filename_prefix="srpo_base_vs_tuned",
+        ).sized(wf, SAVE_HEIGHT)
     return wf
 
 
@@ -137,41 +209,51 @@ def srpo_finetune_flux() -> WorkflowSpec:
         "SRPO: fine-tune FLUX.1-dev",
         "Direct-Align + control-word reward (HPSv2.1) trains a LoRA; samples before and after.",
     )
-    flux = flux_loaders(wf)
-    reward_model = wf.add(
-        "SRPOLoadRewardModel",
-        checkpoint=HPS_CHECKPOINT,
-        architecture="HPSv2.1",
-        open_clip_arch="ViT-H-14",
-        dtype="bf16",
-    )
-    reward = wf.add("SRPOControlWordReward", reward_model=reward_model.out(), mode="cfg")
-    prompts = wf.add("SRPOPromptSet", clip=flux.clip, prompts="\n".join(TRAIN_PROMPTS))
-    regularizer = wf.add("SRPOInversionRegularizer")
-    trainer = wf.add(
-        "SRPODirectAlignTrainer",
-        model=flux.model,
-        vae=flux.vae,
-        prompts=prompts.out(),
-        reward=reward.out(),
-        regularizer=regularizer.out(),
-        steps=200,
-        learning_rate=1e-4,
-        rank=16,
-        width=TRAIN_SIZE,
-        height=TRAIN_SIZE,
-        guidance=GUIDANCE,
-        seed=SEED,
-    )
-    wf.add(
-        "SaveLoRA", lora=trainer.out("lora"), prefix="loras/srpo_flux", steps=trainer.out("steps")
-    )
-    wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")
-    wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
-    cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
-    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
-    before = flux_sample(wf, "before", flux.model, cond, latent.out(), flux.vae)
-    after = flux_sample(wf, "after", trainer.out("model"), cond, latent.out(), flux.vae)
-    wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_before")
-    wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_after")
+    with wf.group("Models", 0):
+        flux = flux_loaders(wf)
+        reward_model = wf.add(
+            "SRPOLoadRewardModel",
+            checkpoint=HPS_CHECKPOINT,
+            architecture="HPSv2.1",
+            open_clip_arch="ViT-H-14",
+            dtype="bf16",
+        )
+        reward_model.loads(wf, FILES[HPS_CHECKPOINT])
+        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT)
+    with wf.group("Prompts and reward", 1):
+        reward = wf.add("SRPOControlWordReward", reward_model=reward_model.out(), mode="cfg")
+        prompts = wf.add("SRPOPromptSet", clip=flux.clip, prompts="\n".join(TRAIN_PROMPTS))
+        regularizer = wf.add("SRPOInversionRegularizer")
+    with wf.group("Training", 2):
+        trainer = wf.add(
+            "SRPODirectAlignTrainer",
+            model=flux.model,
+            vae=flux.vae,
+            prompts=prompts.out(),
+            reward=reward.out(),
+            regularizer=regularizer.out(),
+            steps=200,
+            learning_rate=1e-4,
+            rank=16,
+            width=TRAIN_SIZE,
+            height=TRAIN_SIZE,
+            seed=SEED,
+        )
+    with wf.group("Training results", 3):
+        wf.add(
+            "SaveLoRA",
+            lora=trainer.out("lora"),
+            prefix="loras/srpo_flux",
+            steps=trainer.out("steps"),
+        )
+        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")
+        wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+    with wf.group("Before / after", 4):
+        cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
+        latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+        before = flux_sample(wf, "before", flux.model, cond, latent.out(), flux.vae)
+    with wf.group("Before / after", 5):
+        wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_before")
+        after = flux_sample(wf, "after", trainer.out("model"), cond, latent.out(), flux.vae)
+        wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_after")
     return wf

@@ -15,11 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from scripts.workflow_gen.layout import Box, layout
+from scripts.workflow_gen.layout import (
+    GROUP_PADDING,
+    GROUP_TITLE_HEIGHT,
+    TITLE_HEIGHT,
+    Box,
+    layout,
+)
 from scripts.workflow_gen.nodedefs import CONTROL_VALUE
 from scripts.workflow_gen.resolve import ResolvedNode
 
 UI_SCHEMA_VERSION = 0.4
+GROUP_COLOR = "#3f789e"
+GROUP_FONT_SIZE = 24
 MODE_ALWAYS = 0
 """LiteGraph node mode 0: the node runs (not muted, not bypassed)."""
 S_AND_R = "Node name for S&R"
@@ -46,6 +54,7 @@ def api_prompt(nodes: Sequence[ResolvedNode]) -> dict[str, Any]:
             "_meta": {"title": node.title},
         }
         for node in nodes
+        if not node.editor_only
     }
 
 
@@ -125,9 +134,41 @@ def ui_node(
     if node.spec.title:
         serialised["title"] = node.spec.title
     pack = node.node_def.pack_id
-    serialised["properties"] = {**({CNR_ID: pack} if pack else {}), S_AND_R: node.spec.class_type}
+    properties: dict[str, Any] = {**({CNR_ID: pack} if pack else {})}
+    if not node.editor_only:
+        properties[S_AND_R] = node.spec.class_type
+    if node.spec.models:
+        properties["models"] = [
+            {"name": m.name, "url": m.url, "directory": m.directory} for m in node.spec.models
+        ]
+    serialised["properties"] = properties
     serialised["widgets_values"] = widgets_values(node)
     return serialised
+
+
+def ui_groups(nodes: Sequence[ResolvedNode], boxes: dict[int, Box]) -> list[dict[str, Any]]:
+    """One LiteGraph group per named group, framing its nodes (title bars included)."""
+    members: dict[str, list[Box]] = {}
+    for node in nodes:
+        if node.spec.place is not None and node.spec.place.group:
+            members.setdefault(node.spec.place.group, []).append(boxes[node.id])
+    groups = []
+    for index, (title, items) in enumerate(members.items(), start=1):
+        x0 = min(b.x for b in items) - GROUP_PADDING
+        y0 = min(b.y for b in items) - TITLE_HEIGHT - GROUP_TITLE_HEIGHT - GROUP_PADDING
+        x1 = max(b.x + b.width for b in items) + GROUP_PADDING
+        y1 = max(b.y + b.height for b in items) + GROUP_PADDING
+        groups.append(
+            {
+                "id": index,
+                "title": title,
+                "bounding": [x0, y0, x1 - x0, y1 - y0],
+                "color": GROUP_COLOR,
+                "font_size": GROUP_FONT_SIZE,
+                "flags": {},
+            }
+        )
+    return groups
 
 
 def ui_workflow(nodes: Sequence[ResolvedNode]) -> dict[str, Any]:
@@ -144,7 +185,7 @@ def ui_workflow(nodes: Sequence[ResolvedNode]) -> dict[str, Any]:
         "last_link_id": len(links),
         "nodes": [ui_node(n, boxes[n.id], order[n.id], outgoing, ids) for n in nodes],
         "links": links,
-        "groups": [],
+        "groups": ui_groups(nodes, boxes),
         "config": {},
         "extra": {},
         "version": UI_SCHEMA_VERSION,

@@ -14,7 +14,9 @@ anything else is a widget value. Widget inputs left out take the node's default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 Value = bool | int | float | str
 """A widget value as it appears in the API prompt and in ``widgets_values``."""
@@ -32,19 +34,54 @@ class Out:
     output: int | str = 0
 
 
+NOTE_TYPE = "Note"
+"""The frontend's text note: a node of the editor only (never in the API prompt)."""
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file a loader needs: ``properties.models`` entry of the saved node, which the
+    frontend's missing-models dialog offers to download (``url`` into ``directory``)."""
+
+    name: str
+    url: str
+    directory: str
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the layout puts a node: column index, and the group it belongs to (or None)."""
+
+    column: int
+    group: str | None
+
+
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node: its id (1, 2, ... in the order added), class type, values, links, title."""
+    """One node: its id (1, 2, ... in the order added), class type, values, links, title,
+    where the layout puts it, the model files it loads and an explicit body height (or None:
+    estimated from its widgets)."""
 
     id: int
     class_type: str
     values: dict[str, Value]
     links: dict[str, Out]
     title: str | None = None
+    place: Place | None = None
+    models: tuple[ModelFile, ...] = ()
+    height: float | None = None
 
     def out(self, output: int | str = 0) -> Out:
         """A reference to one of this node's outputs, by index or by output name."""
         return Out(self.id, output)
+
+    def sized(self, workflow: WorkflowSpec, height: float | None) -> NodeSpec:
+        """This node with an explicit body height (room for what it shows after a run)."""
+        return workflow.update(self, height=height) if height is not None else self
+
+    def loads(self, workflow: WorkflowSpec, *files: ModelFile) -> NodeSpec:
+        """This node with the model files it loads (``properties.models``)."""
+        return workflow.update(self, models=files)
 
 
 @dataclass
@@ -55,6 +92,26 @@ class WorkflowSpec:
     title: str
     summary: str
     nodes: list[NodeSpec] = field(default_factory=list)
+    _place: Place | None = field(default=None, repr=False)
+
+    @contextmanager
+    def group(self, title: str | None, column: int) -> Iterator[None]:
+        """Nodes added inside go to layout ``column``, framed by a group titled ``title``."""
+        outer, self._place = self._place, Place(column, title)
+        try:
+            yield
+        finally:
+            self._place = outer
+
+    def note(self, title: str, text: str, height: float | None = None) -> NodeSpec:
+        """Add a text note (editor only) in the current group."""
+        return self.add(NOTE_TYPE, title, text=text).sized(self, height)
+
+    def update(self, node: NodeSpec, **changes: object) -> NodeSpec:
+        """Replace ``node`` by a copy with ``changes`` (models, height)."""
+        new = replace(node, **changes)  # type: ignore[arg-type]
+        self.nodes[node.id - 1] = new
+        return new
 
     def add(self, class_type: str, title: str | None = None, **inputs: Value | Out) -> NodeSpec:
         """Append a node; ``Out`` inputs become links, other inputs widget values."""
@@ -66,6 +123,6 @@ class WorkflowSpec:
                     f"{self.name}: input {name!r} of {class_type} links to node {link.node_id},"
                     " which is not added yet (add sources before the nodes that use them)"
                 )
-        node = NodeSpec(len(self.nodes) + 1, class_type, values, links, title)
+        node = NodeSpec(len(self.nodes) + 1, class_type, values, links, title, self._place)
         self.nodes.append(node)
         return node

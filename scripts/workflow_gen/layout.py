@@ -33,6 +33,24 @@ TITLE_MARGIN = 60
 COLUMN_GAP = 80
 ROW_GAP = 40
 """Free space between stacked nodes, below the next node's title bar."""
+GROUP_PADDING = 10
+GROUP_TITLE_HEIGHT = 34
+"""A group's title band above its first node's title bar."""
+GROUP_GAP = GROUP_TITLE_HEIGHT + 2 * GROUP_PADDING + 16
+"""Vertical space between two groups stacked in one column."""
+GROUPED_COLUMN_GAP = 2 * GROUP_PADDING + 30
+GROUPED_ROW_GAP = 24
+"""Free space between stacked nodes of a grouped layout (tighter: fit zoom on 1920x1080)."""
+"""Horizontal space between columns of a grouped layout (the groups' frames sit in it)."""
+RESULT_HEIGHT = 236
+"""Room a node that shows images or a graph after a run (previews, saves, loss) needs below its
+widgets: the frontend's image preview widget is at least 220 high."""
+RESULT_TYPES = frozenset({"PreviewImage", "SaveImage", "LossGraphNode"})
+WIDE_TYPES = {"SRPODirectAlignTrainer": 400.0}
+"""Node types drawn wider than NODE_WIDTH (the trainer's live panel wants 400, see web/)."""
+LIVE_REPORT_HEIGHT = 187 + 320
+"""Room below the trainer's widgets for its live panel and the preview (web/srpo_training.js:
+PANEL_HEIGHT and PREVIEW_MIN_HEIGHT), so that nothing moves or overlaps once training runs."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +71,18 @@ def widget_height(widget: InputDef) -> int:
 
 
 def node_size(node: ResolvedNode) -> tuple[float, float]:
-    """Estimated body size: socket rows plus widget rows; wide enough for the title."""
+    """Estimated body size: socket rows plus widget rows (plus what the node shows after a
+    run); wide enough for the title. An explicit height in the spec wins."""
     rows = max(len(node.input_slots), len(node.node_def.outputs))
     height = rows * SLOT_HEIGHT + sum(map(widget_height, node.node_def.widgets)) + BODY_PADDING
-    width = max(NODE_WIDTH, len(node.title) * TITLE_CHAR_WIDTH + TITLE_MARGIN)
+    kind = node.spec.class_type
+    if kind in RESULT_TYPES:
+        height += RESULT_HEIGHT
+    if kind in WIDE_TYPES:
+        height += LIVE_REPORT_HEIGHT
+    if node.spec.height is not None:
+        height = node.spec.height
+    width = max(WIDE_TYPES.get(kind, NODE_WIDTH), len(node.title) * TITLE_CHAR_WIDTH + TITLE_MARGIN)
     return float(width), float(height)
 
 
@@ -82,8 +108,36 @@ def column_order(
     return sorted(column, key=key)
 
 
+def grouped_layout(nodes: Sequence[ResolvedNode]) -> dict[int, Box]:
+    """Boxes for nodes placed by their spec: each column stacks its nodes in the order added,
+    with room for a group frame and title wherever the group changes."""
+    sizes = {node.id: node_size(node) for node in nodes}
+    columns: dict[int, list[ResolvedNode]] = {}
+    for node in nodes:
+        assert node.spec.place is not None
+        columns.setdefault(node.spec.place.column, []).append(node)
+    boxes: dict[int, Box] = {}
+    x = 0.0
+    for index in sorted(columns):
+        width = max(sizes[n.id][0] for n in columns[index])
+        y, group = 0.0, None
+        for n, node in enumerate(columns[index]):
+            place = node.spec.place
+            assert place is not None
+            if n and place.group != group:
+                y += GROUP_GAP
+            group = place.group
+            boxes[node.id] = Box(x, y, width, sizes[node.id][1])
+            y += sizes[node.id][1] + TITLE_HEIGHT + GROUPED_ROW_GAP
+        x += width + GROUPED_COLUMN_GAP
+    return boxes
+
+
 def layout(nodes: Sequence[ResolvedNode]) -> dict[int, Box]:
-    """A box for every node id: columns by depth from the left, stacked from y = 0."""
+    """A box for every node id: by the spec's places when every node has one (see
+    ``grouped_layout``), else columns by depth from the left, stacked from y = 0."""
+    if nodes and all(node.spec.place is not None for node in nodes):
+        return grouped_layout(nodes)
     depth = depths(nodes)
     columns = [[n for n in nodes if depth[n.id] == d] for d in range(max(depth.values()) + 1)]
     boxes: dict[int, Box] = {}

@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scripts.workflow_gen.graph import NodeSpec, Value, WorkflowError, WorkflowSpec
+from scripts.workflow_gen.graph import NOTE_TYPE, NodeSpec, Value, WorkflowError, WorkflowSpec
 from scripts.workflow_gen.nodedefs import (
     MODEL_FOLDER_INPUTS,
     InputDef,
     NodeDef,
     check_value,
 )
+
+EDITOR_ONLY_DEFS = {
+    NOTE_TYPE: NodeDef(
+        NOTE_TYPE, "Note", (InputDef("text", "STRING", False, {"multiline": True}),), ()
+    ),
+}
+"""Node types of the frontend alone (not in /object_info, never queued): the text note."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,11 @@ class ResolvedNode:
         return self.spec.id
 
     @property
+    def editor_only(self) -> bool:
+        """A node of the editor alone (a note): no API entry."""
+        return self.spec.class_type in EDITOR_ONLY_DEFS
+
+    @property
     def title(self) -> str:
         """The title shown on the node (the spec's, else the node type's display name)."""
         return self.spec.title or self.node_def.display_name
@@ -56,6 +68,8 @@ class ResolvedNode:
 
 def node_def_of(spec: NodeSpec, defs: Mapping[str, NodeDef]) -> NodeDef:
     """The definition of ``spec``'s type; raises WorkflowError if the server lacks it."""
+    if spec.class_type in EDITOR_ONLY_DEFS:
+        return EDITOR_ONLY_DEFS[spec.class_type]
     if spec.class_type not in defs:
         raise WorkflowError(
             f"node {spec.id}: the server has no node type {spec.class_type!r} (is the pack"

@@ -22,35 +22,54 @@ TRAIN = {
     "learning_rate": 5e-4,
     "rank": 8,
     "batch_size": 2,
-    "micro_steps": 1,
-    "rollout_steps": 8,
     "width": IMAGE_SIZE,
     "height": IMAGE_SIZE,
-    "guidance": 1.0,
-    "threshold": 0.7,
-    "max_grad_norm": 1.0,
     "seed": 0,
-    "training_dtype": "fp32",
-    "lora_dtype": "fp32",
-    "gradient_checkpointing": True,
     "preview_every": 5,
 }
 """A few dozen CPU-sized steps. At lr 2e-3 the toy reward is hacked within 30 steps (the
 shapes wash out to white); 5e-4 brightens the scene and keeps the content."""
+SETTINGS = {
+    "micro_steps": 1,
+    "rollout_steps": 8,
+    "guidance": 1.0,
+    "threshold": 0.7,
+    "max_grad_norm": 1.0,
+    "training_dtype": "fp32",
+    "lora_dtype": "fp32",
+    "gradient_checkpointing": True,
+}
+"""SRPO Training Settings for a CPU: short rollouts, fp32, a looser clip; no guidance embedding."""
+VALIDATION_PROMPTS = ("a red circle", "a blue square")
+VALIDATE_EVERY = 10
+"""Validation samples (fixed noise) after steps 10, 20 and 30."""
 
 
-def sample(wf: WorkflowSpec, label: str, model: Out, clip: Out, vae: Out) -> Out:
-    """KSampler on ``model`` at the fixed seed, decoded."""
-    positive = wf.add("CLIPTextEncode", f"Prompt ({label})", clip=clip, text=PROMPT)
-    negative = wf.add("CLIPTextEncode", f"Negative ({label})", clip=clip, text="")
-    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=SAMPLES)
+NOTE = """The toy world: no download needed.
+
+A 64x64 Flux (ComfyUI's own architecture), its text encoder, a TAESD-layout VAE and a tiny
+open_clip reward that knows bright/dark, smooth/grainy and four colours ship with the pack
+(15 MB). Runs on a CPU in a few minutes.
+
+Press Run: the trainer draws its loss and reward curves and the latest preview while it trains.
+Cancel keeps a checkpoint; Run again resumes.
+"""
+NOTE_HEIGHT = 170
+PROMPT_HEIGHT = 100
+"""The sample prompts are one line: a shorter text box than the estimate."""
+COLUMNS = {"models": 0, "settings": 1, "trainer": 2, "results": 3, "before": 4, "after": 5}
+
+
+def sample(wf: WorkflowSpec, label: str, model: Out, cond: tuple[Out, Out, Out], vae: Out) -> Out:
+    """KSampler on ``model`` at the fixed seed (shared prompt, negative, latent), decoded."""
+    positive, negative, latent = cond
     sampler = wf.add(
         "KSampler",
         f"KSampler ({label})",
         model=model,
-        positive=positive.out(),
-        negative=negative.out(),
-        latent_image=latent.out(),
+        positive=positive,
+        negative=negative,
+        latent_image=latent,
         seed=SEED,
         denoise=1.0,
         **SAMPLER,
@@ -65,31 +84,62 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         "SRPO: fine-tune the toy world (CPU)",
         "The built-in tiny Flux learns 'bright' over 'dark' in a few dozen CPU steps.",
     )
-    toy = wf.add("SRPOToyWorldLoader")
+    with wf.group("Models", COLUMNS["models"]):
+        toy = wf.add("SRPOToyWorldLoader")
+        wf.note("About this workflow", NOTE, NOTE_HEIGHT)
     model, clip, vae = toy.out("model"), toy.out("clip"), toy.out("vae")
-    reward = wf.add(
-        "SRPOControlWordReward",
-        reward_model=toy.out("reward_model"),
-        positive_words=POSITIVE,
-        negative_words=NEGATIVE,
-        mode="srp",
-    )
-    prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
-    trainer = wf.add(
-        "SRPODirectAlignTrainer",
-        model=model,
-        vae=vae,
-        prompts=prompts.out(),
-        reward=reward.out(),
-        **TRAIN,
-    )
-    wf.add(
-        "SaveLoRA", lora=trainer.out("lora"), prefix="loras/srpo_toy", steps=trainer.out("steps")
-    )
-    wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
-    wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
-    before = sample(wf, "before", model, clip, vae)
-    after = sample(wf, "after", trainer.out("model"), clip, vae)
-    wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_toy_before")
-    wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_toy_after")
+    with wf.group("Prompts and reward", COLUMNS["models"]):
+        reward = wf.add(
+            "SRPOControlWordReward",
+            reward_model=toy.out("reward_model"),
+            positive_words=POSITIVE,
+            negative_words=NEGATIVE,
+            mode="srp",
+        )
+        prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
+    with wf.group("Training", COLUMNS["settings"]):
+        settings = wf.add("SRPOTrainingSettings", **SETTINGS)
+        validation_prompts = wf.add(
+            "SRPOPromptSet", "Validation prompts", clip=clip, prompts="\n".join(VALIDATION_PROMPTS)
+        )
+        validation = wf.add(
+            "SRPOValidation", prompts=validation_prompts.out(), every=VALIDATE_EVERY, seed=SEED
+        )
+    with wf.group("Training", COLUMNS["trainer"]):
+        trainer = wf.add(
+            "SRPODirectAlignTrainer",
+            model=model,
+            vae=vae,
+            prompts=prompts.out(),
+            reward=reward.out(),
+            settings=settings.out(),
+            validation=validation.out(),
+            **TRAIN,
+        )
+    with wf.group("Training", COLUMNS["settings"]):
+        wf.add(
+            "SaveLoRA",
+            lora=trainer.out("lora"),
+            prefix="loras/srpo_toy",
+            steps=trainer.out("steps"),
+        )
+    with wf.group("Training results", COLUMNS["results"]):
+        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
+        wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+        wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
+    with wf.group("Before / after", COLUMNS["before"]):
+        positive = wf.add("CLIPTextEncode", "Prompt", clip=clip, text=PROMPT)
+        positive = positive.sized(wf, PROMPT_HEIGHT)
+        negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="").sized(wf, PROMPT_HEIGHT)
+    with wf.group("Before / after", COLUMNS["after"]):
+        latent = wf.add(
+            "EmptySD3LatentImage", "Latent", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=SAMPLES
+        )
+    cond = (positive.out(), negative.out(), latent.out())
+    with wf.group("Before / after", COLUMNS["before"]):
+        before = sample(wf, "before", model, cond, vae)
+        wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_toy_before")
+    with wf.group("Before / after", COLUMNS["after"]):
+        after = sample(wf, "after", trainer.out("model"), cond, vae)
+        wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_toy_after")
     return wf

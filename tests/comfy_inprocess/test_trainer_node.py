@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from types import ModuleType
 from typing import Any
 
@@ -41,6 +43,18 @@ SETTINGS = {
 }
 
 
+def node_inputs(**overrides: Any) -> dict[str, Any]:
+    """SETTINGS (+ overrides) split as in a workflow: the trainer's own widgets, and an SRPO
+    Training Settings node's output under ``settings``."""
+    from comfyui_srpo.nodes.training_settings import SRPOTrainingSettingsNode, TrainingSettings
+
+    values = dict(SETTINGS, **overrides)
+    names = {f.name for f in dataclasses.fields(TrainingSettings)}
+    extra = {k: values.pop(k) for k in list(values) if k in names}
+    values["settings"] = SRPOTrainingSettingsNode.execute(**extra).args[0]
+    return values
+
+
 @pytest.fixture
 def reward(pack: ModuleType) -> Any:
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
@@ -68,12 +82,13 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     regularizer = SRPOInversionRegularizer.execute(1.0, 0.5, 0.3, 0.01).args[0]
     with torch.inference_mode():  # ComfyUI runs every node in inference mode
         out = SRPODirectAlignTrainer.execute(
-            tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **SETTINGS
+            tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **node_inputs()
         )
-    model, lora, loss, previews, steps = out.args
+    model, lora, loss, previews, steps, validation = out.args
     assert steps == 3
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
     assert previews.shape == (3, 64, 64, 3)
+    assert validation.shape == (1, 64, 64, 3) and float(validation.abs().sum()) == 0
     assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
     ups = [v for k, v in lora.items() if k.endswith("lora_up.weight")]
     assert ups and all(float(v.abs().sum()) > 0 for v in ups), "LoRA up weights were trained"
@@ -88,13 +103,13 @@ def test_trainer_rejects_bad_settings_before_training(
 ) -> None:
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
 
-    bad = dict(SETTINGS, sigma_min=0.96)
+    bad = node_inputs(sigma_min=0.96)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
-    bad = dict(SETTINGS, width=60)
+    bad = node_inputs(width=60)
     with pytest.raises(ValueError, match="multiples of the VAE's factor 8"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
-    bad = dict(SETTINGS, checkpoint_name="../escape")
+    bad = node_inputs(checkpoint_name="../escape")
     with pytest.raises(ValueError, match="plain file name"):
         SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **bad)
 
@@ -110,7 +125,7 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     from comfyui_srpo.srpo_core.training import load_checkpoint
 
     folder_paths.set_output_directory(str(tmp_path))
-    settings = dict(SETTINGS, steps=4, checkpoint_name="run1", preview_every=2)
+    settings = node_inputs(steps=4, checkpoint_name="run1", preview_every=2)
     path = tmp_path / "srpo_checkpoints" / "run1.ckpt"
 
     def interrupt_at_step_2(value: int, total: int, preview: Any, node_id: Any = None) -> None:
@@ -132,6 +147,75 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
 
     with torch.inference_mode():
         out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
-    _, _, loss, _, steps = out.args
-    assert steps == 4 and len(loss["loss"]) == 2  # resumed: only steps 3 and 4 ran now
+    _, _, loss, _, steps, _ = out.args
+    # resumed: steps 3 and 4 ran now; the loss map covers the whole run (steps 1-2 from the
+    # history saved next to the checkpoint at the interrupt)
+    assert steps == 4 and len(loss["loss"]) == 4
+    history = tmp_path / "srpo_checkpoints" / "run1.ckpt.losses.json"
+    assert json.loads(history.read_text()) == loss["loss"]
     assert load_checkpoint(str(path)).step == 4
+
+
+OLD_TRAINER_DEFAULTS = {
+    "algorithm": "LoRA",
+    "grad_accum": 1,
+    "micro_steps": 1,
+    "rollout_steps": 25,
+    "guidance": 3.5,
+    "sigma_max": 0.95,
+    "sigma_min": 0.75,
+    "gt_ratio": 0.9,
+    "threshold": 0.7,
+    "max_grad_norm": 0.1,
+    "training_dtype": "auto",
+    "lora_dtype": "fp32",
+    "save_dtype": "bf16",
+    "lora_form": "activations",
+    "decoder_checkpointing": True,
+    "gradient_checkpointing": True,
+    "checkpoint_every": 0,
+}
+"""The defaults these settings had as trainer widgets (before the settings node existed), with
+the memory options of issue 7: fp32 LoRA masters, "auto" compute dtype (bf16 only where it is
+native), LoRA on activations, decoder checkpointing, a bf16 saved LoRA."""
+
+
+def test_settings_node_keeps_the_trainers_former_defaults(pack: ModuleType) -> None:
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.training_settings import SRPOTrainingSettingsNode, TrainingSettings
+
+    assert dataclasses.asdict(TrainingSettings()) == OLD_TRAINER_DEFAULTS
+    schema = SRPOTrainingSettingsNode.define_schema()
+    assert {i.id: i.default for i in schema.inputs} == OLD_TRAINER_DEFAULTS
+    assert all(i.tooltip for i in schema.inputs)
+    trainer = {i.id for i in SRPODirectAlignTrainer.define_schema().inputs}
+    assert not trainer & set(OLD_TRAINER_DEFAULTS), "a setting is on both nodes"
+    assert "settings" in trainer
+
+
+def test_validation_samples_every_n_steps_without_changing_training(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any, tmp_path: Any
+) -> None:
+    """Validation before training and after steps 2 and 4 (two prompts each, labelled); LoRA
+    saved at step 4; the trained LoRA is the same as without validation (own RNG)."""
+    import folder_paths
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.validation import SRPOValidationNode
+
+    folder_paths.set_output_directory(str(tmp_path))
+    validation = SRPOValidationNode.execute(prompts, 2, 5, 4).args[0]
+    settings = node_inputs(steps=4, preview_every=4)
+    with torch.inference_mode():
+        plain = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+        checked = SRPODirectAlignTrainer.execute(
+            tiny_flux, tiny_vae, prompts, reward, validation=validation, **settings
+        )
+    samples = checked.args[5]
+    assert samples.shape == (6, 256, 256, 3)  # 64 x 64 samples enlarged for a legible label
+    strip = samples[:, :14]
+    assert float(strip.min()) == 0.0 and float(strip.max()) > 0.9, "light text on a black strip"
+    assert not torch.equal(samples[2], samples[4]), "the LoRA changed between validations"
+    for key, value in plain.args[1].items():
+        assert torch.equal(value, checked.args[1][key]), key
+    saved = sorted((tmp_path / "loras").glob("*_step00004.safetensors"))
+    assert len(saved) == 1, list((tmp_path / "loras").glob("*"))

@@ -24,14 +24,24 @@ SRPO_NODES = {
         "steps",
         "learning_rate",
         "rank",
-        "algorithm",
-        "sigma_max",
-        "sigma_min",
-        "gt_ratio",
+        "settings",
+        "validation",
         "regularizer",
         "real_latents",
         "existing_lora",
     },
+    "SRPOTrainingSettings": {
+        "algorithm",
+        "micro_steps",
+        "rollout_steps",
+        "guidance",
+        "sigma_max",
+        "sigma_min",
+        "gt_ratio",
+        "training_dtype",
+        "gradient_checkpointing",
+    },
+    "SRPOValidation": {"prompts", "every", "seed", "save_lora_every"},
     "SRPORewardScore": {"reward_model", "images", "prompt", "positive", "negative"},
     "SRPODirectAlignPreview": {"model", "vae", "positive", "latent", "sigma"},
 }
@@ -58,6 +68,6 @@ def test_node_is_served_with_its_inputs_and_tooltips(
 def test_trainer_outputs_feed_the_stock_training_nodes(comfy_client: ComfyClient) -> None:
     info = comfy_client.object_info()
     outputs = info["SRPODirectAlignTrainer"]["output"]
-    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT"]
+    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "IMAGE"]
     assert inputs_of(info["SaveLoRA"])["lora"][0] == "LORA_MODEL"
     assert inputs_of(info["LossGraphNode"])["loss"][0] == "LOSS_MAP"

@@ -156,14 +156,15 @@ def test_saved_lora_loads_in_the_stock_loader_and_changes_the_output(
 
 
 def test_bad_settings_reach_the_client_as_an_execution_error(comfy_client: ComfyClient) -> None:
+    """A setting only the run can check (width not a multiple of the VAE's factor)."""
     prompt = toy_prompt()
     trainer = node(prompt, "SRPODirectAlignTrainer")["inputs"]
-    trainer["sigma_min"], trainer["sigma_max"] = 0.9, 0.8
+    trainer["width"] = 68
     with pytest.raises(ExecutionFailed) as info:
         comfy_client.run(prompt, timeout=RUN_TIMEOUT_S)
     message = json.dumps(info.value.data)
     assert "SRPODirectAlignTrainer" in message
-    assert "sigma_min < sigma_max" in message
+    assert "multiples of the VAE" in message
 
 
 def test_interrupt_stops_training_and_leaves_a_checkpoint(comfy: ComfyServer) -> None:

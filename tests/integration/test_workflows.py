@@ -37,6 +37,25 @@ SHIPPED = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EDITOR_ONLY = frozenset({"Note"})
+"""Node types of the editor alone (text notes): in the UI workflow, never in the API prompt."""
+GROUPS = {
+    "srpo_sample_flux": ["Models", "Prompt", "Base vs SRPO"],
+    "srpo_finetune_flux": [
+        "Models",
+        "Prompts and reward",
+        "Training",
+        "Training results",
+        "Before / after",
+    ],
+    "srpo_finetune_toyworld": [
+        "Models",
+        "Prompts and reward",
+        "Training",
+        "Training results",
+        "Before / after",
+    ],
+}
 PNG_TEXT_CHUNKS = [b"prompt", b"workflow"]
 CLI_TIMEOUT_S = 120
 
@@ -180,9 +199,10 @@ def test_api_workflow_is_valid_for_the_server(name: str, object_info: dict[str, 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_ui_widgets_match_api_inputs(name: str, object_info: dict[str, Any]) -> None:
     ui, api = load(f"{name}.json"), load(f"api/{name}.json")
-    unknown = {n["type"] for n in ui["nodes"]} - set(object_info)
+    queued = queued_nodes(ui)
+    unknown = {n["type"] for n in queued} - set(object_info)
     assert not unknown, f"{name}: node types the server does not know: {unknown}"
-    for node in ui["nodes"]:
+    for node in queued:
         slots = widget_names(object_info[node["type"]])
         values = node["widgets_values"]
         assert len(values) == len(slots), f"node {node['id']}: {slots} vs {values}"
@@ -203,7 +223,7 @@ def test_ui_widgets_match_api_inputs(name: str, object_info: dict[str, Any]) -> 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_ui_and_api_describe_the_same_graph(name: str) -> None:
     ui, api = load(f"{name}.json"), load(f"api/{name}.json")
-    assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {
+    assert {str(n["id"]): n["type"] for n in queued_nodes(ui)} == {
         node_id: node["class_type"] for node_id, node in api.items()
     }
     assert ui_links_by_input(ui) == api_links(api)
@@ -214,6 +234,33 @@ def test_ui_and_api_describe_the_same_graph(name: str) -> None:
         assert link_id in nodes[src]["outputs"][slot]["links"]
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
         assert nodes[src]["outputs"][slot]["type"] == kind
+
+
+def queued_nodes(ui: dict[str, Any]) -> list[dict[str, Any]]:
+    """The UI workflow's nodes that are queued (all but the editor-only notes)."""
+    return [n for n in ui["nodes"] if n["type"] not in EDITOR_ONLY]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_workflow_is_grouped_and_says_which_files_to_fetch(name: str) -> None:
+    """Groups in reading order; one note; every model file a loader loads is offered for
+    download (properties.models: name, huggingface.co url, folder) and named in the note."""
+    ui, api = load(f"{name}.json"), load(f"api/{name}.json")
+    assert [g["title"] for g in ui["groups"]] == GROUPS[name]
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1
+    ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
+    for node_id, node in api.items():
+        offered = {m["name"]: m for m in ui_nodes[node_id]["properties"].get("models", [])}
+        for key, value in node["inputs"].items():
+            folder = MODEL_FOLDER_INPUTS.get((node["class_type"], key))
+            if folder is None:
+                continue
+            where = f"{name} node {node_id} ({node['class_type']}).{key}"
+            assert value in offered, f"{where}: {value} is not offered for download"
+            assert offered[value]["directory"] == folder, where
+            assert offered[value]["url"].startswith("https://huggingface.co/"), where
+            assert value in notes[0], f"{where}: the note does not name {value}"
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -1,0 +1,259 @@
+"""SRPO Training Settings: the trainer's rarely changed settings, on an optional node.
+
+The Direct-Align Trainer keeps the settings users change often (steps, learning rate, rank,
+batch, size, seed, previews, checkpoint name). Everything else lives here, with the same defaults
+the trainer uses when no settings node is connected (``TrainingSettings()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfy_api.latest import io
+
+from ..srpo_core.schedules import TrainingInterval
+from ..srpo_core.training import MemoryConfig, TrainConfig
+from ..srpo_core.training.memory import (
+    LORA_FORMS,
+    LORA_STORAGE_DTYPES,
+    SAVE_DTYPES,
+    TRAINING_DTYPES,
+)
+from . import comfy_training as bridge
+from .types import CATEGORY, SRPOTrainingSettings, default_of, help_of
+
+_INTERVAL = TrainingInterval()
+
+
+def _help(cls: type, name: str, extra: str = "") -> dict[str, Any]:
+    return {"help": help_of(cls, name, extra)}
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What the SRPO Training Settings node hands to the trainer (defaults = node defaults)."""
+
+    algorithm: str = field(
+        default="LoRA",
+        metadata={
+            "help": "Weight-adapter algorithm (comfy.weight_adapter), as in the stock Train LoRA."
+        },
+    )
+    grad_accum: int = field(default=1, metadata=_help(TrainConfig, "grad_accum"))
+    micro_steps: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
+    rollout_steps: int = field(
+        default=default_of(TrainConfig, "rollout_steps"),
+        metadata=_help(TrainConfig, "rollout_steps"),
+    )
+    guidance: float = field(
+        default=3.5,
+        metadata={
+            "help": "Distilled guidance put into the conditioning (FLUX.1-dev; ignored by"
+            " models without a guidance embedding)."
+        },
+    )
+    sigma_max: float = field(
+        default=_INTERVAL.sigma_max, metadata=_help(TrainingInterval, "sigma_max")
+    )
+    sigma_min: float = field(
+        default=_INTERVAL.sigma_min, metadata=_help(TrainingInterval, "sigma_min")
+    )
+    gt_ratio: float = field(
+        default=_INTERVAL.gt_ratio, metadata=_help(TrainingInterval, "gt_ratio")
+    )
+    threshold: float = field(
+        default=default_of(TrainConfig, "threshold"), metadata=_help(TrainConfig, "threshold")
+    )
+    max_grad_norm: float = field(
+        default=default_of(TrainConfig, "max_grad_norm"),
+        metadata=_help(TrainConfig, "max_grad_norm"),
+    )
+    training_dtype: str = field(
+        default="auto",
+        metadata=_help(
+            TrainConfig, "dtype", "auto: bf16 where the device runs it natively, else fp32."
+        ),
+    )
+    lora_dtype: str = field(
+        default=default_of(MemoryConfig, "lora_dtype"), metadata=_help(MemoryConfig, "lora_dtype")
+    )
+    save_dtype: str = field(
+        default=default_of(MemoryConfig, "save_dtype"), metadata=_help(MemoryConfig, "save_dtype")
+    )
+    lora_form: str = field(
+        default=default_of(MemoryConfig, "lora_form"), metadata=_help(MemoryConfig, "lora_form")
+    )
+    decoder_checkpointing: bool = field(
+        default=default_of(MemoryConfig, "decoder_checkpointing"),
+        metadata=_help(MemoryConfig, "decoder_checkpointing"),
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={
+            "help": "Checkpoint each transformer block: far less memory, one extra"
+            " forward. Back-propagation through ComfyUI's Flux needs it (in-place"
+            " residual adds)."
+        },
+    )
+    checkpoint_every: int = field(default=0, metadata=_help(TrainConfig, "checkpoint_every"))
+
+
+MAX_GRAD_ACCUM = 256
+MAX_MICRO_STEPS = 16
+MAX_ROLLOUT_STEPS = 200
+MAX_GUIDANCE = 100.0
+MAX_CHECKPOINT_EVERY = 100000
+
+
+def settings_inputs() -> list[Any]:
+    """The node's inputs, one per TrainingSettings field, defaults and tooltips from it."""
+    d = TrainingSettings()
+
+    def tip(name: str) -> str:
+        return str(next(f for f in dataclasses.fields(d) if f.name == name).metadata["help"])
+
+    return [
+        io.Combo.Input(
+            "algorithm",
+            options=list(bridge.ADAPTER_ALGORITHMS),
+            default=d.algorithm,
+            tooltip=tip("algorithm"),
+        ),
+        io.Int.Input(
+            "grad_accum", default=d.grad_accum, min=1, max=MAX_GRAD_ACCUM, tooltip=tip("grad_accum")
+        ),
+        io.Int.Input(
+            "micro_steps",
+            default=d.micro_steps,
+            min=1,
+            max=MAX_MICRO_STEPS,
+            tooltip=tip("micro_steps"),
+        ),
+        io.Int.Input(
+            "rollout_steps",
+            default=d.rollout_steps,
+            min=1,
+            max=MAX_ROLLOUT_STEPS,
+            tooltip=tip("rollout_steps"),
+        ),
+        io.Float.Input(
+            "guidance",
+            default=d.guidance,
+            min=0.0,
+            max=MAX_GUIDANCE,
+            step=0.1,
+            tooltip=tip("guidance"),
+        ),
+        io.Float.Input(
+            "sigma_max",
+            default=d.sigma_max,
+            min=0.01,
+            max=0.999,
+            step=0.01,
+            tooltip=tip("sigma_max"),
+        ),
+        io.Float.Input(
+            "sigma_min",
+            default=d.sigma_min,
+            min=0.001,
+            max=0.99,
+            step=0.01,
+            tooltip=tip("sigma_min"),
+        ),
+        io.Float.Input(
+            "gt_ratio", default=d.gt_ratio, min=0.0, max=0.99, step=0.01, tooltip=tip("gt_ratio")
+        ),
+        io.Float.Input(
+            "threshold",
+            default=d.threshold,
+            min=-100.0,
+            max=100.0,
+            step=0.01,
+            tooltip=tip("threshold"),
+        ),
+        io.Float.Input(
+            "max_grad_norm",
+            default=d.max_grad_norm,
+            min=1e-4,
+            max=1e4,
+            step=0.01,
+            tooltip=tip("max_grad_norm"),
+        ),
+        io.Combo.Input(
+            "training_dtype",
+            options=list(TRAINING_DTYPES),
+            default=d.training_dtype,
+            tooltip=tip("training_dtype"),
+        ),
+        io.Combo.Input(
+            "lora_dtype",
+            options=list(LORA_STORAGE_DTYPES),
+            default=d.lora_dtype,
+            tooltip=tip("lora_dtype"),
+        ),
+        io.Combo.Input(
+            "save_dtype", options=list(SAVE_DTYPES), default=d.save_dtype, tooltip=tip("save_dtype")
+        ),
+        io.Combo.Input(
+            "lora_form", options=list(LORA_FORMS), default=d.lora_form, tooltip=tip("lora_form")
+        ),
+        io.Boolean.Input(
+            "decoder_checkpointing",
+            default=d.decoder_checkpointing,
+            tooltip=tip("decoder_checkpointing"),
+        ),
+        io.Boolean.Input(
+            "gradient_checkpointing",
+            default=d.gradient_checkpointing,
+            tooltip=tip("gradient_checkpointing"),
+        ),
+        io.Int.Input(
+            "checkpoint_every",
+            default=d.checkpoint_every,
+            min=0,
+            max=MAX_CHECKPOINT_EVERY,
+            tooltip=tip("checkpoint_every"),
+        ),
+    ]
+
+
+def interval_problem(sigma_max: float, sigma_min: float, gt_ratio: float) -> str | None:
+    """Why the training interval cannot be used (None when it can): TrainingInterval's rules."""
+    try:
+        TrainingInterval(sigma_max, sigma_min, gt_ratio)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+class SRPOTrainingSettingsNode(io.ComfyNode):
+    """Optional settings of the Direct-Align Trainer that most runs leave at their defaults."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SRPOTrainingSettings",
+            display_name="SRPO Training Settings",
+            category=CATEGORY,
+            description="Rarely changed trainer settings: adapter algorithm, accumulation,"
+            " micro-steps, rollout steps, guidance, the training interval, ReFL threshold,"
+            " clipping, dtypes, LoRA form, gradient and decoder checkpointing, checkpoint"
+            " interval. Without this node the trainer uses these same defaults.",
+            inputs=settings_inputs(),
+            outputs=[SRPOTrainingSettings.Output(display_name="settings")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, sigma_max: float, sigma_min: float, gt_ratio: float) -> bool | str:
+        """When the prompt is queued: a consistent training interval (ComfyUI marks the three
+        inputs). Declaring them here replaces ComfyUI's own min/max check of these inputs."""
+        return interval_problem(sigma_max, sigma_min, gt_ratio) or True
+
+    @classmethod
+    def execute(cls, **kw: Any) -> io.NodeOutput:
+        return io.NodeOutput(TrainingSettings(**kw))
+
+
+NODES: list[type[io.ComfyNode]] = [SRPOTrainingSettingsNode]
