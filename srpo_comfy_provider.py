@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +150,7 @@ def load_components(run: RunFile, device: torch.device) -> Components:
         velocity=ComfyFluxVelocity(flux, run.model.guidance),
         blocks=blocks,
         decoder=VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift),
-        reward=ControlWordReward(clip, replace(run.reward, interval=run.train.interval)),
+        reward=ControlWordReward(clip, run.reward),
         prompts=load_conditioning(paths.prompts, device),
         model_prefix="diffusion_model.",
         collate=collate_pairs,

@@ -212,7 +212,7 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
                     online_x0(model, batch.eps, config.g1_steps, cfg.shift)
 
             def micro_step() -> None:
-                run_micro_step(model, loop.decoder, loop.reward, batch, micro, cfg, 0)
+                run_micro_step(model, loop.decoder, loop.reward, batch, micro, cfg, 0, n_micro=1)
                 loop.optimizer.zero_grad(set_to_none=True)
 
             def bare() -> None:
@@ -220,7 +220,7 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
                 loop.optimizer.zero_grad(set_to_none=True)
 
             def micro_and_update() -> None:
-                run_micro_step(model, loop.decoder, loop.reward, batch, micro, cfg, 0)
+                run_micro_step(model, loop.decoder, loop.reward, batch, micro, cfg, 0, n_micro=1)
                 loop.optimizer.step()
                 loop.optimizer.zero_grad(set_to_none=True)
 

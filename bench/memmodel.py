@@ -196,7 +196,7 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
     varied: dict[str, Any] = {
         "steps": 1,
         "batch_size": run.batch_size,
-        "micro_steps": 1,
+        "noise_levels": 1,
         "grad_accum": 1,
         "rollout_steps": TRACED_ROLLOUT_STEPS,
         "rank": run.rank,
@@ -258,7 +258,7 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
     items = [PromptItem("a photo of a cat", 0)]
     decoder = bridge.VAEDecoder.for_training(world.vae, mp.get_model_object("latent_format"))
     use_sdpa_in_vae(decoder.module)
-    reward = trainer.align_reward(ControlWordReward(world.reward), settings)
+    reward = ControlWordReward(world.reward)
     return Prepared(mp, adapters, decoder, reward, conds, items, settings)
 
 

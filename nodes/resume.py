@@ -45,6 +45,7 @@ INPUT_NAMES = {
     "interval.sigma_max": "sigma_max",
     "interval.sigma_min": "sigma_min",
     "interval.gt_ratio": "gt_ratio",
+    "micro_steps": "noise_levels",
     "latent_shape": "width/height (or the real_latents size)",
     "offline": "real_latents (connected or not)",
     "shift": "model (its sampling shift)",
@@ -55,10 +56,11 @@ INPUT_NAMES = {
     "identity.prompts": "prompts (the prompt texts)",
     "identity.reward_words": "reward positive_words / negative_words",
     "identity.reward_mode": "reward mode",
-    "identity.reward_k": "reward k_early / k_late",
     "identity.reward_scale": "reward scale",
     "identity.reward_model": "reward_model",
-    "identity.k_inversion": "regularizer k_early / k_late",
+    "k_denoise": "trainer k_early / k_late",
+    "regularizer.k_inversion": "regularizer k_early / k_late",
+    "regularizer.pairing": "regularizer pairing",
     "identity.real_latents": "real_latents (other images)",
 }
 """Engine config field -> the node input a user changes (for mismatch messages)."""
@@ -136,7 +138,6 @@ def run_identity(
         "prompts": digest(texts),
         "reward_words": digest(cfg.words.positive, cfg.words.negative),
         "reward_mode": str(cfg.mode),
-        "reward_k": repr(cfg.k_denoise),
         "reward_scale": repr(cfg.scale),
         "reward_model": tensors_fingerprint(reward.model.state_dict()),
     }

@@ -27,9 +27,8 @@ from ..srpo_core.rewards import (
     load_pickscore,
     score_control_pair,
 )
-from ..srpo_core.schedules import DENOISE_K
 from .model_files import REWARD_SOURCES, missing_file_message
-from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of, k_schedule_inputs
+from .types import CATEGORY, SRPOReward, SRPORewardModel, help_of
 
 REWARD_FOLDER = "srpo_rewards"
 """models/srpo_rewards: where reward checkpoints go (models/clip is searched too)."""
@@ -204,7 +203,6 @@ class SRPOControlWordReward(io.ComfyNode):
                     default="cfg",
                     tooltip=help_of(cfg, "mode"),
                 ),
-                *k_schedule_inputs(DENOISE_K, "denoise"),
                 io.Float.Input(
                     "scale",
                     default=1.0,
@@ -224,16 +222,12 @@ class SRPOControlWordReward(io.ComfyNode):
         positive_words: str,
         negative_words: str,
         mode: str,
-        k_early: float,
-        k_late: float,
         scale: float,
     ) -> io.NodeOutput:
         words = ControlWords.from_text(positive_words, negative_words)
         if mode not in REWARD_MODES:
             raise ValueError(f"mode must be one of {REWARD_MODES}, got {mode!r}")
-        config = ControlWordRewardConfig(
-            words=words, mode=cast(RewardMode, mode), k_denoise=(k_early, k_late), scale=scale
-        )
+        config = ControlWordRewardConfig(words=words, mode=cast(RewardMode, mode), scale=scale)
         return io.NodeOutput(ControlWordReward(reward_model, config))
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import node_helpers
 import numpy as np
 import torch
 from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
 from PIL import Image
 
 from ..srpo_core.rewards import ControlWordReward
@@ -35,6 +37,8 @@ from ..srpo_core.training import (
     config_hash,
     train,
 )
+from ..srpo_core.training.config import PAIRINGS
+from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig
 from ..srpo_core.training.memory import (
     bf16_native,
     resolve_training_dtype,
@@ -88,16 +92,13 @@ EMPTY_PREVIEW_SIZE = 64
 run whose remaining steps held none)."""
 
 
-@dataclass(frozen=True)
-class InversionSettings:
-    """What the Inversion Regularizer node hands to the trainer."""
-
-    config: RegularizerConfig
-    k_inversion: tuple[float, float] = INVERSION_K
+GUARD_OFF = "off"
+GUARD_CHOICES = (*GUARD_ACTIONS, GUARD_OFF)
+"""Trainer's hacking_guard input: warn, stop (keep the best state), off."""
 
 
 class SRPOInversionRegularizer(io.ComfyNode):
-    """Enables the inversion branch of Direct-Align as the paper's regulariser."""
+    """Adds the inversion branch of Direct-Align (the paper's regulariser) to training."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -105,9 +106,12 @@ class SRPOInversionRegularizer(io.ComfyNode):
             node_id="SRPOInversionRegularizer",
             display_name="Inversion Regularizer (SRPO)",
             category=CATEGORY,
-            description="Trains a share of micro-steps on the inversion branch of Direct-Align: the"
-            " model step runs from the less noisy point upward, so the same reward objective"
-            " pushes the model the other way (with pos/neg control words swapped).",
+            description="Adds inversion-branch micro-steps (by default one per denoise"
+            " micro-step, same samples and noise levels, as the reference does). The model step"
+            " runs upward from the less noisy point and the reward swaps its control words; the"
+            " two flips cancel, so this branch also pushes toward the positive words. What it"
+            " changes is the weighting: in cfg mode (1 + k) sits on the negative words, with its"
+            " own k schedule (the paper's decoupling of reward and penalty across timesteps).",
             inputs=[
                 io.Float.Input(
                     "weight",
@@ -116,6 +120,12 @@ class SRPOInversionRegularizer(io.ComfyNode):
                     max=10.0,
                     step=0.05,
                     tooltip=help_of(RegularizerConfig, "weight"),
+                ),
+                io.Combo.Input(
+                    "pairing",
+                    options=list(PAIRINGS),
+                    default=default_of(RegularizerConfig, "pairing"),
+                    tooltip=help_of(RegularizerConfig, "pairing"),
                 ),
                 io.Float.Input(
                     "share",
@@ -131,9 +141,17 @@ class SRPOInversionRegularizer(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, weight: float, share: float, k_early: float, k_late: float) -> io.NodeOutput:
-        config = RegularizerConfig(enabled=True, weight=weight, share=share)
-        return io.NodeOutput(InversionSettings(config, (k_early, k_late)))
+    def execute(
+        cls, weight: float, pairing: str, share: float, k_early: float, k_late: float
+    ) -> io.NodeOutput:
+        config = RegularizerConfig(
+            enabled=True,
+            weight=weight,
+            pairing=pairing,
+            share=share,
+            k_inversion=(k_early, k_late),
+        )
+        return io.NodeOutput(config)
 
 
 def _trainer_inputs() -> list[Any]:
@@ -178,6 +196,15 @@ def _trainer_inputs() -> list[Any]:
             max=0xFFFFFFFFFFFFFFFF,
             control_after_generate=True,
             tooltip=help_of(t, "seed"),
+        ),
+        io.Combo.Input(
+            "hacking_guard",
+            options=list(GUARD_CHOICES),
+            default="warn",
+            tooltip="Reward-hacking guard: every few steps, sample fixed seeds and watch what the"
+            " reward cannot fake (blown-out pixels, colour, texture, diversity, distance from the"
+            " base samples). warn: log and show it on the node; stop: also end training and keep"
+            " the best state before it fired; off: no checks (saves a rollout every few steps).",
         ),
         io.Int.Input(
             "preview_every",
@@ -309,6 +336,7 @@ class Progress:
         self.losses: list[float] = []
         self.first: torch.Tensor | None = None
         self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
+        self.guard_warnings: list[str] = []
 
     @property
     def previews(self) -> list[torch.Tensor]:
@@ -342,6 +370,28 @@ class Progress:
             m.step_time_s,
             "  skipped (non-finite)" if m.skipped else "",
         )
+        if m.guard is not None:
+            self.report_guard(m)
+
+    def report_guard(self, m: StepMetrics) -> None:
+        """Log a guard check; a firing one is a warning, also shown on the node."""
+        check = m.guard
+        if check is None:
+            return
+        if check.fired:
+            message = check.message()
+            self.guard_warnings.append(message)
+            log.warning(message)
+            node_text("\n".join(self.guard_warnings))
+        else:
+            s = check.signals
+            log.info(
+                "SRPO guard step %d: reward %+.4f, saturated %.1f%%, distance %.3f: ok",
+                check.step,
+                s.reward,
+                100 * s.saturation,
+                s.base_distance,
+            )
 
     def show_validation(self, step: int, mean_reward: float, images: list[torch.Tensor]) -> None:
         """Validation samples as the live preview (side by side), mean reward to the editor."""
@@ -372,6 +422,38 @@ def step_values(m: StepMetrics) -> dict[str, float | bool | None]:
         "grad_norm": m.grad_norm,
     }
     return {**{k: v if math.isfinite(v) else None for k, v in values.items()}, "skipped": m.skipped}
+
+
+def node_text(text: str) -> None:
+    """Show ``text`` on the executing node (ComfyUI's progress-text channel) when a server runs.
+
+    The server module is looked up, not imported: when the pack is imported without a server
+    (in-process use) there is nobody to show it to, and the log has the text anyway.
+    """
+    context = get_executing_context()
+    server = sys.modules.get("server")
+    prompt_server = getattr(getattr(server, "PromptServer", None), "instance", None)
+    if context is not None and prompt_server is not None:
+        prompt_server.send_progress_text(text, context.node_id)
+
+
+def guard_summary(result: TrainResult) -> str:
+    """The guard's verdict over a run, as text for the node's output."""
+    checks = result.guard_checks
+    if not checks:
+        return "reward-hacking guard: off"
+    base, last = checks[0].signals, checks[-1].signals
+    fired = [c for c in checks if c.fired]
+    lines = [
+        f"reward-hacking guard: {len(checks) - 1} checks, {len(fired)} fired",
+        f"reward {base.reward:+.4f} -> {last.reward:+.4f}; saturated pixels"
+        f" {base.saturation:.1%} -> {last.saturation:.1%}; distance from base"
+        f" {last.base_distance:.3f}",
+    ]
+    lines += [c.message() for c in fired]
+    if result.guard_stopped:
+        lines.append(f"training stopped; kept the state of step {result.steps_done}")
+    return "\n".join(lines)
 
 
 def index_conds(conds: list[Any]) -> Any:
@@ -409,7 +491,15 @@ class TrainerSettings:
     width: int
     height: int
     guidance: float
-    k_inversion: tuple[float, float]
+
+
+def guard_config(choice: str) -> GuardConfig:
+    """The hacking_guard input as a GuardConfig."""
+    if choice not in GUARD_CHOICES:
+        raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
+    if choice == GUARD_OFF:
+        return GuardConfig(enabled=False)
+    return GuardConfig(action=choice)
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
@@ -419,7 +509,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
     defaults) fill in the rest."""
     extra: TrainingSettings = kw.get("settings") or TrainingSettings()
     kw = {**dataclasses.asdict(extra), **{k: v for k, v in kw.items() if k != "settings"}}
-    regularizer: InversionSettings | None = kw.get("regularizer")
+    regularizer: RegularizerConfig | None = kw.get("regularizer")
     offline = real_latents is not None
     if offline:
         shape = tuple(int(s) for s in real_latents["samples"].shape[1:])
@@ -437,13 +527,15 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         rollout_steps=kw["rollout_steps"],
         shift=flow_shift(model),
         interval=interval,
+        k_denoise=(kw["k_early"], kw["k_late"]),
         threshold=kw["threshold"],
         max_grad_norm=kw["max_grad_norm"],
         seed=kw["seed"],
         dtype=resolve_training_dtype(kw["training_dtype"], model.load_device),
         offline=offline,
         latent_shape=(shape[0], shape[1], shape[2]),
-        regularizer=regularizer.config if regularizer else RegularizerConfig(),
+        regularizer=regularizer if regularizer is not None else RegularizerConfig(),
+        guard=guard_config(kw["hacking_guard"]),
         gradient_checkpointing=kw["gradient_checkpointing"],
         preview_every=kw["preview_every"],
         checkpoint_every=kw["checkpoint_every"],
@@ -457,7 +549,6 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         width=shape[2] * int(vae.spacial_compression_decode()),
         height=shape[1] * int(vae.spacial_compression_decode()),
         guidance=kw["guidance"],
-        k_inversion=regularizer.k_inversion if regularizer else INVERSION_K,
     )
 
 
@@ -489,7 +580,6 @@ def prepare_run(
             "rank": settings.rank,
             "algorithm": settings.algorithm,
             "lora_dtype": (kw.get("settings") or TrainingSettings()).lora_dtype,
-            "k_inversion": settings.k_inversion,
             "real_latents": None if real_latents is None else resume.latents_digest(real_latents),
         },
     )
@@ -500,14 +590,6 @@ def prepare_run(
     name = os.path.basename(cfg.checkpoint_path).removesuffix(resume.CHECKPOINT_SUFFIX)
     resume.check_resume(settings.config, kw["checkpoint_name"].strip() or name)
     return settings
-
-
-def align_reward(reward: ControlWordReward, settings: TrainerSettings) -> ControlWordReward:
-    """The reward with the trainer's interval (its k ramps) and the regulariser's k schedule."""
-    config = dataclasses.replace(
-        reward.config, interval=settings.config.interval, k_inversion=settings.k_inversion
-    )
-    return ControlWordReward(reward.model, config)
 
 
 def run_training(
@@ -557,7 +639,6 @@ def run_training(
         checkpointing=mem.decoder_checkpointing,
         autocast=bf16_native(mp.load_device),
     )
-    reward = align_reward(reward, settings)
     outcome: list[TrainResult] = []
     validator = None
     if validation is not None:
@@ -651,6 +732,10 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                     tooltip="SRPO Validation samples of this run, labelled with step and reward"
                     " (one black image without a validation input).",
                 ),
+                io.String.Output(
+                    display_name="guard_report",
+                    tooltip="The reward-hacking guard's checks and warnings as text.",
+                ),
             ],
         )
 
@@ -686,7 +771,9 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         cfg = settings.config
         if export_name and export_run(export_name, export_only, model, prompts, reward, settings):
             blank = torch.zeros(1, 1, 1, 3)
-            return io.NodeOutput(model, {}, {"loss": []}, blank, 0, blank)
+            return io.NodeOutput(
+                model, {}, {"loss": []}, blank, 0, blank, "not trained (export only)"
+            )
         progress = Progress(cfg.steps, report)
         previous = load_loss_history(cfg.checkpoint_path)
         report.start(0, cfg.steps, cfg.checkpoint_path)
@@ -729,6 +816,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),
+            guard_summary(result),
         )
 
 
@@ -740,7 +828,7 @@ def export_run(
     path = export_run_file(
         name,
         settings.config,
-        align_reward(reward, settings),
+        reward,
         prompts.texts,
         prompts.conds,
         settings.rank,

@@ -13,7 +13,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..srpo_core.schedules import TrainingInterval
+from ..srpo_core.schedules import DENOISE_K, TrainingInterval
 from ..srpo_core.training import MemoryConfig, TrainConfig
 from ..srpo_core.training.memory import (
     LORA_FORMS,
@@ -22,7 +22,7 @@ from ..srpo_core.training.memory import (
     TRAINING_DTYPES,
 )
 from . import comfy_training as bridge
-from .types import CATEGORY, SRPOTrainingSettings, default_of, help_of
+from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
 _INTERVAL = TrainingInterval()
 
@@ -62,6 +62,20 @@ class TrainingSettings:
     )
     gt_ratio: float = field(
         default=_INTERVAL.gt_ratio, metadata=_help(TrainingInterval, "gt_ratio")
+    )
+    k_early: float = field(
+        default=DENOISE_K[0],
+        metadata={
+            "help": "cfg reward mode: k of the denoise branch at the noisy end of the"
+            " training interval ((1 + k) weighs the positive words; reference 0.1)."
+        },
+    )
+    k_late: float = field(
+        default=DENOISE_K[1],
+        metadata={
+            "help": "cfg reward mode: k of the denoise branch at the late end of the"
+            " training interval (reference 0.25)."
+        },
     )
     threshold: float = field(
         default=default_of(TrainConfig, "threshold"), metadata=_help(TrainConfig, "threshold")
@@ -164,6 +178,12 @@ def settings_inputs() -> list[Any]:
         ),
         io.Float.Input(
             "gt_ratio", default=d.gt_ratio, min=0.0, max=0.99, step=0.01, tooltip=tip("gt_ratio")
+        ),
+        *(
+            io.Float.Input(
+                name, default=getattr(d, name), min=0.0, max=K_MAX, step=0.01, tooltip=tip(name)
+            )
+            for name in ("k_early", "k_late")
         ),
         io.Float.Input(
             "threshold",

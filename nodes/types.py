@@ -10,11 +10,12 @@ from comfy_api.latest import io
 SRPORewardModel = io.Custom("SRPO_REWARD_MODEL")
 """A ``srpo_core.rewards.ClipReward`` (frozen CLIP-style reward model)."""
 SRPOReward = io.Custom("SRPO_REWARD")
-"""A ``srpo_core.rewards.ControlWordReward`` (reward model + control words + mode + k)."""
+"""A ``srpo_core.rewards.ControlWordReward`` (reward model + control words + mode + scale; the
+cfg mode's k comes from the trainer at call time)."""
 SRPOPrompts = io.Custom("SRPO_PROMPTS")
 """A ``PromptSet``: prompt texts and their encoded conditionings."""
 SRPORegularizer = io.Custom("SRPO_REGULARIZER")
-"""A ``srpo_core.training.RegularizerConfig`` plus its discount settings."""
+"""A ``srpo_core.training.RegularizerConfig`` (weight, pairing, share, inversion k schedule)."""
 SRPOValidation = io.Custom("SRPO_VALIDATION")
 """A ``nodes.validation.ValidationSettings``: validation prompts and how often to sample them."""
 SRPOTrainingSettings = io.Custom("SRPO_TRAINING_SETTINGS")

@@ -7,7 +7,9 @@ progress, and collects everything into one folder:
     grid.png        before (top row) / after (bottom row) samples from the same seeds
     loss.png        the loss graph (stock Plot Loss Graph node)
     lora.safetensors  the trained LoRA (stock Save LoRA Weights node)
-    summary.json    mean brightness and mean SRP reward ("bright" vs "dark") before and after
+    summary.json    mean brightness, mean SRP reward ("bright" vs "dark") and the fraction of
+                    saturated (blown-out or crushed) pixels before and after, the on-target gain,
+                    and the trainer's reward-hacking guard report
 
 Run: ``bash scripts/demo.sh`` (sets up .venv first) or ``.venv/bin/python scripts/demo.py``.
 """
@@ -33,6 +35,7 @@ from PIL import Image  # noqa: E402
 
 from scripts.comfy_harness.provision import ComfyUISetupError, ensure_comfyui, link_instructions  # noqa: E402
 from scripts.comfy_harness.server import ComfyServer  # noqa: E402
+from srpo_core.image_signals import saturated_fraction  # noqa: E402
 from srpo_core.rewards import ClipReward, score_control_pair  # noqa: E402
 from toyworld.build.data import mean_luminance  # noqa: E402
 from toyworld.runtime.config import default_assets_dir, load_config  # noqa: E402
@@ -71,6 +74,12 @@ def output_images(result: Any, prompt: dict[str, Any], class_type: str) -> list[
     """The images (history entries) that the nodes of ``class_type`` produced, in node order."""
     ids = sorted(k for k, n in prompt.items() if n["class_type"] == class_type)
     return [image for k in ids for image in result.history["outputs"].get(k, {}).get("images", [])]
+
+
+def output_texts(result: Any, prompt: dict[str, Any], class_type: str) -> list[str]:
+    """The text the nodes of ``class_type`` showed (their ui "text"), in node order."""
+    ids = sorted(k for k, n in prompt.items() if n["class_type"] == class_type)
+    return [t for k in ids for t in result.history["outputs"].get(k, {}).get("text", [])]
 
 
 def fetch_images(client: Any, images: list[dict[str, str]], prefix: str) -> torch.Tensor:
@@ -154,20 +163,23 @@ def run(out: Path, steps: int | None, seed: int | None) -> dict[str, Any]:
             after = fetch_images(client, saved, AFTER_PREFIX)
             for image in output_images(result, prompt, "LossGraphNode"):
                 (out / "loss.png").write_bytes(fetch(client, image))
+            guard = output_texts(result, prompt, "PreviewAny")
         for lora in sorted((server.dirs.output / "loras").glob("*.safetensors")):
             shutil.copy(lora, out / "lora.safetensors")
     grid(before, after).save(out / "grid.png")
     text = sample_prompt(prompt)
+    brightness = [float(mean_luminance(images).mean()) for images in (before, after)]
+    saturated = [float(saturated_fraction(images).mean()) for images in (before, after)]
     summary = {
         "prompt": text,
         "control_words": {"positive": POSITIVE, "negative": NEGATIVE},
         "trainer_steps": trainer["inputs"]["steps"],
         "samples": len(before),
-        "mean_brightness": {
-            "before": float(mean_luminance(before).mean()),
-            "after": float(mean_luminance(after).mean()),
-        },
+        "mean_brightness": {"before": brightness[0], "after": brightness[1]},
+        "on_target_gain": brightness[1] - brightness[0],
+        "saturated_pixels": {"before": saturated[0], "after": saturated[1]},
         "mean_reward_srp": {"before": mean_reward(before, text), "after": mean_reward(after, text)},
+        "guard_report": guard,
         "seconds": round(time.monotonic() - began, 1),
         "toy_world": load_config(default_assets_dir()).world,
     }

@@ -53,11 +53,12 @@ class RewardTerms:
 class RewardFn(Protocol):
     """Scores images (B, 3, H, W) in [0, 1] under their prompts for one training micro-step.
 
-    ``branch`` and ``sigma`` (B,) let a reward use timestep-dependent guidance (the CFG-like k
-    schedule) and swap its control words on the inversion branch; ``step`` picks the control-word
-    pair (cycled per step). Must be differentiable with respect to ``images``.
+    ``branch`` lets a reward swap its control words on the inversion branch; ``k`` (B,) is the
+    CFG-like guidance weight of this micro-step, computed by the training step from its own
+    schedule (the reward owns no schedule); ``step`` picks the control-word pair (cycled per
+    step). Must be differentiable with respect to ``images``.
     """
 
     def __call__(
-        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
     ) -> RewardTerms: ...

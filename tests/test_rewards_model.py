@@ -18,7 +18,7 @@ from srpo_core.rewards import (
     score_control_pair,
     srp_score,
 )
-from srpo_core.schedules import DENOISE_K, INVERSION_K, TrainingInterval
+from srpo_core.schedules import DENOISE_K, INVERSION_K
 
 TINY_CFG: dict[str, Any] = {
     "embed_dim": 32,
@@ -136,8 +136,8 @@ def test_control_word_reward_denoise_matches_srp_score(reward: ClipReward) -> No
     cfg = ControlWordRewardConfig(words=words, mode="srp", scale=3.0)
     fn: RewardFn = ControlWordReward(reward, cfg)
     x = images()
-    sigma = torch.tensor([0.9, 0.8], dtype=torch.float64)
-    terms = fn(x, PROMPTS, branch="denoise", sigma=sigma, step=4)  # pair(4) = (Real, Anime)
+    k = torch.tensor([0.1, 0.2])  # srp mode ignores k
+    terms = fn(x, PROMPTS, branch="denoise", k=k, step=4)  # pair(4) = (Real, Anime)
     f = reward.image_features(x)
     pos = reward.text_features([control_prompt("Real", p) for p in PROMPTS])
     neg = reward.text_features([control_prompt("Anime", p) for p in PROMPTS])
@@ -151,42 +151,33 @@ def test_control_word_reward_inversion_swaps_pos_and_neg(reward: ClipReward) -> 
     cfg = ControlWordRewardConfig(mode="cfg")
     fn = ControlWordReward(reward, cfg)
     x = images()
-    sigma = torch.tensor([cfg.interval.sigma_max, cfg.interval.sigma_min])
-    den = fn(x, PROMPTS, branch="denoise", sigma=sigma, step=0)
-    inv = fn(x, PROMPTS, branch="inversion", sigma=sigma, step=0)
+    k_den, k_inv = torch.tensor(DENOISE_K), torch.tensor(INVERSION_K)
+    den = fn(x, PROMPTS, branch="denoise", k=k_den, step=0)
+    inv = fn(x, PROMPTS, branch="inversion", k=k_inv, step=0)
     pw, nw = cfg.words.pair(0)
     f = reward.image_features(x)
     pos = reward.text_features([control_prompt(pw, p) for p in PROMPTS])
     neg = reward.text_features([control_prompt(nw, p) for p in PROMPTS])
-    k_inv = torch.tensor(INVERSION_K, dtype=torch.float32)
     torch.testing.assert_close(inv.total, srp_score(f, neg, pos, "cfg", k=k_inv))
-    torch.testing.assert_close(den.total, srp_score(f, pos, neg, "cfg", k=torch.tensor(DENOISE_K)))
+    torch.testing.assert_close(den.total, srp_score(f, pos, neg, "cfg", k=k_den))
     assert not torch.allclose(inv.total, den.total)
     # logged terms keep naming the configured words on both branches
     torch.testing.assert_close(inv.positive, den.positive)
     torch.testing.assert_close(inv.negative, den.negative)
 
 
-def test_k_ramp_endpoints_per_branch(reward: ClipReward) -> None:
-    interval = TrainingInterval(sigma_max=0.9, sigma_min=0.5)
-    fn = ControlWordReward(reward, ControlWordRewardConfig(interval=interval))
-    sigma = torch.tensor([0.9, 0.7, 0.5], dtype=torch.float64)
-    mid_den = (DENOISE_K[0] + DENOISE_K[1]) / 2
-    mid_inv = (INVERSION_K[0] + INVERSION_K[1]) / 2
-    expected_den = torch.tensor([DENOISE_K[0], mid_den, DENOISE_K[1]], dtype=torch.float64)
-    expected_inv = torch.tensor([INVERSION_K[0], mid_inv, INVERSION_K[1]], dtype=torch.float64)
-    torch.testing.assert_close(fn.guidance_k(sigma, "denoise"), expected_den)
-    torch.testing.assert_close(fn.guidance_k(sigma, "inversion"), expected_inv)
-    # the k actually used: total = (1 + k) pos - neg at each sigma
-    terms = fn(images(3), ["a bird"], branch="denoise", sigma=sigma, step=2)
-    k_used = (terms.total + terms.negative) / terms.positive - 1
-    torch.testing.assert_close(k_used.double(), expected_den, atol=1e-4, rtol=0)
+def test_cfg_reward_uses_the_k_it_is_given(reward: ClipReward) -> None:
+    fn = ControlWordReward(reward, ControlWordRewardConfig(mode="cfg"))
+    k = torch.tensor([0.0, 0.5, 2.0])
+    terms = fn(images(3), ["a bird"], branch="denoise", k=k, step=2)
+    k_used = (terms.total + terms.negative) / terms.positive - 1  # total = (1 + k) pos - neg
+    torch.testing.assert_close(k_used, k, atol=1e-4, rtol=0)
 
 
 def test_control_word_reward_gradient_and_sgp(reward: ClipReward) -> None:
     fn = ControlWordReward(reward, ControlWordRewardConfig(mode="sgp"))
     x = images().requires_grad_()
-    terms = fn(x, ["one prompt for both"], branch="denoise", sigma=torch.tensor(0.9), step=1)
+    terms = fn(x, ["one prompt for both"], branch="denoise", k=torch.tensor(0.0), step=1)
     torch.testing.assert_close(terms.total, terms.positive)
     terms.total.sum().backward()
     assert x.grad is not None and bool(x.grad.abs().sum() > 0)
@@ -196,13 +187,11 @@ def test_control_word_reward_gradient_and_sgp(reward: ClipReward) -> None:
 def test_control_word_reward_errors(reward: ClipReward) -> None:
     fn = ControlWordReward(reward)
     with pytest.raises(ValueError, match="3 prompts for 2 images"):
-        fn(images(), ["a", "b", "c"], branch="denoise", sigma=torch.tensor(0.9), step=0)
+        fn(images(), ["a", "b", "c"], branch="denoise", k=torch.tensor(0.0), step=0)
     with pytest.raises(ValueError, match="unknown branch"):
-        fn(images(), ["a"], branch="sideways", sigma=torch.tensor(0.9), step=0)  # type: ignore[arg-type]
+        fn(images(), ["a"], branch="sideways", k=torch.tensor(0.0), step=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown reward mode"):
         ControlWordRewardConfig(mode="abc")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="k_denoise"):
-        ControlWordRewardConfig(k_denoise=(0.1, 0.2, 0.3))  # type: ignore[arg-type]
 
 
 def test_score_control_pair(reward: ClipReward) -> None:

@@ -29,6 +29,7 @@ from srpo_core.training import (
     load_checkpoint,
     train,
 )
+from srpo_core.training.guard import GuardConfig
 from srpo_core.training.losses import micro_step_loss, refl_loss
 from srpo_core.training.step import clip_gradients, plan_micro_steps
 
@@ -68,7 +69,7 @@ class Brightness:
         self.calls: list[tuple[int, Branch]] = []
 
     def __call__(
-        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
     ) -> RewardTerms:
         self.calls.append((step, branch))
         r = self.scale * images.mean(dim=(1, 2, 3))
@@ -89,6 +90,7 @@ def config(**overrides: object) -> TrainConfig:
         rollout_steps=ROLLOUT_STEPS,
         latent_shape=LATENT,
         seed=7,
+        guard=GuardConfig(enabled=False),
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -331,24 +333,55 @@ def test_offline_input_errors() -> None:
         run(config(offline=True), offline_latents=torch.zeros(2, 4, 8, 9))
 
 
-def test_inversion_branch_used_with_its_share() -> None:
+def test_paired_regulariser_trains_both_branches_on_the_same_sigma_pairs() -> None:
     reward = Brightness()
-    reg = RegularizerConfig(enabled=True, weight=0.5, share=0.5)
-    run(config(steps=3, micro_steps=4, regularizer=reg), reward=reward)
+    reg = RegularizerConfig(enabled=True, weight=0.5)  # pairing="paired" is the default
+    run(config(steps=3, micro_steps=2, regularizer=reg), reward=reward)
     for step in range(3):
         branches = [b for s, b in reward.calls if s == step]
-        assert sorted(branches) == ["denoise", "denoise", "inversion", "inversion"]
+        assert branches == ["denoise", "inversion", "denoise", "inversion"]
+    plan = plan_micro_steps(
+        config(micro_steps=3, regularizer=reg), 2, torch.Generator().manual_seed(0)
+    )
+    assert [m.branch for m in plan] == ["denoise", "inversion"] * 3
+    for den, inv in zip(plan[::2], plan[1::2], strict=True):
+        assert torch.equal(den.sigma_hi, inv.sigma_hi)
     only_denoise = Brightness()
     run(config(steps=2), reward=only_denoise)
     assert {b for _, b in only_denoise.calls} == {"denoise"}
 
 
-def test_fractional_share_is_right_on_average() -> None:
-    cfg = config(micro_steps=1, regularizer=RegularizerConfig(enabled=True, share=0.3))
+def test_paired_with_one_level_never_gives_an_inversion_only_update() -> None:
+    reg = RegularizerConfig(enabled=True)
+    g = torch.Generator().manual_seed(0)
+    plans = [plan_micro_steps(config(micro_steps=1, regularizer=reg), 2, g) for _ in range(50)]
+    assert all([m.branch for m in p] == ["denoise", "inversion"] for p in plans)
+
+
+def test_random_pairing_share_is_exact_when_whole_and_right_on_average() -> None:
+    reg = RegularizerConfig(enabled=True, pairing="random", share=0.5)
+    reward = Brightness()
+    run(config(steps=3, micro_steps=4, regularizer=reg), reward=reward)
+    for step in range(3):
+        branches = [b for s, b in reward.calls if s == step]
+        assert sorted(branches) == ["denoise", "denoise", "inversion", "inversion"]
+    cfg = config(
+        micro_steps=1, regularizer=RegularizerConfig(enabled=True, pairing="random", share=0.3)
+    )
     g = torch.Generator().manual_seed(0)
     n = 2000
     inv = sum(plan_micro_steps(cfg, 2, g)[0].branch == "inversion" for _ in range(n))
     assert abs(inv / n - 0.3) < 0.04
+
+
+def test_stratified_sigmas_cover_one_slice_each() -> None:
+    cfg = config(micro_steps=4)  # sigma_sampling="stratified" is the default
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        plan = plan_micro_steps(cfg, 3, g)
+        for level, m in enumerate(plan):
+            hi = 0.95 - level * 0.05
+            assert bool(((m.sigma_hi <= hi) & (m.sigma_hi >= hi - 0.05)).all())
 
 
 def test_levels_sampling_uses_evenly_spaced_sigmas() -> None:
@@ -359,8 +392,9 @@ def test_levels_sampling_uses_evenly_spaced_sigmas() -> None:
     assert all(m.sigma_hi.shape == (2,) for m in plan)
 
 
-def test_inversion_pushes_the_model_opposite_to_denoise() -> None:
-    """Same reward objective, opposite sign of the model term -> opposite gradient on v."""
+def test_same_objective_on_both_branches_would_push_opposite_ways() -> None:
+    """Direct-Align alone: the model term's sign differs, so the SAME reward gives opposite
+    gradients on v. (The control-word reward's swap undoes this: test_branch_directions.py.)"""
     x0 = torch.randn((2, *LATENT), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     eps = torch.randn_like(x0)
     grads = []
@@ -398,6 +432,7 @@ def test_micro_step_loss_formula() -> None:
         ({"latent_shape": (4, 8)}, r"latent_shape must be \(C, H, W\)"),
         ({"discount_ends": (1.0, -0.5)}, "discount_ends must be two numbers >= 0"),
         ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+        ({"k_denoise": (0.1, float("nan"))}, r"k_denoise must be \(early, late\)"),
     ],
 )
 def test_config_validation_messages(overrides: dict[str, object], message: str) -> None:
@@ -408,6 +443,10 @@ def test_config_validation_messages(overrides: dict[str, object], message: str) 
 def test_regularizer_and_parameter_validation() -> None:
     with pytest.raises(ValueError, match=r"share must be in \(0, 1\)"):
         RegularizerConfig(enabled=True, share=1.0)
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        RegularizerConfig(pairing="alternate")
+    with pytest.raises(ValueError, match=r"k_inversion must be \(early, late\)"):
+        RegularizerConfig(k_inversion=(0.3, 0.1, 0.0))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
         RegularizerConfig(weight=-1.0)
     frozen = TinyVelocity().requires_grad_(False)

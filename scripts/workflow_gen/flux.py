@@ -248,6 +248,7 @@ def srpo_finetune_flux() -> WorkflowSpec:
         )
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Before / after", 4):
         cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
         latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)

@@ -19,7 +19,7 @@ SAMPLER = {"steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simpl
 """The toy generator's recommended settings (toyworld.json 'sampling')."""
 TRAIN = {
     "steps": 30,
-    "learning_rate": 5e-4,
+    "learning_rate": 3e-4,
     "rank": 8,
     "batch_size": 2,
     "width": IMAGE_SIZE,
@@ -28,7 +28,9 @@ TRAIN = {
     "preview_every": 5,
 }
 """A few dozen CPU-sized steps. At lr 2e-3 the toy reward is hacked within 30 steps (the
-shapes wash out to white); 5e-4 brightens the scene and keeps the content."""
+shapes wash out to white) and the guard fires at step 5-10; 5e-4 left 1.6 % of the pixels
+saturated in one run; 3e-4 raised the mean brightness of the before/after samples from 0.45 to
+0.70 with 0.1 % saturated (docs/FIDELITY.md has spreads over training seeds)."""
 SETTINGS = {
     "micro_steps": 1,
     "rollout_steps": 8,
@@ -127,6 +129,7 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
         wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
+        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Before / after", COLUMNS["before"]):
         positive = wf.add("CLIPTextEncode", "Prompt", clip=clip, text=PROMPT)
         positive = positive.sized(wf, PROMPT_HEIGHT)

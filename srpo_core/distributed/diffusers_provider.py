@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +171,7 @@ def load_components(run: RunFile, device: torch.device) -> Components:
     vae = load_vae(paths.vae).to(device)
     decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
     clip = load_reward_model(paths.reward, run.model.reward_arch, device)
-    reward = ControlWordReward(clip, replace(run.reward, interval=run.train.interval))
+    reward = ControlWordReward(clip, run.reward)
     t: Any = transformer
     return Components(
         velocity=velocity,

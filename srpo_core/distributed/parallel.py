@@ -130,9 +130,9 @@ class AgreedFiniteReward:
         self.reward, self.device = reward, device
 
     def __call__(
-        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
     ) -> RewardTerms:
-        terms = self.reward(images, prompts, branch=branch, sigma=sigma, step=step)
+        terms = self.reward(images, prompts, branch=branch, k=k, step=step)
         local = all(
             bool(torch.isfinite(t).all()) for t in (terms.total, terms.positive, terms.negative)
         )

@@ -188,8 +188,9 @@ SECTIONS: dict[str, str] = {
     " it must be divisible by the number of processes. checkpoint_path and checkpoint_every are"
     " unused here (the CLI writes sharded checkpoints to paths.output_dir, see [parallel]);"
     " gradient_checkpointing recomputes each transformer block in backward.",
-    "reward": "Control-word reward (srpo_core.rewards.ControlWordRewardConfig). Its interval is"
-    " replaced by [train.interval].",
+    "reward": "Control-word reward (srpo_core.rewards.ControlWordRewardConfig): words, mode and"
+    " scale. The cfg mode's k schedules are training settings: [train] k_denoise and"
+    " [train.regularizer] k_inversion, ramped over [train.interval].",
 }
 HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
 #   (or: torchrun --nproc_per_node N -m srpo_core.train --config THIS_FILE)

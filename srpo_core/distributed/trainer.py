@@ -3,8 +3,9 @@
 Each optimiser step runs ``grad_accum`` batches per local sample, every batch of one sample
 (batch size 1 locally) drawn from that sample's own stream (:mod:`.parallel`). The local config
 therefore has ``batch_size = 1`` and ``grad_accum = grad_accum * B / W``, which makes every
-micro-step's loss carry the factor ``1 / (micro_steps * grad_accum * B / W)``; DDP and FSDP
-average the gradients over the W ranks, so the update is that of the global batch of B samples.
+micro-step's loss carry the factor ``1 / (n * grad_accum * B / W)`` (n: micro-steps planned per
+batch, twice the noise levels with the paired regulariser); DDP and FSDP average the gradients
+over the W ranks, so the update is that of the global batch of B samples.
 Checkpoints go through :mod:`.dcp` instead of the single-file checkpoint.
 """
 

@@ -3,7 +3,8 @@
 Per step ``s`` one control-word pair ``(w_pos, w_neg) = words.pair(s)`` gives the prompts
 ``p_pos = "<w_pos>. <prompt>"`` and ``p_neg = "<w_neg>. <prompt>"``. The denoise branch scores
 ``srp_score(f_img, f_pos, f_neg, mode, k)``; the inversion branch swaps the roles of pos and neg.
-For the CFG-like mode, k ramps linearly over the training interval (per branch).
+For the CFG-like mode the caller passes k at call time: the training step computes it from the
+training config's per-branch schedule (``TrainConfig.k_ends``), the one owner of that schedule.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from ..protocols import BRANCHES, Branch, RewardTerms
-from ..schedules import DENOISE_K, INVERSION_K, TrainingInterval
 from .clip_reward import ClipReward
 from .control_words import ControlWords, control_prompt
 from .scores import DEFAULT_SCALE, REWARD_MODES, KLike, RewardMode, similarity, srp_score
@@ -35,22 +35,8 @@ class ControlWordRewardConfig:
         metadata={
             "help": "sgp: similarity to '<positive>. <prompt>'; srp: minus the similarity to"
             " '<negative>. <prompt>' (cancels the reward model's general biases); cfg: like srp"
-            " with the positive side weighted (1 + k)."
+            " with the positive side weighted (1 + k), k given by the trainer's schedule."
         },
-    )
-    k_denoise: tuple[float, float] = field(
-        default=DENOISE_K,
-        metadata={"help": "cfg mode: k at the (early, late) ends of the interval, denoise branch."},
-    )
-    k_inversion: tuple[float, float] = field(
-        default=INVERSION_K,
-        metadata={
-            "help": "cfg mode: k at the (early, late) ends of the interval, inversion branch."
-        },
-    )
-    interval: TrainingInterval = field(
-        default_factory=TrainingInterval,
-        metadata={"help": "Training interval in sigma over which k ramps (use the trainer's)."},
     )
     scale: float = field(
         default=DEFAULT_SCALE,
@@ -60,17 +46,6 @@ class ControlWordRewardConfig:
     def __post_init__(self) -> None:
         if self.mode not in REWARD_MODES:
             raise ValueError(f"unknown reward mode {self.mode!r}; choose one of {REWARD_MODES}")
-        for name in ("k_denoise", "k_inversion"):
-            ends = tuple(float(v) for v in getattr(self, name))
-            if len(ends) != len(("early", "late")):
-                raise ValueError(f"{name} must be (early, late), got {getattr(self, name)!r}")
-            object.__setattr__(self, name, ends)
-
-    def k_ends(self, branch: Branch) -> tuple[float, float]:
-        """The (early, late) k of this branch."""
-        if branch not in BRANCHES:
-            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
-        return self.k_denoise if branch == "denoise" else self.k_inversion
 
 
 def expand_prompts(prompts: list[str], batch: int) -> list[str]:
@@ -138,20 +113,17 @@ def score_control_pair(
 
 
 class ControlWordReward:
-    """``RewardFn`` of DESIGN.md 3.3: control-word pair per step, swap on inversion, k schedule."""
+    """``RewardFn`` of DESIGN.md 3.3: control-word pair per step, swap on inversion, k given."""
 
     def __init__(self, model: ClipReward, config: ControlWordRewardConfig | None = None) -> None:
         self.model = model
         self.config = config if config is not None else ControlWordRewardConfig()
 
-    def guidance_k(self, sigma: Tensor, branch: Branch) -> Tensor:
-        """CFG-like k per sample: ``interval.ramp(sigma, k_ends(branch))``, same shape as sigma."""
-        return self.config.interval.ramp(sigma, self.config.k_ends(branch))
-
     def __call__(
-        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: KLike, step: int
     ) -> RewardTerms:
-        """Reward terms (B,) for images (B, 3, H, W) in [0, 1] at sigma (B,) on ``branch``."""
+        """Reward terms (B,) for images (B, 3, H, W) in [0, 1] on ``branch``; k scalar or (B,)
+        is used by the cfg mode only."""
         cfg = self.config
         if branch not in BRANCHES:
             raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
@@ -159,7 +131,12 @@ class ControlWordReward:
         img_feat, pos_feat, neg_feat = pair_features(
             self.model, images, prompts, positive, negative
         )
-        k = self.guidance_k(sigma, branch) if cfg.mode == "cfg" else 0.0
         return control_terms(
-            img_feat, pos_feat, neg_feat, cfg.mode, k, cfg.scale, swap=branch == "inversion"
+            img_feat,
+            pos_feat,
+            neg_feat,
+            cfg.mode,
+            k if cfg.mode == "cfg" else 0.0,
+            cfg.scale,
+            swap=branch == "inversion",
         )

@@ -14,12 +14,19 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..schedules import DEFAULT_DISCOUNT, DEFAULT_SHIFT, TrainingInterval
+from ..protocols import BRANCHES, Branch
+from ..schedules import DEFAULT_DISCOUNT, DEFAULT_SHIFT, DENOISE_K, INVERSION_K, TrainingInterval
+from .guard import GuardConfig
 
 DTYPES = ("fp32", "bf16")
 """Compute dtypes: fp32 (no autocast) or bf16 autocast."""
-SIGMA_SAMPLING = ("random", "levels")
-"""How sigma_hi is chosen per micro-step: uniform in the interval, or evenly spaced levels."""
+SIGMA_SAMPLING = ("stratified", "random", "levels")
+"""How the K noise levels (sigma_hi) of a clean sample are chosen: one uniform draw in each of K
+equal slices of the interval (noisiest first), K independent uniform draws, or K fixed evenly
+spaced levels."""
+PAIRINGS = ("paired", "random")
+"""How inversion micro-steps are scheduled: paired with every denoise one (the reference), or a
+random share."""
 DEFAULT_LR = 1e-5
 DEFAULT_BETAS = (0.9, 0.999)
 DEFAULT_WEIGHT_DECAY = 1e-4
@@ -32,6 +39,15 @@ DEFAULT_LATENT_SHAPE = (16, 64, 64)
 """FLUX latent (C, H/8, W/8) of a 512x512 image."""
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 3
 DEFAULT_INVERSION_SHARE = 0.5
+K_ENDS = ("early", "late")
+
+
+def check_k_ends(name: str, ends: tuple[float, ...]) -> tuple[float, float]:
+    """``ends`` as a validated (early, late) pair of finite floats >= 0."""
+    values = tuple(float(v) for v in ends)
+    if len(values) != len(K_ENDS) or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"{name} must be (early, late) with finite values >= 0, got {ends!r}")
+    return values[0], values[1]
 
 
 def _help(text: str, *, hashed: bool = True) -> dict[str, Any]:
@@ -41,32 +57,57 @@ def _help(text: str, *, hashed: bool = True) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RegularizerConfig:
-    """The inversion branch of Direct-Align used as a regulariser (DESIGN.md 3.2)."""
+    """The inversion branch of Direct-Align (DESIGN.md 3.2), the paper's "regulariser".
+
+    What it does: the inversion micro-step runs the model step upward (from sigma_lo to sigma_hi),
+    so the model's velocity enters the recovered latent with a plus sign, and the reward scores
+    that recovery with the control-word roles swapped. The two flips cancel: maximising the
+    swapped reward through the inversion step still moves the model's denoising prediction toward
+    the positive words. What it adds is a different weighting: in cfg mode ``(1 + k)`` sits on
+    the negative term, with its own k schedule (reference 0.3 -> 0.01), which is the paper's
+    "decoupling of reward and penalty across timesteps".
+    """
 
     enabled: bool = field(
         default=False,
-        metadata=_help("Train some micro-steps on the inversion branch (the paper's regulariser)."),
+        metadata=_help("Train inversion-branch micro-steps too (the paper's regulariser)."),
     )
     weight: float = field(
         default=1.0,
         metadata=_help("Loss weight of inversion micro-steps (denoise micro-steps weigh 1)."),
     )
+    pairing: str = field(
+        default="paired",
+        metadata=_help(
+            "'paired' (the reference): every denoise micro-step is followed by one inversion"
+            " micro-step on the same samples, noise and sigma pair, so each update has exactly"
+            " as many of each. 'random': each micro-step is inversion with probability `share`."
+        ),
+    )
     share: float = field(
         default=DEFAULT_INVERSION_SHARE,
         metadata=_help(
-            "Fraction of micro-steps on the inversion branch, in (0, 1). Exact per batch when"
-            " share * micro_steps is a whole number, otherwise right on average."
+            "pairing='random' only: fraction of micro-steps on the inversion branch, in (0, 1);"
+            " per batch floor(share * n) plus one more with probability frac(share * n), so"
+            " with micro_steps=1 a whole update can be inversion-only."
+        ),
+    )
+    k_inversion: tuple[float, float] = field(
+        default=INVERSION_K,
+        metadata=_help(
+            "cfg reward mode: k of the inversion branch at the (early, late) ends of the"
+            " training interval; (1 + k) weighs the negative words there."
         ),
     )
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"regularizer weight must be a finite number >= 0, got {self.weight}")
+        if self.pairing not in PAIRINGS:
+            raise ValueError(f"regularizer pairing must be one of {PAIRINGS}, got {self.pairing!r}")
         if not 0.0 < self.share < 1.0:
-            raise ValueError(
-                f"regularizer share must be in (0, 1) (denoise micro-steps must remain), "
-                f"got {self.share}"
-            )
+            raise ValueError(f"regularizer share must be in (0, 1), got {self.share}")
+        object.__setattr__(self, "k_inversion", check_k_ends("k_inversion", self.k_inversion))
 
 
 @dataclass(frozen=True)
@@ -89,15 +130,18 @@ class TrainConfig:
     micro_steps: int = field(
         default=1,
         metadata=_help(
-            "Direct-Align micro-steps (noise levels / branches) per clean sample; each is"
-            " decoded, rewarded and back-propagated, gradients accumulate."
+            "Noise levels K per clean sample (the paper's reward aggregation): noise is injected"
+            " K times into the same sample, each recovery is decoded, rewarded, weighted by the"
+            " discount lambda(sigma) and back-propagated; gradients accumulate. With the"
+            " regulariser paired, each level also trains one inversion micro-step."
         ),
     )
     sigma_sampling: str = field(
-        default="random",
+        default="stratified",
         metadata=_help(
-            "'random': sigma_hi uniform in the interval per sample and micro-step; 'levels':"
-            " micro-step l uses the l-th of micro_steps evenly spaced levels (sigma_max first)."
+            "How the K levels are chosen: 'stratified', one uniform draw in each of K equal"
+            " slices of the interval (noisiest first; K=1 is a uniform draw); 'random', K"
+            " independent uniform draws; 'levels', K fixed evenly spaced sigmas."
         ),
     )
     rollout_steps: int = field(
@@ -110,6 +154,14 @@ class TrainConfig:
     interval: TrainingInterval = field(
         default_factory=TrainingInterval,
         metadata=_help("Sigma interval Direct-Align trains in (early timesteps by default)."),
+    )
+    k_denoise: tuple[float, float] = field(
+        default=DENOISE_K,
+        metadata=_help(
+            "cfg reward mode: k of the denoise branch at the (early, late) ends of the training"
+            " interval; (1 + k) weighs the positive words. The training step passes"
+            " k(sigma_hi) to the reward."
+        ),
     )
     discount_ends: tuple[float, float] = field(
         default=DEFAULT_DISCOUNT,
@@ -146,6 +198,13 @@ class TrainConfig:
     regularizer: RegularizerConfig = field(
         default_factory=RegularizerConfig,
         metadata=_help("Inversion-branch regulariser settings."),
+    )
+    guard: GuardConfig = field(
+        default_factory=GuardConfig,
+        metadata=_help(
+            "Reward-hacking guard: image signals on fixed-seed samples the reward cannot fake.",
+            hashed=False,
+        ),
     )
     identity: tuple[tuple[str, str], ...] = field(
         default=(),
@@ -226,6 +285,13 @@ class TrainConfig:
             len(self.latent_shape) == 3 and all(int(n) >= 1 for n in self.latent_shape),
             f"latent_shape must be (C, H, W) with positive sizes, got {self.latent_shape}",
         )
+        object.__setattr__(self, "k_denoise", check_k_ends("k_denoise", self.k_denoise))
+
+    def k_ends(self, branch: Branch) -> tuple[float, float]:
+        """The cfg reward's (early, late) k of ``branch``: the one owner of both schedules."""
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; choose one of {BRANCHES}")
+        return self.k_denoise if branch == "denoise" else self.regularizer.k_inversion
 
 
 def _positive(x: float) -> bool:

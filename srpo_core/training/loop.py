@@ -4,12 +4,15 @@ Per optimiser step: for each of ``grad_accum`` batches draw prompts and eps, mak
 online rollout of the current policy from that eps, or offline latents), run the planned
 micro-steps (:mod:`.step`, gradients accumulate), then clip, step AdamW, checkpoint, report.
 A step with a non-finite loss or gradient is skipped (no update); too many in a row raise
-:class:`TrainingDivergedError` without touching the last checkpoint.
+:class:`TrainingDivergedError` without touching the last checkpoint. The reward-hacking guard
+(:mod:`.guard`) samples fixed seeds before training and every ``guard.every`` steps; with action
+"stop" a firing check ends the run and the best state seen before it is restored and saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -21,6 +24,7 @@ from torch import Tensor
 
 from ..protocols import ConditionedVelocity, Decoder, RewardFn
 from .checkpoint import (
+    TrainingState,
     capture_rng,
     check_compatible,
     load_checkpoint,
@@ -44,6 +48,7 @@ from .data import (
     offline_x0,
     online_x0,
 )
+from .guard import GuardCheck, HackingGuard
 from .step import (
     MicroOutcome,
     autocast_context,
@@ -72,19 +77,24 @@ class StepMetrics:
     step_time_s: float
     skipped: bool
     preview: Tensor | None = None
+    guard: GuardCheck | None = None
 
 
 @dataclass(frozen=True)
 class TrainResult:
     """How a run ended: steps done in total, whether ``should_stop`` interrupted it, the
     checkpoint written last (None when checkpoints are off), the step it resumed from (None for a
-    fresh run) and the metrics of the steps run now (previews dropped)."""
+    fresh run) and the metrics of the steps run now (previews dropped). ``guard_checks``: every
+    check of the reward-hacking guard (the first is its baseline); ``guard_stopped``: the guard
+    ended the run, and ``steps_done`` is then the step of the restored best state."""
 
     steps_done: int
     interrupted: bool
     checkpoint_path: str | None
     resumed_from: int | None
     history: list[StepMetrics] = field(default_factory=list)
+    guard_checks: list[GuardCheck] = field(default_factory=list)
+    guard_stopped: bool = False
 
 
 StepCallback = Callable[[StepMetrics], None]
@@ -129,6 +139,9 @@ class SRPOTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.consecutive_skips = 0
+        guard = config.guard
+        self.guard = HackingGuard(guard, self.guard_samples) if guard.enabled else None
+        self.best: tuple[float, TrainingState] | None = None
 
     # --- run control -------------------------------------------------------------------------
 
@@ -152,7 +165,9 @@ class SRPOTrainer:
         if resumed_from is None:
             seed_global_rngs(self.config.seed)
         history: list[StepMetrics] = []
-        interrupted = False
+        interrupted = guard_stopped = False
+        if self.guard is not None:
+            self._keep_if_best(self.guard.baseline(self.step))
         while self.step < self.config.steps:
             if should_stop is not None and should_stop():
                 interrupted = True
@@ -165,6 +180,7 @@ class SRPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.save()
                 raise
+            metrics = self._guard_step(metrics)
             history.append(replace(metrics, preview=None))
             if self._checkpoint_due(metrics):
                 self.save()
@@ -174,10 +190,16 @@ class SRPOTrainer:
                 except interrupts:
                     self.save()
                     raise
+            if metrics.guard is not None and metrics.guard.fired and self._guard_stops():
+                guard_stopped = True
+                break
         self.optimizer.zero_grad(set_to_none=True)
         ran = bool(history) or resumed_from is None
         path = self.save() if ran else self.config.checkpoint_path
-        return TrainResult(self.step, interrupted, path, resumed_from, history)
+        checks = self.guard.checks if self.guard is not None else []
+        return TrainResult(
+            self.step, interrupted, path, resumed_from, history, list(checks), guard_stopped
+        )
 
     def resume(self) -> int | None:
         """Load ``config.checkpoint_path`` if it exists; return its step (None if nothing)."""
@@ -204,6 +226,62 @@ class SRPOTrainer:
             )
             save_checkpoint(path, state)
         return path
+
+    # --- reward-hacking guard ----------------------------------------------------------------
+
+    def guard_samples(self) -> tuple[Tensor, Tensor]:
+        """The guard's fixed-seed images (N, 3, H, W) and their reward (N,), without grad.
+
+        Noise from the guard's own seed and the first N prompts (cycling), so every check sees
+        the same inputs; the training generator and global RNGs are not touched. The reward is
+        the first control-word pair's (step 0) at k = 0.
+        """
+        cfg, n = self.config, self.config.guard.samples
+        items = [self.prompts[i % len(self.prompts)] for i in range(n)]
+        generator = torch.Generator().manual_seed(cfg.guard.seed)
+        eps = draw_eps(n, cfg.latent_shape, generator, self.device)
+        cond = collate_checked(self.collate, items)
+        with torch.no_grad(), autocast_context(self.device, cfg.dtype):
+            x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
+            images = self.decoder(x0).float().clamp(0.0, 1.0)
+            k = torch.zeros(n, device=self.device)
+            terms = self.reward(images, [i.text for i in items], branch="denoise", k=k, step=0)
+        return images.cpu(), terms.total.detach().float().cpu()
+
+    def _guard_step(self, metrics: StepMetrics) -> StepMetrics:
+        """Run a due guard check after a step; attach it to the metrics."""
+        if self.guard is None or not self.guard.due(self.step):
+            return metrics
+        check = self.guard.check(self.step)
+        if not check.fired:
+            self._keep_if_best(check)
+        return replace(metrics, guard=check)
+
+    def _keep_if_best(self, check: GuardCheck) -> None:
+        """With action "stop", remember the state of the best clean check (highest reward)."""
+        if self.config.guard.action != "stop":
+            return
+        if self.best is None or check.signals.reward >= self.best[0]:
+            state = make_state(
+                self.step,
+                self.consecutive_skips,
+                self.params,
+                self.optimizer,
+                self.generator,
+                self.config,
+            )
+            # state_dict() references the live optimiser tensors: keep a copy
+            optimizer = copy.deepcopy(state.optimizer)
+            self.best = (check.signals.reward, replace(state, optimizer=optimizer))
+
+    def _guard_stops(self) -> bool:
+        """With action "stop": restore the best state (the step counter too); True to stop."""
+        if self.config.guard.action != "stop" or self.best is None:
+            return False
+        state = self.best[1]
+        restore_state(state, self.params, self.optimizer, self.generator)
+        self.step, self.consecutive_skips = state.step, state.consecutive_skips
+        return True
 
     def _checkpoint_due(self, metrics: StepMetrics) -> bool:
         every = self.config.checkpoint_every
@@ -250,6 +328,7 @@ class SRPOTrainer:
         plan = plan_micro_steps(self.config, len(batch.prompts), self.generator)
         velocity = bind_cond(self.model, batch.cond)
         preview = keep_first_image and self._preview_due()
+        n_micro = len(plan) * self.config.grad_accum
         return [
             run_micro_step(
                 velocity,
@@ -259,6 +338,7 @@ class SRPOTrainer:
                 micro,
                 self.config,
                 self.step,
+                n_micro=n_micro,
                 keep_image=preview and j == 0,
             )
             for j, micro in enumerate(plan)

@@ -2,14 +2,22 @@
 
 A micro-step trains one branch at one noise level on a batch of clean samples:
 ``x0_hat = direct_align(x0, eps, sigma_hi, sigma_lo, v_theta, branch)``, ``image = D(x0_hat)``,
-``r = R(image, prompts, branch, sigma_hi)``, ``loss = mean_b(lambda(sigma_hi) * w_branch *
-relu(threshold - r)) / n_micro``, then ``loss.backward()``.
+``r = R(image, prompts, branch, k)`` with ``k = ramp(sigma_hi, k_ends(branch))`` from the
+training config, ``loss = mean_b(lambda(sigma_hi) * w_branch * relu(threshold - r)) / n``, then
+``loss.backward()``; n is the number of micro-steps accumulated into the update.
 
-Both branches minimise the SAME loss (maximise their reward). The model's velocity enters
-``x0_hat`` with a minus sign on the denoise branch and a plus sign on the inversion branch
-(DESIGN.md 3.2), so the same objective pushes the model in opposite directions: the inversion
-branch acts as the paper's "gradient descent" regulariser. The reward itself swaps its positive
-and negative control words on the inversion branch (it is told the branch).
+What the two branches do (DESIGN.md 3.2): the model's velocity enters ``x0_hat`` with a minus
+sign on the denoise branch and a plus sign on the inversion branch, AND the reward swaps its
+positive and negative control words on the inversion branch. The two flips cancel: both branches
+push the model's denoising prediction toward the positive words. They differ in weighting only:
+in cfg mode the denoise branch puts ``(1 + k)`` on the positive term (k 0.1 -> 0.25), the
+inversion branch on the negative term (k 0.3 -> 0.01). The paper's "gradient descent" names the
+inversion direction of the step, not a push away from the positive words.
+
+Reward aggregation (paper 3.1): the K = ``micro_steps`` noise levels of one clean sample are
+aggregated through gradient accumulation, each level's loss weighted by the discount
+``lambda(sigma_hi)``; with ``threshold=None`` the accumulated gradient is exactly that of
+``-aggregate_rewards(r, lambda)``. Only one level's graph is alive at a time.
 """
 
 from __future__ import annotations
@@ -51,7 +59,8 @@ class MicroOutcome:
 def inversion_count(n_micro: int, share: float, generator: torch.Generator) -> int:
     """Number of inversion micro-steps out of n: ``floor(share * n) + Bernoulli(frac(share * n))``.
 
-    Exact when ``share * n`` is whole, unbiased otherwise; at most n - 1 when n > 1 and share < 1.
+    Exact when ``share * n`` is whole, right on average otherwise; it can be n (with n = 1 and
+    share 0.5, half of all updates are inversion-only).
     """
     expected = share * n_micro
     base = math.floor(expected)
@@ -59,32 +68,63 @@ def inversion_count(n_micro: int, share: float, generator: torch.Generator) -> i
     return min(base + extra, n_micro)
 
 
-def plan_branches(config: TrainConfig, generator: torch.Generator) -> list[Branch]:
-    """Branch of each of ``config.micro_steps`` micro-steps, inversion ones at random positions."""
-    n = config.micro_steps
+def random_branches(n: int, share: float, generator: torch.Generator) -> list[Branch]:
+    """Branch of each of n micro-steps, ``inversion_count`` of them inversion, at random places."""
     branches: list[Branch] = ["denoise"] * n
-    if config.regularizer.enabled:
-        n_inv = inversion_count(n, config.regularizer.share, generator)
-        for i in torch.randperm(n, generator=generator)[:n_inv].tolist():
-            branches[i] = "inversion"
+    n_inv = inversion_count(n, share, generator)
+    for i in torch.randperm(n, generator=generator)[:n_inv].tolist():
+        branches[i] = "inversion"
     return branches
 
 
+def stratified_sigmas(
+    sigma_max: float, sigma_min: float, n: int, batch_size: int, generator: torch.Generator
+) -> list[Tensor]:
+    """n levels (B,) float64, level l uniform in the l-th of n equal slices, noisiest first.
+
+    ``sigma_l = sigma_max - (l + u_l) * (sigma_max - sigma_min) / n``, u_l ~ U[0, 1) per sample;
+    n = 1 is one uniform draw in the interval.
+    """
+    u = torch.rand((n, batch_size), generator=generator, dtype=torch.float64)
+    width = (sigma_max - sigma_min) / n
+    offsets = torch.arange(n, dtype=torch.float64)[:, None]
+    return list((sigma_max - (offsets + u) * width).unbind(0))
+
+
 def plan_sigmas(config: TrainConfig, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """sigma_hi (B,) float64 per micro-step: uniform draws, or the interval's even levels."""
+    """sigma_hi (B,) float64 for each of the K noise levels (``config.sigma_sampling``)."""
     n, interval = config.micro_steps, config.interval
     if config.sigma_sampling == "levels":
         return [level.expand(batch_size).clone() for level in interval.levels(n)]
+    if config.sigma_sampling == "stratified":
+        return stratified_sigmas(interval.sigma_max, interval.sigma_min, n, batch_size, generator)
     return [interval.sample_sigma_hi(batch_size, generator) for _ in range(n)]
 
 
 def plan_micro_steps(
     config: TrainConfig, batch_size: int, generator: torch.Generator
 ) -> list[MicroStep]:
-    """The micro-steps of one batch (branches first, then sigmas, from the generator)."""
-    branches = plan_branches(config, generator)
+    """The micro-steps of one batch.
+
+    No regulariser: one denoise micro-step per noise level. Paired (the reference): each level
+    trains denoise then inversion at the same sigma pair (same samples and noise), so an update
+    holds exactly K of each. Random: per level, the branch drawn with ``share`` (branches are
+    drawn before the sigmas).
+    """
+    reg = config.regularizer
+    if reg.enabled and reg.pairing == "random":
+        branches = random_branches(config.micro_steps, reg.share, generator)
+        sigmas = plan_sigmas(config, batch_size, generator)
+        return [MicroStep(b, s) for b, s in zip(branches, sigmas, strict=True)]
     sigmas = plan_sigmas(config, batch_size, generator)
-    return [MicroStep(b, s) for b, s in zip(branches, sigmas, strict=True)]
+    paired: tuple[Branch, ...] = ("denoise", "inversion") if reg.enabled else ("denoise",)
+    return [MicroStep(b, s) for s in sigmas for b in paired]
+
+
+def reward_k(config: TrainConfig, sigma_hi: Tensor, branch: Branch) -> Tensor:
+    """The cfg reward's k per sample: linear over the interval between the branch's (early, late)
+    ends, ``k = ramp(sigma_hi, config.k_ends(branch))``; (B,) -> (B,) float32."""
+    return config.interval.ramp(sigma_hi, config.k_ends(branch)).float()
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[None]:
@@ -105,12 +145,13 @@ def run_micro_step(
     config: TrainConfig,
     step: int,
     *,
+    n_micro: int,
     keep_image: bool = False,
 ) -> MicroOutcome:
     """Direct-Align, decode, reward, loss and backward for one micro-step (module docstring).
 
     Backward runs only for a finite loss; a non-finite one is reported (``finite=False``) so the
-    caller skips the update.
+    caller skips the update. ``n_micro``: micro-steps accumulated into this update.
     """
     device = batch.x0.device
     sigma_hi = micro.sigma_hi.to(device)
@@ -118,10 +159,10 @@ def run_micro_step(
     with autocast_context(device, config.dtype):
         x0_hat = direct_align(batch.x0, batch.eps, sigma_hi, sigma_lo, velocity, micro.branch)
         image = decoder(x0_hat)
-        terms = reward(image, batch.prompts, branch=micro.branch, sigma=sigma_hi.float(), step=step)
+        k = reward_k(config, sigma_hi, micro.branch)
+        terms = reward(image, batch.prompts, branch=micro.branch, k=k, step=step)
     discount = config.interval.ramp(sigma_hi, config.discount_ends)
     weight = config.regularizer.weight if micro.branch == "inversion" else 1.0
-    n_micro = config.micro_steps * config.grad_accum
     loss = micro_step_loss(terms.total.float(), discount, weight, config.threshold, n_micro)
     finite = bool(torch.isfinite(loss))
     if finite and loss.requires_grad:

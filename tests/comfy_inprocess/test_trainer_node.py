@@ -31,6 +31,8 @@ SETTINGS = {
     "sigma_max": 0.95,
     "sigma_min": 0.75,
     "gt_ratio": 0.9,
+    "k_early": 0.1,
+    "k_late": 0.25,
     "threshold": 0.7,
     "max_grad_norm": 1.0,
     "seed": 0,
@@ -38,6 +40,7 @@ SETTINGS = {
     "lora_dtype": "fp32",
     "gradient_checkpointing": True,
     "preview_every": 1,
+    "hacking_guard": "warn",
     "checkpoint_name": "",
     "checkpoint_every": 0,
 }
@@ -63,7 +66,7 @@ def reward(pack: ModuleType) -> Any:
     torch.manual_seed(0)
     with torch.inference_mode():  # as in a ComfyUI node: ClipReward must undo inference tensors
         model = ClipReward(open_clip.CLIP(**TINY_CLIP), open_clip.get_tokenizer("ViT-B-32"))
-    return SRPOControlWordReward.execute(model, "bright", "dark", "cfg", 0.1, 0.25, 1.0).args[0]
+    return SRPOControlWordReward.execute(model, "bright", "dark", "cfg", 1.0).args[0]
 
 
 @pytest.fixture
@@ -79,12 +82,13 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer, SRPOInversionRegularizer
 
     base = {k: v.clone() for k, v in tiny_flux.model.diffusion_model.state_dict().items()}
-    regularizer = SRPOInversionRegularizer.execute(1.0, 0.5, 0.3, 0.01).args[0]
+    regularizer = SRPOInversionRegularizer.execute(1.0, "paired", 0.5, 0.3, 0.01).args[0]
     with torch.inference_mode():  # ComfyUI runs every node in inference mode
         out = SRPODirectAlignTrainer.execute(
             tiny_flux, tiny_vae, prompts, reward, regularizer=regularizer, **node_inputs()
         )
-    model, lora, loss, previews, steps, validation = out.args
+    model, lora, loss, previews, steps, validation, report = out.args
+    assert report.startswith("reward-hacking guard: 0 checks")  # every 5 steps: baseline only
     assert steps == 3
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
     assert previews.shape == (3, 64, 64, 3)
@@ -147,7 +151,7 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
 
     with torch.inference_mode():
         out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
-    _, _, loss, _, steps, _ = out.args
+    _, _, loss, _, steps, _, _ = out.args
     # resumed: steps 3 and 4 ran now; the loss map covers the whole run (steps 1-2 from the
     # history saved next to the checkpoint at the interrupt)
     assert steps == 4 and len(loss["loss"]) == 4
@@ -165,6 +169,8 @@ OLD_TRAINER_DEFAULTS = {
     "sigma_max": 0.95,
     "sigma_min": 0.75,
     "gt_ratio": 0.9,
+    "k_early": 0.1,
+    "k_late": 0.25,
     "threshold": 0.7,
     "max_grad_norm": 0.1,
     "training_dtype": "auto",

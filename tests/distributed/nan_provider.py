@@ -20,9 +20,9 @@ class NaNOnOneRank:
         self.reward = reward
 
     def __call__(
-        self, images: Tensor, prompts: list[str], *, branch: Branch, sigma: Tensor, step: int
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
     ) -> RewardTerms:
-        terms = self.reward(images, prompts, branch=branch, sigma=sigma, step=step)
+        terms = self.reward(images, prompts, branch=branch, k=k, step=step)
         if int(os.environ.get("RANK", "0")) == BAD_RANK and step == BAD_STEP:
             nan = torch.full_like(terms.total, float("nan"))
             return RewardTerms(terms.total + nan, terms.positive, terms.negative)

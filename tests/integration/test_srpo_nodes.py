@@ -14,7 +14,7 @@ SRPO_NODES = {
     "SRPOLoadWeights": {"model", "srpo_checkpoint", "strength", "layout"},
     "SRPOLoadRewardModel": {"checkpoint", "architecture", "open_clip_arch", "dtype"},
     "SRPOControlWordReward": {"reward_model", "positive_words", "negative_words", "mode"},
-    "SRPOInversionRegularizer": {"weight", "share", "k_early", "k_late"},
+    "SRPOInversionRegularizer": {"weight", "pairing", "share", "k_early", "k_late"},
     "SRPOPromptSet": {"clip", "prompts", "prompt_file"},
     "SRPODirectAlignTrainer": {
         "model",
@@ -26,6 +26,7 @@ SRPO_NODES = {
         "rank",
         "settings",
         "validation",
+        "hacking_guard",
         "regularizer",
         "real_latents",
         "existing_lora",
@@ -38,6 +39,8 @@ SRPO_NODES = {
         "sigma_max",
         "sigma_min",
         "gt_ratio",
+        "k_early",
+        "k_late",
         "training_dtype",
         "gradient_checkpointing",
     },
@@ -68,6 +71,6 @@ def test_node_is_served_with_its_inputs_and_tooltips(
 def test_trainer_outputs_feed_the_stock_training_nodes(comfy_client: ComfyClient) -> None:
     info = comfy_client.object_info()
     outputs = info["SRPODirectAlignTrainer"]["output"]
-    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "IMAGE"]
+    assert outputs == ["MODEL", "LORA_MODEL", "LOSS_MAP", "IMAGE", "INT", "IMAGE", "STRING"]
     assert inputs_of(info["SaveLoRA"])["lora"][0] == "LORA_MODEL"
     assert inputs_of(info["LossGraphNode"])["loss"][0] == "LOSS_MAP"

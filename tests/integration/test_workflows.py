@@ -119,7 +119,7 @@ def api_node_problems(api: dict[str, Any], node_id: str, info: dict[str, Any]) -
         if is_link(value):
             source = api.get(value[0])
             outputs = info[source["class_type"]]["output"] if source else []
-            if not source or value[1] >= len(outputs) or outputs[value[1]] != spec[0]:
+            if not source or value[1] >= len(outputs) or spec[0] not in (outputs[value[1]], "*"):
                 problems.append(f"{name}: bad link {value}")
         else:
             problem = value_problem(node["class_type"], name, spec, value)
