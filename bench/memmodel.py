@@ -242,7 +242,10 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
     settings = trainer.build_settings(world.model, world.vae, None, kwargs)
     mp = world.model.clone()
     adapters = bridge.attach_adapters(
-        mp, algorithm=settings.algorithm, rank=settings.rank, dtype=settings.lora_dtype
+        mp,
+        algorithm=settings.algorithm,
+        rank=settings.rank,
+        dtype=settings.memory.lora_torch_dtype,
     )
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)

@@ -14,6 +14,7 @@ ModelPatcher, its conditioning and a VAE into the callables srpo_core trains wit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterator
@@ -29,6 +30,13 @@ from comfy.weight_adapter import adapter_maps, adapters
 from ..srpo_core.direct_align import velocity_from_denoised
 from ..srpo_core.protocols import ConditionedVelocity
 from ..srpo_core.rewards import release_inference_tensors
+from .lora_forms import (
+    ActivationLora,
+    WeightDtypeLora,
+    activation_forms,
+    is_plain_lora,
+    merged_cache,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +71,19 @@ class WeightDiff(torch.nn.Module):
 
 @dataclass
 class AdapterSet:
-    """Trainable adapters attached to a ModelPatcher; ``state`` is the LORA_MODEL state dict."""
+    """Trainable adapters attached to a ModelPatcher; ``state`` is the LORA_MODEL state dict.
+
+    ``wrappers``: merged-form LoRA weight wrappers (their no-grad cache is used per rollout);
+    ``hooks``: activation-form LoRA forwards, active only inside :meth:`session`;
+    ``deferred``: (key, weight wrapper) pairs registered on the patcher by :meth:`finish`, so the
+    MODEL handed on applies the LoRA the stock way.
+    """
 
     state: dict[str, torch.nn.Parameter] = field(default_factory=dict)
     modules: list[torch.nn.Module] = field(default_factory=list)
+    wrappers: list[WeightDtypeLora] = field(default_factory=list)
+    hooks: list[ActivationLora] = field(default_factory=list)
+    deferred: list[tuple[str, Any]] = field(default_factory=list)
     continued: dict[str, tuple[str, int | None, torch.dtype]] = field(default_factory=dict)
     """Adapters taken from an existing LoRA: key -> (its algorithm, rank or None, dtype)."""
 
@@ -74,11 +91,30 @@ class AdapterSet:
         """The tensors to optimise (the state also holds frozen ones, e.g. LoRA alpha)."""
         return [p for p in self.state.values() if p.requires_grad]
 
-    def freeze(self) -> dict[str, torch.Tensor]:
-        """Stop training; return the LORA_MODEL state dict (detached tensors)."""
+    def to(self, device: torch.device) -> None:
+        """Move every adapter (in place: the Parameter objects stay the same)."""
+        for module in self.modules:
+            module.to(device)
+
+    def session(self) -> contextlib.AbstractContextManager[None]:
+        """Context of a training session: the activation-form hooks are on."""
+        return activation_forms(self.hooks)
+
+    def rollout(self) -> contextlib.AbstractContextManager[None]:
+        """Context of one no-grad rollout: merged-form weights are built once, then dropped."""
+        return merged_cache(self.wrappers)
+
+    def finish(self, mp: Any) -> None:
+        """Register the deferred wrappers on ``mp`` (once), so its users see the trained LoRA."""
+        for key, function in self.deferred:
+            mp.add_weight_wrapper(key, function)
+        self.deferred = []
+
+    def freeze(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Stop training; return the LORA_MODEL state dict (detached, cast to ``dtype``)."""
         for module in self.modules:
             module.requires_grad_(False)
-        return {k: v.detach() for k, v in self.state.items()}
+        return {k: v.detach().to(dtype or v.dtype) for k, v in self.state.items()}
 
 
 def _existing_adapter(prefix: str, existing: dict[str, torch.Tensor]) -> Any:
@@ -118,14 +154,17 @@ def attach_adapters(
     dtype: torch.dtype,
     existing: dict[str, torch.Tensor] | None = None,
     seed: int = 0,
+    form: str = "merged",
 ) -> AdapterSet:
     """Wrap every patchable weight of ``mp.model`` with a trainable adapter (in place on ``mp``).
 
-    Matrices get ``algorithm`` adapters of ``rank`` (or continue an ``existing`` LoRA state dict);
-    1-d weights and biases get additive diffs (``<module>.diff`` / ``<module>.diff_b``), which also
-    replaces inference tensors (e.g. Flux RMSNorm scales) in the autograd graph by normal ones.
-    New adapters are initialised from ``seed`` (the global RNG is forked, not consumed), so the
-    result does not depend on what ran before in the same process.
+    Matrices get ``algorithm`` adapters of ``rank`` (or continue an ``existing`` LoRA state dict),
+    stored in ``dtype``; 1-d weights and biases get additive diffs (``<module>.diff`` /
+    ``<module>.diff_b``), which also replaces inference tensors (e.g. Flux RMSNorm scales) in the
+    autograd graph by normal ones. New adapters are initialised from ``seed`` (the global RNG is
+    forked, not consumed), so the result does not depend on what ran before in the same process.
+    Plain LoRAs on Linears take ``form`` (see :mod:`.lora_forms`): "merged" wraps the weight,
+    "activations" replaces the layer's forward during :meth:`AdapterSet.session`.
     """
     if algorithm not in adapter_maps:
         raise ValueError(
@@ -134,7 +173,7 @@ def attach_adapters(
     existing = existing or {}
     with torch.random.fork_rng(devices=_rng_devices(mp)):
         torch.manual_seed(seed)
-        return _attach(mp, algorithm, rank, dtype, existing)
+        return _attach(mp, algorithm, rank, dtype, existing, form)
 
 
 def _rng_devices(mp: Any) -> list[int]:
@@ -146,13 +185,19 @@ def _rng_devices(mp: Any) -> list[int]:
 
 
 def _attach(
-    mp: Any, algorithm: str, rank: int, dtype: torch.dtype, existing: dict[str, torch.Tensor]
+    mp: Any,
+    algorithm: str,
+    rank: int,
+    dtype: torch.dtype,
+    existing: dict[str, torch.Tensor],
+    form: str,
 ) -> AdapterSet:
     out = AdapterSet()
     for name, module in mp.model.named_modules():
         if not hasattr(module, "weight_function"):
             continue
         weight = getattr(module, "weight", None)
+        hooked: ActivationLora | None = None
         if weight is not None and weight.ndim >= 2:
             loaded = _existing_adapter(name, existing)
             if loaded is not None:
@@ -166,8 +211,16 @@ def _attach(
                 )
             for pname, param in adapter.named_parameters():
                 out.state[f"{name}.{pname}"] = param
-            mp.add_weight_wrapper(f"{name}.weight", adapter)
             out.modules.append(adapter)
+            if not is_plain_lora(adapter):
+                mp.add_weight_wrapper(f"{name}.weight", adapter)
+            elif form == "activations" and isinstance(module, torch.nn.Linear):
+                hooked = ActivationLora(module, adapter)
+                out.hooks.append(hooked)
+                out.deferred.append((f"{name}.weight", WeightDtypeLora(adapter)))
+            else:
+                out.wrappers.append(WeightDtypeLora(adapter))
+                mp.add_weight_wrapper(f"{name}.weight", out.wrappers[-1])
         elif weight is not None:
             diff = _new_diff(weight.shape, dtype, existing.get(f"{name}.diff"))
             out.state[f"{name}.diff"] = diff
@@ -178,7 +231,11 @@ def _attach(
             diff_b = _new_diff(bias.shape, dtype, existing.get(f"{name}.diff_b"))
             out.state[f"{name}.diff_b"] = diff_b
             out.modules.append(WeightDiff(diff_b))
-            mp.add_weight_wrapper(f"{name}.bias", out.modules[-1])
+            if hooked is not None:
+                hooked.bias_diff = diff_b
+                out.deferred.append((f"{name}.bias", out.modules[-1]))
+            else:
+                mp.add_weight_wrapper(f"{name}.bias", out.modules[-1])
     if not out.state:
         raise ValueError("this model has no weights ComfyUI can wrap with trainable adapters")
     return out
@@ -248,13 +305,8 @@ def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 
 
 @contextmanager
-def block_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
-    """Within the context, each transformer block's forward is checkpointed; yields the count.
-
-    Even without memory pressure this is needed for back-propagation through ComfyUI's Flux,
-    whose blocks modify their inputs in place.
-    """
-    blocks = transformer_blocks(diffusion_model) if enabled else []
+def checkpointed_forwards(blocks: list[torch.nn.Module]) -> Iterator[int]:
+    """Within the context, each block's forward is checkpointed; yields the count."""
     saved = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
         block.forward = _checkpointed(block.forward)
@@ -266,6 +318,30 @@ def block_checkpointing(diffusion_model: torch.nn.Module, enabled: bool = True) 
                 del block.forward  # the class's forward is back
             else:
                 block.forward = previous
+
+
+def block_checkpointing(
+    diffusion_model: torch.nn.Module, enabled: bool = True
+) -> contextlib.AbstractContextManager[int]:
+    """Within the context, each transformer block's forward is checkpointed; yields the count.
+
+    Even without memory pressure this is needed for back-propagation through ComfyUI's Flux,
+    whose blocks modify their inputs in place.
+    """
+    return checkpointed_forwards(transformer_blocks(diffusion_model) if enabled else [])
+
+
+def decoder_blocks(decoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The outermost ``*Block`` modules of a VAE decoder (ResnetBlock, AttnBlock, TAESD Block)."""
+    found: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for module in decoder.modules():
+        if id(module) in inside:
+            continue
+        if type(module).__name__.endswith("Block"):
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+    return found
 
 
 # --- velocity through ComfyUI's sampling machinery -----------------------------------------
@@ -337,23 +413,39 @@ class VAEDecoder:
     ``z_vae = latent_format.process_out(z)``, then the VAE's decoder module and its own output
     mapping. ComfyUI's ``VAE.decode`` runs without grad, so this calls a frozen copy of the module
     whose weights are normal tensors (the loader's are inference tensors autograd cannot save).
+    ``checkpointing``: recompute each decoder block in backward instead of keeping its
+    activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
+    dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
     """
 
     module: Any
     latent_format: Any
     process_output: Callable[[torch.Tensor], torch.Tensor]
     dtype: torch.dtype
+    checkpointing: bool = False
+    autocast: bool = True
 
     @classmethod
-    def for_training(cls, vae: Any, latent_format: Any) -> VAEDecoder:
+    def for_training(
+        cls, vae: Any, latent_format: Any, *, checkpointing: bool = False, autocast: bool = True
+    ) -> VAEDecoder:
         with torch.inference_mode(False):
             module = copy.deepcopy(vae.first_stage_model)
             release_inference_tensors(module)
         module.requires_grad_(False).eval()
-        return cls(module, latent_format, vae.process_output, vae.vae_dtype)
+        return cls(
+            module, latent_format, vae.process_output, vae.vae_dtype, checkpointing, autocast
+        )
 
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
         if next(self.module.parameters()).device != latent.device:
             self.module.to(latent.device)
-        z = self.latent_format.process_out(latent).to(self.dtype)
-        return self.process_output(self.module.decode(z).float())
+        blocks = decoder_blocks(self.module) if self.checkpointing else []
+        autocast = (
+            contextlib.nullcontext()
+            if self.autocast
+            else torch.autocast(latent.device.type, enabled=False)
+        )
+        with autocast, checkpointed_forwards(blocks):
+            z = self.latent_format.process_out(latent).to(self.dtype)
+            return self.process_output(self.module.decode(z).float())

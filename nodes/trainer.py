@@ -7,6 +7,7 @@ wraps the results (MODEL with the adapters applied, LORA_MODEL, LOSS_MAP, previe
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -27,6 +28,7 @@ from PIL import Image
 from ..srpo_core.rewards import ControlWordReward
 from ..srpo_core.schedules import INVERSION_K, TrainingInterval
 from ..srpo_core.training import (
+    MemoryConfig,
     PromptItem,
     RegularizerConfig,
     StepMetrics,
@@ -37,8 +39,13 @@ from ..srpo_core.training import (
 )
 from ..srpo_core.training.config import PAIRINGS
 from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig
+from ..srpo_core.training.memory import (
+    bf16_native,
+    resolve_training_dtype,
+)
 from . import checks, resume
 from . import comfy_training as bridge
+from . import memory as comfy_memory
 from .live import (
     LiveReport,
     default_checkpoint_name,
@@ -71,8 +78,10 @@ log = logging.getLogger(__name__)
 
 PREVIEW_MAX_SIZE = 512
 """Longest side of the live preview frames sent to the UI."""
-LORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-"""Storage dtype of the trained adapters (the stock TrainLoraNode's choices)."""
+PREVIEW_KEEP_SIZE = 256
+"""Longest side of the previews kept for the node's output (uint8)."""
+PREVIEW_KEEP_COUNT = 64
+"""Previews kept for the node's output: the first one and the most recent others."""
 MAX_RESOLUTION, MIN_RESOLUTION, MAX_STEPS = (
     resume.MAX_RESOLUTION,
     resume.MIN_RESOLUTION,
@@ -259,6 +268,12 @@ def _trainer_inputs() -> list[Any]:
     ]
 
 
+def memory_config(kw: dict[str, Any]) -> MemoryConfig:
+    """MemoryConfig from the node inputs (absent optional widgets keep their defaults)."""
+    names = ("lora_dtype", "save_dtype", "lora_form", "decoder_checkpointing")
+    return MemoryConfig(**{n: kw[n] for n in names if kw.get(n) is not None})
+
+
 def flow_shift(model: Any) -> float:
     """The SD3-style shift equivalent to the model's own flow schedule.
 
@@ -290,11 +305,28 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def keep_preview(image: torch.Tensor, max_size: int = PREVIEW_KEEP_SIZE) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, h, w) uint8 on the CPU, longest side at most ``max_size``."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    longest = max(image.shape[-2:])
+    if longest > max_size:
+        size = [max(1, round(n * max_size / longest)) for n in image.shape[-2:]]
+        image = torch.nn.functional.interpolate(
+            image[None], size=size, mode="bilinear", antialias=True
+        )[0].clamp(0, 1)
+    return image.mul(255).round().to(torch.uint8)
+
+
 class Progress:
     """Step callback: ComfyUI progress bar with live previews, the editor's live report (loss and
-    reward curves), console log, loss history. ``done`` is the last step completed (from 1)."""
+    reward curves), console log, loss history. ``done`` is the last step completed (from 1).
 
-    def __init__(self, total: int, report: LiveReport | None = None) -> None:
+    Previews are kept downscaled as uint8: the first and the latest ``keep - 1``.
+    """
+
+    def __init__(
+        self, total: int, report: LiveReport | None = None, keep: int = PREVIEW_KEEP_COUNT
+    ) -> None:
         self.total, self.bar = total, comfy.utils.ProgressBar(total)
         self.bar.update_absolute(0, total)
         self.report = report if report is not None else LiveReport(None, None)
@@ -302,8 +334,14 @@ class Progress:
         self.first_step: int | None = None
         """0-based index of the first step this run trained (None: none yet)."""
         self.losses: list[float] = []
-        self.previews: list[torch.Tensor] = []
+        self.first: torch.Tensor | None = None
+        self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
         self.guard_warnings: list[str] = []
+
+    @property
+    def previews(self) -> list[torch.Tensor]:
+        """Kept previews, (3, h, w) uint8 each, in step order."""
+        return ([self.first] if self.first is not None else []) + list(self.recent)
 
     def __call__(self, m: StepMetrics) -> None:
         if self.first_step is None:
@@ -312,7 +350,11 @@ class Progress:
         self.done = m.step + 1
         preview = None
         if m.preview is not None:
-            self.previews.append(m.preview)
+            kept = keep_preview(m.preview)
+            if self.first is None:
+                self.first = kept
+            else:
+                self.recent.append(kept)
             preview = ("JPEG", to_pil(m.preview), PREVIEW_MAX_SIZE)
         self.report.step(self.done, self.total, step_values(m))
         self.bar.update_absolute(self.done, self.total, preview)  # raises on /interrupt
@@ -358,11 +400,11 @@ class Progress:
         self.report.emit("validation", step=step, total=self.total, reward=mean_reward)
 
     def preview_batch(self) -> torch.Tensor:
-        """IMAGE batch (N, H, W, 3) of the collected previews (one blank frame when none, e.g. a
-        run resumed from a checkpoint that had already finished)."""
+        """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews; one blank frame when
+        this run made none (e.g. a resumed run whose remaining steps held no preview step)."""
         if not self.previews:
             return blank_image()
-        return torch.stack(self.previews).permute(0, 2, 3, 1).float().cpu()
+        return torch.stack(self.previews).permute(0, 2, 3, 1).float().div(255)
 
 
 def blank_image() -> torch.Tensor:
@@ -445,7 +487,9 @@ class TrainerSettings:
     config: TrainConfig
     rank: int
     algorithm: str
-    lora_dtype: torch.dtype
+    memory: MemoryConfig
+    width: int
+    height: int
     guidance: float
 
 
@@ -487,7 +531,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         threshold=kw["threshold"],
         max_grad_norm=kw["max_grad_norm"],
         seed=kw["seed"],
-        dtype=kw["training_dtype"],
+        dtype=resolve_training_dtype(kw["training_dtype"], model.load_device),
         offline=offline,
         latent_shape=(shape[0], shape[1], shape[2]),
         regularizer=regularizer if regularizer is not None else RegularizerConfig(),
@@ -501,7 +545,9 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         config=config,
         rank=kw["rank"],
         algorithm=kw["algorithm"],
-        lora_dtype=LORA_DTYPES[kw["lora_dtype"]],
+        memory=memory_config(kw),
+        width=shape[2] * int(vae.spacial_compression_decode()),
+        height=shape[1] * int(vae.spacial_compression_decode()),
         guidance=kw["guidance"],
     )
 
@@ -558,19 +604,24 @@ def run_training(
     validation: ValidationSettings | None = None,
 ) -> tuple[Any, bridge.AdapterSet, TrainResult, Validator | None]:
     """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup
-    (validation prompts, if any, follow the training prompts in the conditioning list)."""
-    cfg = settings.config
+    (validation prompts, if any, follow the training prompts in the conditioning list).
+
+    The model, the reward model and the decoder's training copy are loaded through ComfyUI's
+    memory manager for the session (:mod:`.memory`) and the helpers unloaded afterwards.
+    """
+    cfg, mem = settings.config, settings.memory
     mp = model.clone()
     adapters = bridge.attach_adapters(
         mp,
         algorithm=settings.algorithm,
         rank=settings.rank,
-        dtype=settings.lora_dtype,
+        dtype=mem.lora_torch_dtype,
         existing=existing_lora,
         seed=cfg.seed,
+        form=mem.lora_form,
     )
     notes = checks.existing_lora_notes(
-        adapters.continued, settings.algorithm, settings.rank, settings.lora_dtype
+        adapters.continued, settings.algorithm, settings.rank, mem.lora_torch_dtype
     )
     if notes:
         log.warning("SRPO existing_lora: %s", "; ".join(notes))
@@ -582,7 +633,12 @@ def run_training(
         for c in [*prompts.conds, *validation_conds]
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
-    decoder = bridge.VAEDecoder.for_training(vae, mp.get_model_object("latent_format"))
+    decoder = bridge.VAEDecoder.for_training(
+        vae,
+        mp.get_model_object("latent_format"),
+        checkpointing=mem.decoder_checkpointing,
+        autocast=bf16_native(mp.load_device),
+    )
     outcome: list[TrainResult] = []
     validator = None
     if validation is not None:
@@ -592,7 +648,7 @@ def run_training(
         )
 
     def session(velocity: Any, device: torch.device) -> None:
-        reward.model.to(device)
+        adapters.to(device)
         policy = grouped_velocity(velocity)
 
         def validate(done: int) -> None:
@@ -614,7 +670,10 @@ def run_training(
         offline = None
         if real_latents is not None:
             offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
-        with bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing):
+        with (
+            adapters.session(),
+            bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),
+        ):
             result = train(
                 cfg,
                 policy,
@@ -624,6 +683,7 @@ def run_training(
                 items,
                 offline_latents=offline,
                 collate_cond=index_conds,
+                rollout_context=adapters.rollout,
                 callback=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
@@ -631,7 +691,18 @@ def run_training(
         outcome.append(result)
 
     shape = (cfg.batch_size, *cfg.latent_shape)
-    bridge.run_session(mp, conds, shape, session)
+    helpers = [
+        comfy_memory.module_patcher(reward.model),
+        comfy_memory.module_patcher(decoder.module),
+    ]
+    extra = comfy_memory.trainable_bytes(adapters.parameters()) + comfy_memory.activation_bytes(
+        cfg.batch_size, settings.width, settings.height
+    )
+    try:
+        with comfy_memory.loaded_for_training(mp, helpers, extra):
+            bridge.run_session(mp, conds, shape, session)
+    finally:
+        adapters.finish(mp)
     return mp, adapters, outcome[0], validator
 
 
@@ -719,7 +790,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                     progress,
                     validation,
                 )
-                lora = adapters.freeze()
+                lora = adapters.freeze(settings.memory.save_torch_dtype)
         except comfy.model_management.InterruptProcessingException:
             history = merged_history(previous, progress.first_step, progress.losses)
             save_loss_history(cfg.checkpoint_path, history)

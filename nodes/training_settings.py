@@ -14,7 +14,13 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..srpo_core.schedules import DENOISE_K, TrainingInterval
-from ..srpo_core.training import TrainConfig
+from ..srpo_core.training import MemoryConfig, TrainConfig
+from ..srpo_core.training.memory import (
+    LORA_FORMS,
+    LORA_STORAGE_DTYPES,
+    SAVE_DTYPES,
+    TRAINING_DTYPES,
+)
 from . import comfy_training as bridge
 from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
@@ -78,9 +84,24 @@ class TrainingSettings:
         default=default_of(TrainConfig, "max_grad_norm"),
         metadata=_help(TrainConfig, "max_grad_norm"),
     )
-    training_dtype: str = field(default="bf16", metadata=_help(TrainConfig, "dtype"))
+    training_dtype: str = field(
+        default="auto",
+        metadata=_help(
+            TrainConfig, "dtype", "auto: bf16 where the device runs it natively, else fp32."
+        ),
+    )
     lora_dtype: str = field(
-        default="bf16", metadata={"help": "Storage dtype of the trained adapter weights."}
+        default=default_of(MemoryConfig, "lora_dtype"), metadata=_help(MemoryConfig, "lora_dtype")
+    )
+    save_dtype: str = field(
+        default=default_of(MemoryConfig, "save_dtype"), metadata=_help(MemoryConfig, "save_dtype")
+    )
+    lora_form: str = field(
+        default=default_of(MemoryConfig, "lora_form"), metadata=_help(MemoryConfig, "lora_form")
+    )
+    decoder_checkpointing: bool = field(
+        default=default_of(MemoryConfig, "decoder_checkpointing"),
+        metadata=_help(MemoryConfig, "decoder_checkpointing"),
     )
     gradient_checkpointing: bool = field(
         default=True,
@@ -93,8 +114,6 @@ class TrainingSettings:
     checkpoint_every: int = field(default=0, metadata=_help(TrainConfig, "checkpoint_every"))
 
 
-LORA_DTYPE_NAMES = ("bf16", "fp32")
-TRAINING_DTYPE_NAMES = ("fp32", "bf16")
 MAX_GRAD_ACCUM = 256
 MAX_MICRO_STEPS = 16
 MAX_ROLLOUT_STEPS = 200
@@ -184,15 +203,26 @@ def settings_inputs() -> list[Any]:
         ),
         io.Combo.Input(
             "training_dtype",
-            options=list(TRAINING_DTYPE_NAMES),
+            options=list(TRAINING_DTYPES),
             default=d.training_dtype,
             tooltip=tip("training_dtype"),
         ),
         io.Combo.Input(
             "lora_dtype",
-            options=list(LORA_DTYPE_NAMES),
+            options=list(LORA_STORAGE_DTYPES),
             default=d.lora_dtype,
             tooltip=tip("lora_dtype"),
+        ),
+        io.Combo.Input(
+            "save_dtype", options=list(SAVE_DTYPES), default=d.save_dtype, tooltip=tip("save_dtype")
+        ),
+        io.Combo.Input(
+            "lora_form", options=list(LORA_FORMS), default=d.lora_form, tooltip=tip("lora_form")
+        ),
+        io.Boolean.Input(
+            "decoder_checkpointing",
+            default=d.decoder_checkpointing,
+            tooltip=tip("decoder_checkpointing"),
         ),
         io.Boolean.Input(
             "gradient_checkpointing",
@@ -229,8 +259,8 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
             category=CATEGORY,
             description="Rarely changed trainer settings: adapter algorithm, accumulation,"
             " micro-steps, rollout steps, guidance, the training interval, ReFL threshold,"
-            " clipping, dtypes, gradient checkpointing, checkpoint interval. Without this node"
-            " the trainer uses these same defaults.",
+            " clipping, dtypes, LoRA form, gradient and decoder checkpointing, checkpoint"
+            " interval. Without this node the trainer uses these same defaults.",
             inputs=settings_inputs(),
             outputs=[SRPOTrainingSettings.Output(display_name="settings")],
         )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +462,21 @@ def test_config_hash_is_stable_and_ignores_run_control() -> None:
     assert config_hash(config()) != config_hash(config(lr=2e-2))
     assert config_hash(config()) != config_hash(config(regularizer=RegularizerConfig(enabled=True)))
     assert len(config_hash(config())) == 64
+
+
+def test_rollout_context_wraps_each_online_rollout() -> None:
+    entered: list[int] = []
+
+    @contextlib.contextmanager
+    def rollout() -> Iterator[None]:
+        entered.append(1)
+        yield
+
+    run(config(steps=3, grad_accum=2), rollout_context=rollout)
+    assert len(entered) == 3 * 2, "once per batch (rollout), not per model call"
+    run(
+        config(steps=2, offline=True),
+        offline_latents=torch.rand(3, *LATENT),
+        rollout_context=rollout,
+    )
+    assert len(entered) == 6, "offline batches have no rollout"

@@ -9,9 +9,11 @@ from .checkpoint import CheckpointMismatchError, TrainingState, load_checkpoint,
 from .config import RegularizerConfig, TrainConfig, config_hash
 from .data import PromptItem, cat_conds
 from .loop import SRPOTrainer, StepMetrics, TrainingDivergedError, TrainResult, train
+from .memory import MemoryConfig
 
 __all__ = [
     "CheckpointMismatchError",
+    "MemoryConfig",
     "PromptItem",
     "RegularizerConfig",
     "SRPOTrainer",

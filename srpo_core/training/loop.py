@@ -11,6 +11,7 @@ A step with a non-finite loss or gradient is skipped (no update); too many in a 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -97,6 +98,7 @@ class TrainResult:
 
 
 StepCallback = Callable[[StepMetrics], None]
+RolloutContext = Callable[[], contextlib.AbstractContextManager[object]]
 StopCheck = Callable[[], bool]
 
 
@@ -107,7 +109,8 @@ class SRPOTrainer:
     reward: a :class:`~srpo_core.protocols.RewardFn`; params: the trainable tensors (LoRA weights
     or a model's parameters); prompts: the prompt set, drawn with replacement; offline_latents:
     (N, C, H, W) clean latents for ``config.offline``; collate_cond: batch conds (default
-    :func:`cat_conds`).
+    :func:`cat_conds`);
+    rollout_context: entered around each no-grad online rollout (e.g. to merge a LoRA once).
     """
 
     def __init__(
@@ -121,8 +124,10 @@ class SRPOTrainer:
         *,
         offline_latents: Tensor | None = None,
         collate_cond: CondCollate = cat_conds,
+        rollout_context: RolloutContext | None = None,
     ) -> None:
         self.config, self.model, self.decoder, self.reward = config, model, decoder, reward
+        self.rollout_context = rollout_context or contextlib.nullcontext
         self.params = list(params)
         self.prompts = list(prompts)
         self.offline_latents, self.collate = offline_latents, collate_cond
@@ -315,7 +320,7 @@ class SRPOTrainer:
             idx = draw_indices(len(self.offline_latents), cfg.batch_size, self.generator)
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
-            with autocast_context(self.device, cfg.dtype):
+            with self.rollout_context(), autocast_context(self.device, cfg.dtype):
                 x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
         return Batch([item.text for item in items], cond, x0, eps)
 
@@ -412,6 +417,7 @@ def train(
     *,
     offline_latents: Tensor | None = None,
     collate_cond: CondCollate = cat_conds,
+    rollout_context: RolloutContext | None = None,
     callback: StepCallback | None = None,
     should_stop: StopCheck | None = None,
     resume: bool = True,
@@ -427,6 +433,7 @@ def train(
         prompts,
         offline_latents=offline_latents,
         collate_cond=collate_cond,
+        rollout_context=rollout_context,
     )
     return trainer.run(
         callback=callback, should_stop=should_stop, resume=resume, interrupts=interrupts

@@ -173,12 +173,17 @@ OLD_TRAINER_DEFAULTS = {
     "k_late": 0.25,
     "threshold": 0.7,
     "max_grad_norm": 0.1,
-    "training_dtype": "bf16",
-    "lora_dtype": "bf16",
+    "training_dtype": "auto",
+    "lora_dtype": "fp32",
+    "save_dtype": "bf16",
+    "lora_form": "activations",
+    "decoder_checkpointing": True,
     "gradient_checkpointing": True,
     "checkpoint_every": 0,
 }
-"""The defaults these settings had as trainer widgets (before the settings node existed)."""
+"""The defaults these settings had as trainer widgets (before the settings node existed), with
+the memory options of issue 7: fp32 LoRA masters, "auto" compute dtype (bf16 only where it is
+native), LoRA on activations, decoder checkpointing, a bf16 saved LoRA."""
 
 
 def test_settings_node_keeps_the_trainers_former_defaults(pack: ModuleType) -> None:

@@ -117,9 +117,21 @@ def load_vae(assets: Path, config: AssetConfig) -> Any:
     return comfy.sd.VAE(sd={k: v.float() for k, v in sd.items()})
 
 
-def load_flux(assets: Path, config: AssetConfig) -> Any:
-    """The toy Flux (explicit config) in a ModelPatcher, weights from the assets."""
-    model = comfy.supported_models.Flux(dict(config.flux)).get_model({}, device="cpu")
+def load_flux(assets: Path, config: AssetConfig, weight_dtype: torch.dtype | None = None) -> Any:
+    """The toy Flux (explicit config) in a ModelPatcher, weights from the assets.
+
+    ``weight_dtype`` (e.g. ``torch.float8_e4m3fn``) stores the weights in that dtype and computes
+    in ComfyUI's manual-cast dtype, as UNETLoader's weight_dtype option does.
+    """
+    model_config = comfy.supported_models.Flux(dict(config.flux))
+    if weight_dtype is not None:
+        manual_cast = comfy.model_management.unet_manual_cast(
+            weight_dtype,
+            comfy.model_management.get_torch_device(),
+            model_config.supported_inference_dtypes,
+        )
+        model_config.set_inference_dtype(weight_dtype, manual_cast)
+    model = model_config.get_model({}, device="cpu")
     sd = load_file(str(assets / config.files["flux"]))
     model.diffusion_model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return comfy.model_patcher.ModelPatcher(

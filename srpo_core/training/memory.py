@@ -1,0 +1,109 @@
+"""Memory and precision settings of a training run (DESIGN.md 7), and the dtype choices they imply.
+
+These settings change how much memory a run takes and how fast it runs, not what it optimises
+(except the LoRA storage dtype, see ``lora_dtype``). They are grouped here, apart from
+:class:`~srpo_core.training.TrainConfig`, so a settings node can carry them as one value.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import _help
+
+LORA_STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""Storage (master) dtype of the trained adapter weights."""
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Dtype of the LORA_MODEL handed on (what Save LoRA writes)."""
+LORA_FORMS = ("activations", "merged")
+"""How a LoRA enters a Linear: ``y = W x + s B (A x)`` or ``y = (W + s B A) x``."""
+TRAINING_DTYPES = ("auto", "fp32", "bf16")
+"""Compute dtype choices; "auto" is bf16 where the device runs it natively, else fp32."""
+DEFAULT_DECODER_TILE = 128
+"""Latent side (pixels / 8) above which the differentiable VAE decode is tiled."""
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""/proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic."""
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Memory/precision options of the trainer; defaults suit a 24 GB card."""
+
+    lora_dtype: str = field(
+        default="fp32",
+        metadata=_help(
+            "Storage dtype of the trained LoRA weights (the AdamW masters). fp32: updates of"
+            " ~1e-4 are kept; bf16 halves their memory but rounds small updates away."
+        ),
+    )
+    save_dtype: str = field(
+        default="bf16",
+        metadata=_help("Dtype of the LoRA handed to Save LoRA (file size), not used in training."),
+    )
+    lora_form: str = field(
+        default="activations",
+        metadata=_help(
+            "activations: y = W x + s B(A x), no merged weight is built or saved for backward and"
+            " no full weight gradient is computed; merged: the stock form W + s B A (built per"
+            " layer, cached for the no-grad rollout)."
+        ),
+    )
+    decoder_checkpointing: bool = field(
+        default=True,
+        metadata=_help(
+            "Recompute the VAE decoder per block in backward instead of keeping its activations"
+            " (its backward is the memory peak at FLUX sizes)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("lora_dtype", tuple(LORA_STORAGE_DTYPES)),
+            ("save_dtype", tuple(SAVE_DTYPES)),
+            ("lora_form", LORA_FORMS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    @property
+    def lora_torch_dtype(self) -> torch.dtype:
+        return LORA_STORAGE_DTYPES[self.lora_dtype]
+
+    @property
+    def save_torch_dtype(self) -> torch.dtype:
+        return SAVE_DTYPES[self.save_dtype]
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True when the CPU advertises bf16 arithmetic (x86 ``avx512_bf16`` / ``amx_bf16``; arm64
+    ``bf16``). Unknown platforms: False (autocast's fallback kernels are slow there)."""
+    if not sys.platform.startswith("linux") or not cpuinfo.exists():
+        return False
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in {"flags", "Features"}:
+            flags.update(value.split())
+    return any(f in flags for f in (*CPU_BF16_FLAGS, "bf16"))
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bf16 math runs natively (fast) on ``device``."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_training_dtype(choice: str, device: torch.device) -> str:
+    """The engine dtype ("fp32"/"bf16") for a node choice; "auto" picks bf16 only where native."""
+    if choice not in TRAINING_DTYPES:
+        raise ValueError(f"training dtype must be one of {TRAINING_DTYPES}, got {choice!r}")
+    if choice == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return choice
