@@ -5,7 +5,8 @@ bf16/fp8 base, block checkpointing on/off, batch 1) plus the optional memory fea
 ``--jobs`` worker processes, and prints Markdown tables: memory (weights / LoRA + AdamW /
 activation peak / total, with the margin kept for what fake tensors cannot see), FLOPs per
 rollout step, per micro-step and per SRPO step with their time floors, and the issue's targets.
-``--quick`` traces the shipped workflow's setting only (720 px, rank 16) in bf16 and fp8.
+``--quick`` traces the shipped workflow's setting only (720 px, rank 16) in bf16 and fp8;
+``--features`` adds each memory switch turned away from its default at that setting.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ from .memmodel import GB, TFLOP, FeatureGap, ModelRun, RunReport
 RESOLUTIONS = (720, 1024)
 RANKS = (16, 32)
 BASE_DTYPES = ("bf16", "fp8_e4m3fn")
-FEATURE_RUNS = (
-    ModelRun(base_dtype="fp8_e4m3fn", decoder_checkpointing=True),
-    ModelRun(base_dtype="fp8_e4m3fn", lora_form="activations"),
-    ModelRun(lora_dtype="fp32"),
+FEATURE_RUNS = tuple(
+    ModelRun(base_dtype=dtype, **switch)  # type: ignore[arg-type]
+    for dtype in BASE_DTYPES
+    for switch in (
+        {"decoder_checkpointing": False},
+        {"lora_form": "merged"},
+        {"lora_dtype": "bf16"},
+    )
 )
-"""Memory features of issue 7 measured on top of the shipped setting (720 px, rank 16)."""
+"""The memory switches of the SRPO Training Settings node, each turned away from its default on
+top of the shipped setting (720 px, rank 16; defaults: fp32 LoRA, activations form, decoder
+checkpointing on)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,10 @@ TARGET_ACTIVATIONS_GB = {720: 8.0, 1024: 12.0}
 rank 32."""
 
 
-def grid(quick: bool) -> list[ModelRun]:
+def grid(quick: bool, features: bool = False) -> list[ModelRun]:
     """The configurations of the table."""
+    if features:
+        return [ModelRun(base_dtype=d) for d in BASE_DTYPES] + list(FEATURE_RUNS)
     if quick:
         return [ModelRun(base_dtype=d) for d in BASE_DTYPES]
     runs = [
@@ -189,9 +198,12 @@ NOT_SEEN = (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Shipped setting only, bf16 + fp8.")
+    parser.add_argument(
+        "--features", action="store_true", help="Shipped setting and each memory switch."
+    )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (default 2).")
     args = parser.parse_args(argv)
-    runs = grid(args.quick)
+    runs = grid(args.quick, args.features)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))
     print("## FLUX.1-dev training memory (fake-tensor trace, batch 1)\n")

@@ -174,16 +174,12 @@ def check_features(run: ModelRun) -> None:
             f"{', '.join(missing)}: not in this version of the pack (issue 7 items 2-3);"
             " the model can only measure what the trainer implements"
         )
-    if run.requested_features():
-        raise FeatureGap(
-            f"{', '.join(run.requested_features())}: defined by the pack but not yet wired into"
-            " bench/memmodel.py (connect it in trainer_kwargs/prepare)"
-        )
 
 
 def node_defaults() -> dict[str, Any]:
     """The Direct-Align Trainer node's input defaults, from its V3 schema (so inputs the node
-    gains later, e.g. memory options, take part with their defaults)."""
+    gains later take part with their defaults). The SRPO Training Settings node's defaults
+    (memory options included) apply inside ``build_settings`` for every input not given."""
     from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
 
     inputs = SRPODirectAlignTrainer.define_schema().inputs
@@ -211,6 +207,8 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
     }
     if run.lora_dtype is not None:
         varied["lora_dtype"] = run.lora_dtype
+    for name in run.requested_features():
+        varied[name] = getattr(run, name)
     return {**node_defaults(), **varied}
 
 
@@ -246,6 +244,8 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
         algorithm=settings.algorithm,
         rank=settings.rank,
         dtype=settings.memory.lora_torch_dtype,
+        seed=settings.config.seed,
+        form=settings.memory.lora_form,
     )
     bridge.replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
@@ -256,7 +256,12 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
         )
     ]
     items = [PromptItem("a photo of a cat", 0)]
-    decoder = bridge.VAEDecoder.for_training(world.vae, mp.get_model_object("latent_format"))
+    decoder = bridge.VAEDecoder.for_training(
+        world.vae,
+        mp.get_model_object("latent_format"),
+        checkpointing=settings.memory.decoder_checkpointing,
+        autocast=True,  # the modelled device (CUDA) runs bf16 natively
+    )
     use_sdpa_in_vae(decoder.module)
     reward = ControlWordReward(world.reward)
     return Prepared(mp, adapters, decoder, reward, conds, items, settings)
@@ -330,12 +335,14 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
             prepared.adapters.parameters(),
             prepared.items,
             collate_cond=node.index_conds,
+            rollout_context=prepared.adapters.rollout,
         )
         tracker.register("weights", model_tensors(prepared))
         tracker.register("trainable", prepared.adapters.parameters())
         resident.append(tracker.live)
         diffusion_model = prepared.mp.model.diffusion_model
         with (
+            prepared.adapters.session(),
             bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
             cuda_autocast_fp32_ops(),
         ):
@@ -355,6 +362,7 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
                         micro,
                         cfg,
                         loop.step,
+                        n_micro=len(plan) * cfg.grad_accum,
                     )
             with tracker.phase("update"):
                 clip_gradients(loop.params, cfg.max_grad_norm)

@@ -42,14 +42,42 @@ def test_memory_model_counts_the_weights_and_sees_checkpointing(pack: ModuleType
     assert off.micro_step_flops < on.micro_step_flops  # nothing to recompute without it
 
 
-def test_memory_model_reports_features_missing_from_the_pack(pack: ModuleType) -> None:
-    from bench.memmodel import FeatureGap, ModelRun, feature_available, trace
+def test_memory_model_measures_the_memory_switches(pack: ModuleType) -> None:
+    """Block checkpointing drops the transformer's saved activations in both LoRA forms; the
+    activations form keeps less than the merged one (no merged weights for backward); decoder
+    checkpointing keeps less of the decoder and costs a recompute."""
+    from bench.memmodel import ModelRun, trace
     from bench.shapes import TINY
 
-    if feature_available("lora_form"):
-        pytest.skip("the pack has the feature: the gap report does not apply")
-    with pytest.raises(FeatureGap, match="lora_form"):
-        trace(ModelRun(resolution=64, rank=4, lora_form="activations"), TINY)
+    def run(**switches: object) -> ModelRun:
+        return ModelRun(resolution=64, rank=4, **switches)  # type: ignore[arg-type]
+
+    for form in ("activations", "merged"):
+        on = trace(run(lora_form=form), TINY)
+        off = trace(run(lora_form=form, block_checkpointing=False), TINY)
+        assert off.saved["transformer"] > 2 * on.saved["transformer"], form
+        assert off.peak > on.peak, form
+    merged_off = trace(run(lora_form="merged", block_checkpointing=False), TINY)
+    activations_off = trace(run(block_checkpointing=False), TINY)
+    assert activations_off.saved["transformer"] < merged_off.saved["transformer"]
+    default = trace(run(), TINY)
+    no_decoder_ckpt = trace(run(decoder_checkpointing=False), TINY)
+    assert no_decoder_ckpt.saved["decoder"] > default.saved["decoder"]
+    assert no_decoder_ckpt.micro_step_flops < default.micro_step_flops
+
+
+def test_memory_model_reports_features_missing_from_the_pack(
+    pack: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.memmodel as memmodel
+    from bench.shapes import TINY
+
+    assert memmodel.feature_available("lora_form")
+    missing = {**memmodel.FEATURE_MODULES, "lora_form": ("srpo_core.training.memory", "Absent")}
+    monkeypatch.setattr(memmodel, "FEATURE_MODULES", missing)
+    assert not memmodel.feature_available("lora_form")
+    with pytest.raises(memmodel.FeatureGap, match="lora_form"):
+        memmodel.trace(memmodel.ModelRun(resolution=64, rank=4, lora_form="merged"), TINY)
 
 
 def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> None:
