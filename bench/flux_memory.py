@@ -6,7 +6,8 @@ bf16/fp8 base, block checkpointing on/off, batch 1) plus the optional memory fea
 activation peak / total, with the margin kept for what fake tensors cannot see), FLOPs per
 rollout step, per micro-step and per SRPO step with their time floors, and the issue's targets.
 ``--quick`` traces the shipped workflow's setting only (720 px, rank 16) in bf16 and fp8;
-``--features`` adds each memory switch turned away from its default at that setting.
+``--features`` adds each memory switch turned away from its default at that setting;
+``--targets`` traces rank 32 with fp8 at 720 and 1024 px (the activation targets).
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ TARGET_ACTIVATIONS_GB = {720: 8.0, 1024: 12.0}
 rank 32."""
 
 
-def grid(quick: bool, features: bool = False) -> list[ModelRun]:
+def grid(quick: bool, features: bool = False, targets: bool = False) -> list[ModelRun]:
     """The configurations of the table."""
+    if targets:
+        return [ModelRun(resolution=res, rank=32, base_dtype="fp8_e4m3fn") for res in RESOLUTIONS]
     if features:
         return [ModelRun(base_dtype=d) for d in BASE_DTYPES] + list(FEATURE_RUNS)
     if quick:
@@ -201,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--features", action="store_true", help="Shipped setting and each memory switch."
     )
+    parser.add_argument(
+        "--targets", action="store_true", help="Rank 32, fp8, 720 and 1024 (the issue's targets)."
+    )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (default 2).")
     args = parser.parse_args(argv)
-    runs = grid(args.quick, args.features)
+    runs = grid(args.quick, args.features, args.targets)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))
     print("## FLUX.1-dev training memory (fake-tensor trace, batch 1)\n")
