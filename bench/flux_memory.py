@@ -169,7 +169,8 @@ def target_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
     """The issue's memory targets against the traced runs."""
     lines = []
     for run, report in results:
-        if isinstance(report, str) or not run.block_checkpointing or run.requested_features():
+        switched = run.requested_features() or run.lora_dtype is not None
+        if isinstance(report, str) or not run.block_checkpointing or switched:
             continue
         if run.resolution == 720 and run.rank == 16 and run.base_dtype.startswith("fp8"):
             ok = report.peak / GB <= TARGET_FP8_720_GB
