@@ -96,7 +96,7 @@ def test_previews_are_kept_small_uint8_and_bounded(pack: ModuleType) -> None:
     from comfyui_srpo.nodes.trainer import PREVIEW_KEEP_SIZE, Progress
     from comfyui_srpo.srpo_core.training import StepMetrics
 
-    progress = Progress(total=20, start=0, keep=4)
+    progress = Progress(total=20, keep=4)
     for step in range(20):
         image = torch.full((3, 1024, 512), step / 20)
         progress(StepMetrics(step, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False, preview=image))
