@@ -200,9 +200,13 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
         loop = SRPOTrainer(
             cfg, node.grouped_velocity(velocity), prepared.decoder, prepared.reward,
             prepared.adapters.parameters(), prepared.items, collate_cond=node.index_conds,
+            rollout_context=prepared.adapters.rollout,
         )  # fmt: skip
         diffusion_model = prepared.mp.model.diffusion_model
-        with bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing):
+        with (
+            prepared.adapters.session(),  # the activation-form LoRA hooks, as the trainer does
+            bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
+        ):
             batch = loop.draw_batch()
             model = bind_cond(loop.model, batch.cond)
             micro = plan_micro_steps(cfg, 1, loop.generator)[0]
@@ -284,8 +288,10 @@ def capped_step(config: BenchConfig) -> dict[str, Any]:
         loop = SRPOTrainer(
             cfg, node.grouped_velocity(velocity), prepared.decoder, prepared.reward,
             prepared.adapters.parameters(), prepared.items, collate_cond=node.index_conds,
+            rollout_context=prepared.adapters.rollout,
         )  # fmt: skip
         with (
+            prepared.adapters.session(),
             bridge.block_checkpointing(prepared.mp.model.diffusion_model, True),
             PeakMemory(dev) as peak,
         ):
