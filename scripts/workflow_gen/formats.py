@@ -31,19 +31,15 @@ GROUP_FONT_SIZE = 24
 MODE_ALWAYS = 0
 """LiteGraph node mode 0: the node runs (not muted, not bypassed)."""
 S_AND_R = "Node name for S&R"
-"""The property the frontend uses for search and replace: the node type."""
 CNR_ID = "cnr_id"
 """The property naming the node's pack in the registry (the frontend looks it up otherwise)."""
-FRONTEND_WIDGETS: dict[str, dict[str, Any]] = {"PreviewAny": {"preview": ""}}
-"""Widgets the 1.32 frontend adds to a node type on its own (not in /object_info) and queues
-with its inputs: Preview as Text's read-only "preview" text box."""
+"""The property the frontend uses for search and replace: the node type."""
 
 
 def api_inputs(node: ResolvedNode) -> dict[str, Any]:
     """The ``inputs`` of one API node: widget values, then links (a linked widget keeps its
     place among the widgets but holds the link)."""
-    inputs: dict[str, Any] = {**FRONTEND_WIDGETS.get(node.spec.class_type, {})}
-    inputs.update(node.widget_values)
+    inputs: dict[str, Any] = dict(node.widget_values)
     for link in node.links:
         inputs[link.target_input] = [str(link.source_id), link.source_slot]
     return inputs

@@ -256,6 +256,22 @@ def overlapping(nodes: list[dict[str, Any]], title_height: float) -> list[tuple[
     return pairs
 
 
+FRONTEND_WIDGETS = {"PreviewAny": {"preview"}}
+"""Inputs the 1.32 frontend adds to a node type on its own and queues with the prompt, although
+they are no input of the node (/object_info): Preview as Text's read-only text box. The server
+ignores them, so the API files leave them out."""
+
+
+def without_frontend_widgets(prompt: dict[str, Any]) -> dict[str, Any]:
+    """``prompt`` without the inputs of FRONTEND_WIDGETS (anything else still counts)."""
+    out = {}
+    for node_id, node in prompt.items():
+        extra = FRONTEND_WIDGETS.get(node["class_type"], set())
+        inputs = {k: v for k, v in node["inputs"].items() if k not in extra}
+        out[node_id] = {**node, "inputs": inputs}
+    return out
+
+
 def assert_loaded_cleanly(result: dict[str, Any], name: str) -> None:
     """The checks after every load (JSON or PNG) of workflow ``name``."""
     ui, api = load_json(f"{name}.json"), load_json(f"api/{name}.json")
@@ -267,7 +283,8 @@ def assert_loaded_cleanly(result: dict[str, Any], name: str) -> None:
     assert result["console_errors"] == [], "\n".join(result["console_errors"])
     loaded = sorted((n["id"], n["type"]) for n in result["nodes"])
     assert loaded == sorted((n["id"], n["type"]) for n in ui["nodes"])
-    assert result["prompt"] == api, "the frontend would queue something else than the API file"
+    queued = without_frontend_widgets(result["prompt"])
+    assert queued == api, "the frontend would queue something else than the API file"
     widgets = {n["id"]: n["widgets_values"] for n in result["workflow"]["nodes"]}
     assert widgets == {n["id"]: n["widgets_values"] for n in ui["nodes"]}
     assert sorted(result["workflow"]["links"]) == sorted(ui["links"])

@@ -108,7 +108,9 @@ def test_existing_lora_of_another_rank_warns_what_was_kept(comfy: ComfyServer) -
 
 
 def test_a_nan_reward_step_is_skipped_and_training_finishes(comfy: ComfyServer) -> None:
-    """A test-only node makes the reward model return NaN on its 2nd call (step 2 of 2)."""
+    """A test-only node makes the reward model return NaN on its 2nd call. Each step pairs a
+    denoise and an inversion micro-step (two reward calls), so step 1 of 2 is the non-finite one
+    and step 2 must train normally."""
     prompt = training_prompt("nan", steps=2)
     prompt["41"] = {
         "class_type": "TestOnlyNaNRewardModel",
@@ -121,7 +123,7 @@ def test_a_nan_reward_step_is_skipped_and_training_finishes(comfy: ComfyServer) 
     log = comfy.log_text()[before:]
     lines = [line for line in log.splitlines() if "SRPO step" in line]
     assert len(lines) == 2, lines
-    assert "skipped (non-finite)" in lines[1] and "skipped" not in lines[0], lines
+    assert "skipped (non-finite)" in lines[0] and "skipped" not in lines[1], lines
     lora = saved_lora(comfy, "nan")
     assert all(torch.isfinite(t.float()).all() for t in lora.values())
 
