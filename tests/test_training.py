@@ -234,6 +234,27 @@ def test_interrupt_inside_a_step_rewinds_saves_and_resumes_bit_identically(
     assert torch.equal(full.generator.get_state(), second.generator.get_state())
 
 
+def test_interrupt_in_the_guard_check_keeps_and_reports_the_finished_step(
+    tmp_path: Path,
+) -> None:
+    """An interrupt raised after a step's update (in its reward-hacking guard check, which
+    samples with the model) saves that step and reports it, then goes on."""
+    cfg = config(steps=4, checkpoint_path=str(tmp_path / "g.pt"))
+    trainer = _trainer(cfg, TinyVelocity())
+    seen: list[int] = []
+
+    def guard_step(metrics: StepMetrics) -> StepMetrics:
+        if trainer.step == 2:
+            raise Interrupted
+        return metrics
+
+    trainer._guard_step = guard_step  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        trainer.run(callback=lambda m: seen.append(m.step), interrupts=(Interrupted,))
+    assert load_checkpoint(cfg.checkpoint_path or "").step == 2
+    assert seen == [0, 1]
+
+
 def test_resume_with_other_config_names_the_difference(tmp_path: Path) -> None:
     path = str(tmp_path / "ck.pt")
     run(config(steps=2, checkpoint_path=path))

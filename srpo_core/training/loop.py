@@ -180,7 +180,11 @@ class SRPOTrainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.save()
                 raise
-            metrics = self._guard_step(metrics)
+            try:
+                metrics = self._guard_step(metrics)
+            except interrupts:
+                self._keep_finished_step(metrics, callback, interrupts)
+                raise
             history.append(replace(metrics, preview=None))
             if self._checkpoint_due(metrics):
                 self.save()
@@ -247,6 +251,19 @@ class SRPOTrainer:
             k = torch.zeros(n, device=self.device)
             terms = self.reward(images, [i.text for i in items], branch="denoise", k=k, step=0)
         return images.cpu(), terms.total.detach().float().cpu()
+
+    def _keep_finished_step(
+        self,
+        metrics: StepMetrics,
+        callback: StepCallback | None,
+        interrupts: tuple[type[BaseException], ...],
+    ) -> None:
+        """An interrupt after the step's update (in its guard check): the step is done, so save it
+        and report it (the callback's own interrupt is ignored) before the interrupt goes on."""
+        self.save()
+        if callback is not None:
+            with contextlib.suppress(*interrupts):
+                callback(metrics)
 
     def _guard_step(self, metrics: StepMetrics) -> StepMetrics:
         """Run a due guard check after a step; attach it to the metrics."""
