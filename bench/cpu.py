@@ -158,7 +158,7 @@ def written_out_step(t: Any, v: Variant, device: torch.device) -> Callable[[], A
     """G2's B: the parts of an online step called directly: the trainer's rollout (its
     ``draw_batch``), then forward at sigma_hi with grad, decode, reward, backward to the LoRA."""
     from comfyui_srpo.nodes.trainer import grouped_velocity
-    from comfyui_srpo.srpo_core.training.step import autocast_context
+    from comfyui_srpo.srpo_core.training.step import autocast_context, reward_k
 
     velocity = grouped_velocity(v.velocity)
     sigma = torch.full((1,), SIGMA, device=device)
@@ -171,7 +171,8 @@ def written_out_step(t: Any, v: Variant, device: torch.device) -> Callable[[], A
         with autocast_context(device, t.config.dtype):
             x0_hat = x_t - SIGMA * velocity(x_t, sigma, [0])
             image = t.decoder(x0_hat)
-            terms = t.reward(image, [v.world.texts[0]], branch="denoise", sigma=sigma, step=0)
+            k = reward_k(t.config, sigma, "denoise")
+            terms = t.reward(image, [v.world.texts[0]], branch="denoise", k=k, step=0)
         loss = torch.relu(0.7 - terms.total.float()).mean()
         loss.backward()
         for p in params:

@@ -83,6 +83,9 @@ class AdapterSet:
     modules: list[torch.nn.Module] = field(default_factory=list)
     wrappers: list[WeightDtypeLora] = field(default_factory=list)
     hooks: list[ActivationLora] = field(default_factory=list)
+    wrapped_linears: list[torch.nn.Module] = field(default_factory=list)
+    """Linear layers adapted through weight wrappers (merged form, LoHa, ...): their merged
+    weight is built once per rollout (:class:`~.lora_forms.RolloutLinear`)."""
     deferred: list[tuple[str, Any]] = field(default_factory=list)
     continued: dict[str, tuple[str, int | None, torch.dtype]] = field(default_factory=dict)
     """Adapters taken from an existing LoRA: key -> (its algorithm, rank or None, dtype)."""
@@ -102,7 +105,7 @@ class AdapterSet:
 
     def rollout(self) -> contextlib.AbstractContextManager[None]:
         """Context of one no-grad rollout: merged-form weights are built once, then dropped."""
-        return merged_cache(self.wrappers)
+        return merged_cache(self.wrappers, self.wrapped_linears)
 
     def finish(self, mp: Any) -> None:
         """Register the deferred wrappers on ``mp`` (once), so its users see the trained LoRA."""
@@ -212,6 +215,9 @@ def _attach(
             for pname, param in adapter.named_parameters():
                 out.state[f"{name}.{pname}"] = param
             out.modules.append(adapter)
+            is_linear = isinstance(module, torch.nn.Linear)
+            if is_linear and not (form == "activations" and is_plain_lora(adapter)):
+                out.wrapped_linears.append(module)
             if not is_plain_lora(adapter):
                 mp.add_weight_wrapper(f"{name}.weight", adapter)
             elif form == "activations" and isinstance(module, torch.nn.Linear):

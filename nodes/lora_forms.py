@@ -39,6 +39,17 @@ def is_plain_lora(adapter: Any) -> bool:
     )
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matmul on x runs in: autocast's where it is on for x's device, else x's.
+
+    Casting a frozen weight straight to it avoids an intermediate copy in x's dtype (an fp32
+    copy of a bf16 or fp8 weight that autocast would cast down again).
+    """
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 class WeightDtypeLora:
     """Weight wrapper ``w -> w + s * up @ down`` computed in ``w``'s dtype; cached without grad.
 
@@ -93,8 +104,9 @@ class FrozenLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.weight = weight
-        w = weight.to(device=x.device, dtype=x.dtype)
-        b = None if bias is None else bias.to(device=x.device, dtype=x.dtype)
+        dtype = compute_dtype(x)
+        w = weight.to(device=x.device, dtype=dtype)
+        b = None if bias is None else bias.to(device=x.device, dtype=dtype)
         return F.linear(x, w, b)
 
     @staticmethod
@@ -122,18 +134,32 @@ class ActivationLora:
             weight, bias = comfy.ops.cast_bias_weight(m, x)
         else:
             weight, bias = m.weight, m.bias
+        if not torch.is_grad_enabled():
+            dtype = compute_dtype(x)
+            return F.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))
         return FrozenLinear.apply(x, weight, bias)
 
     def __call__(self, x: Tensor) -> Tensor:
+        """``y = W x + b + s * up(down(x)) (+ diff_b)``; x (..., in) -> y (..., out).
+
+        The low-rank term is fused into one ``addmm`` (scale and sum inside the GEMM), in place
+        when no graph is recorded (the no-grad rollout), so it adds no elementwise passes.
+        """
         comfy.ops.run_every_op()
         y = self.base(x)
         dtype = y.dtype
         down = self.adapter.lora_down.weight.to(dtype)
-        up = self.adapter.lora_up.weight.to(dtype) * self.scale
-        delta = F.linear(F.linear(x.to(dtype), down), up)
+        up = self.adapter.lora_up.weight.to(dtype)
+        h = F.linear(x.to(dtype), down).reshape(-1, down.shape[0])
+        flat = y.reshape(-1, up.shape[0])
+        if torch.is_grad_enabled():
+            flat = torch.addmm(flat, h, up.t(), alpha=self.scale)
+        else:
+            flat.addmm_(h, up.t(), alpha=self.scale)
+        y = flat.reshape(y.shape)
         if self.bias_diff is not None:
-            delta = delta + self.bias_diff.to(dtype)
-        return y + delta
+            y = y + self.bias_diff.to(dtype)
+        return y
 
 
 @contextmanager
@@ -152,14 +178,50 @@ def activation_forms(forms: list[ActivationLora]) -> Iterator[None]:
             del form.module.forward
 
 
+class RolloutLinear:
+    """Replacement forward of a weight-wrapped Linear for one no-grad rollout.
+
+    ``y = x W'^T + b'`` with ``W' = f_n(...f_1(W))`` and ``b'`` (the weight after every weight
+    function ComfyUI put on the layer: a merged LoRA ``W + s up @ down``, LoHa, a diff) built once
+    per compute dtype by ``comfy.ops.cast_bias_weight`` and reused at every Euler step. ComfyUI's
+    own path copies ``W`` and reapplies the functions at every call; the stock sampler instead
+    patches merged weights in once, which this matches. Only valid while the weights cannot
+    change: with grad enabled it falls back to the layer's own forward.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self._cached: tuple[Tensor, Tensor | None] | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            return type(self.module).forward(self.module, x)
+        comfy.ops.run_every_op()
+        dtype = compute_dtype(x)
+        if self._cached is None or self._cached[0].dtype != dtype:
+            self._cached = comfy.ops.cast_bias_weight(self.module, x, dtype=dtype)
+        weight, bias = self._cached
+        return F.linear(x, weight, bias)
+
+
 @contextmanager
-def merged_cache(wrappers: list[WeightDtypeLora]) -> Iterator[None]:
-    """Within the context, no-grad calls reuse merged weights; the cache is dropped on exit."""
+def merged_cache(
+    wrappers: list[WeightDtypeLora], linears: list[torch.nn.Module] | None = None
+) -> Iterator[None]:
+    """Within the context, no-grad calls reuse merged weights; the cache is dropped on exit.
+
+    ``linears``: weight-wrapped Linear layers whose forward becomes a :class:`RolloutLinear`
+    (merged weight built once) for the context's duration.
+    """
     for wrapper in wrappers:
         wrapper.caching = True
+    for module in linears or []:
+        module.forward = RolloutLinear(module)
     try:
         yield
     finally:
+        for module in linears or []:
+            del module.forward
         for wrapper in wrappers:
             wrapper.caching = False
             wrapper.clear()

@@ -157,3 +157,62 @@ def test_lora_model_is_saved_in_the_chosen_dtype(
     saved = adapters.freeze(torch.bfloat16)
     assert {v.dtype for v in saved.values()} == {torch.bfloat16}
     assert {p.dtype for p in adapters.state.values()} == {torch.float32}
+
+
+def _stock_velocity(tiny_flux: Any, lora: dict[str, torch.Tensor], cond: Any, x: Any) -> Any:
+    """The reference: ComfyUI's LoraModelLoader patches the LoRA in, then the same velocity."""
+    from comfy_extras.nodes_train import LoraModelLoader
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    mp = LoraModelLoader.execute(tiny_flux.clone(), lora, 1.0).args[0]
+    out: dict[str, Any] = {}
+
+    def session(velocity: Any, device: torch.device) -> None:
+        out["v"] = velocity(x, torch.full((len(x),), 0.7), 0)
+
+    with torch.inference_mode():
+        bridge.run_session(mp, [cond], tuple(x.shape), session)
+    return out["v"]
+
+
+@pytest.mark.parametrize("form", ["activations", "merged"])
+def test_rollout_forward_matches_the_stock_loaded_lora_and_merges_once(
+    pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str, monkeypatch: Any
+) -> None:
+    import comfy.ops
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    mp = tiny_flux.clone()
+    adapters = _attach(pack, mp, torch.float32, form)
+    bridge.replace_inference_parameters(mp)
+    _set_nonzero(adapters, seed=5)
+    x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
+    casts = {"n": 0}
+    real_cast = comfy.ops.cast_bias_weight
+
+    def counting_cast(*args: Any, **kwargs: Any) -> Any:
+        casts["n"] += 1
+        return real_cast(*args, **kwargs)
+
+    out: dict[str, Any] = {}
+
+    def session(velocity: Any, device: torch.device) -> None:
+        with adapters.session(), adapters.rollout(), torch.no_grad():
+            monkeypatch.setattr(comfy.ops, "cast_bias_weight", counting_cast)
+            out["v"] = velocity(x, torch.full((2,), 0.7), 0)
+            first = casts["n"]
+            out["v2"] = velocity(x, torch.full((2,), 0.7), 0)
+            out["per_call"] = (first, casts["n"] - first)
+            monkeypatch.setattr(comfy.ops, "cast_bias_weight", real_cast)
+
+    with torch.inference_mode(False):
+        bridge.run_session(mp, [flux_cond(2)], (2, 16, 8, 8), session)
+    lora = {k: v.detach().clone() for k, v in adapters.state.items()}
+    stock = _stock_velocity(tiny_flux, lora, flux_cond(2), x)
+    assert float((stock - _stock_velocity(tiny_flux, {}, flux_cond(2), x)).abs().max()) > 1e-3
+    torch.testing.assert_close(out["v"], stock, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out["v2"], out["v"], rtol=0, atol=0)
+    first, second = out["per_call"]
+    if form == "merged":
+        assert first >= len(adapters.wrapped_linears) > 0
+        assert second == 0, "merged weights are built once per rollout, not per Euler step"
