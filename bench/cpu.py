@@ -1,9 +1,12 @@
 """CPU benchmark: ratios measured in one run on the toy world and a small random comfy Flux.
 
     .venv/bin/python -m bench.cpu [--out FILE.md] [--repeats N] [--worlds toy,flux]
+                                  [--clock cpu|wall] [--threads N]
 
 Every ratio is A/B of medians of ``--repeats`` (>= 5) timed runs after a warm-up, the variants
-interleaved (A, B, A, B, ...), every output checked finite (DESIGN.md 7):
+interleaved (A, B, A, B, ...), every output checked finite (DESIGN.md 7). By default the clock is
+this process's CPU time with one torch thread: on a shared machine other jobs change wall times by
+2-3x between runs, while the CPU time of one thread measures the work done.
 
 - G1: the trainer's rollout as it runs (LoRA attached, the trainer's dtype, both LoRA forms) vs
   ComfyUI's KSampler (euler) on the same model with the same LoRA loaded the stock way
@@ -31,7 +34,7 @@ from typing import Any
 import psutil
 import torch
 
-from bench.timing import REPEATS, Row, assert_finite, interleaved_medians, profile_top
+from bench.timing import CLOCKS, REPEATS, Row, assert_finite, interleaved_medians, profile_top
 from bench.worlds import World, random_flux_world, toy_world
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +228,7 @@ def stock_sampler(world: World, lora: dict[str, torch.Tensor], steps: int) -> Ca
     return run
 
 
-def stock_train_step(world: World) -> Callable[[], Any]:
+def stock_train_step(world: World, clock: Callable[[], float]) -> Callable[[], Any]:
     """G9's B: the stock TrainLoraNode's per-step time, (T(1 + K) - T(1)) / K, bf16."""
     from comfy_extras.nodes_train import TrainLoraNode
 
@@ -242,11 +245,11 @@ def stock_train_step(world: World) -> Callable[[], Any]:
             )  # fmt: skip
 
     def run() -> Any:
-        start = time.perf_counter()
+        start = clock()
         short = train(1)
-        mid = time.perf_counter()
+        mid = clock()
         long = train(1 + STOCK_EXTRA_STEPS)
-        end = time.perf_counter()
+        end = clock()
         run.step_s = ((end - mid) - (mid - start)) / STOCK_EXTRA_STEPS  # type: ignore[attr-defined]
         return [short.args[2]["loss"], long.args[2]["loss"]]
 
@@ -266,7 +269,14 @@ class _PrintingList(list[Row]):
         print(f"[bench] {row.world} {row.name} {row.what}: {row.ratio:.2f}", file=sys.stderr)
 
 
-def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS) -> list[Row]:
+def measure_world(
+    world: World,
+    repeats: int,
+    rollout_steps: int = ROLLOUT_STEPS,
+    clock: Callable[[], float] = CLOCKS["cpu"],
+    growth_steps: int = GROWTH_STEPS,
+) -> list[Row]:
+    """G1, G2, G9, G6 and memory-growth rows of one world (module docstring)."""
     act, merged = Variant(world, "activations"), Variant(world, "merged")
     rows: list[Row] = _PrintingList()
 
@@ -286,6 +296,7 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
                 "stock": stock,
             },
             repeats,
+            clock=clock,
         )
         for form, key in (("activations", "act"), ("merged", "merged")):
             rows.append(
@@ -301,7 +312,7 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
         # G2: trainer step vs its parts written out
         parts = written_out_step(online["activations"], act, device)
         g2 = interleaved_medians(
-            {"step": online["activations"].train_step, "parts": parts}, repeats
+            {"step": online["activations"].train_step, "parts": parts}, repeats, clock=clock
         )
         rows.append(
             Row(
@@ -314,7 +325,7 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
             )
         )
         # G9: LoRA micro-step vs the stock TrainLoraNode step
-        stock_step = stock_train_step(world)
+        stock_step = stock_train_step(world, clock)
         stock_times: list[float] = []
 
         def stock_once() -> Any:
@@ -326,6 +337,7 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
             {"act": micro_step(act, device), "merged": micro_step(merged, device),
              "stock": stock_once},
             repeats,
+            clock=clock,
         )  # fmt: skip
         stock_s = sorted(stock_times[1:])[len(stock_times[1:]) // 2]
         for form, key in (("activations", "act"), ("merged", "merged")):
@@ -343,6 +355,7 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
         g6 = interleaved_medians(
             {"offline": offline.train_step, "online": online["activations"].train_step},
             repeats,
+            clock=clock,
         )
         rows.append(
             Row(world.name, "G6", "offline step / online step", g6["offline"], g6["online"])
@@ -352,14 +365,14 @@ def measure_world(world: World, repeats: int, rollout_steps: int = ROLLOUT_STEPS
         for _ in range(GROWTH_FROM):
             growth.train_step()
         before = rss_mib()
-        for _ in range(GROWTH_STEPS - GROWTH_FROM):
+        for _ in range(growth_steps - GROWTH_FROM):
             assert_finite(growth.train_step().loss, "growth step")
         after = rss_mib()
         rows.append(
             Row(
                 world.name,
                 "mem",
-                f"RSS after {GROWTH_STEPS} / after {GROWTH_FROM} steps (+{after - before:.1f} MiB)",
+                f"RSS after {growth_steps} / after {GROWTH_FROM} steps (+{after - before:.1f} MiB)",
                 after,
                 before,
                 GROWTH_TARGET,
@@ -383,7 +396,7 @@ def _a_side(row: Row, online: dict[str, Any], offline: Any, act: Variant, merged
     return micro_step(merged if form == "merged" else act, device)
 
 
-def table(rows: list[Row], seconds: float) -> str:
+def table(rows: list[Row], seconds: float, clock: str = "cpu") -> str:
     lines = [
         "| world | ratio | what | A ms | B ms | A/B | target | met | profile of A (own time) |",
         "|---|---|---|---:|---:|---:|---:|---|---|",
@@ -398,8 +411,8 @@ def table(rows: list[Row], seconds: float) -> str:
         )
     lines.append("")
     lines.append(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, bench took {seconds:.0f} s"
-        " (mem row: A and B in MiB)."
+        f"torch {torch.__version__}, {torch.get_num_threads()} compute thread(s), {clock} clock,"
+        f" bench took {seconds:.0f} s wall (mem row: A and B in MiB)."
     )
     return "\n".join(lines)
 
@@ -412,9 +425,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rollout-steps", type=int, default=ROLLOUT_STEPS, help="Euler steps of G1's rollouts"
     )
+    parser.add_argument(
+        "--clock",
+        choices=tuple(CLOCKS),
+        default="cpu",
+        help="cpu: process CPU time (robust to other load); wall: elapsed time",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch compute threads (1 makes CPU time = work)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < REPEATS:
         parser.error(f"--repeats must be >= {REPEATS}")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     _comfy()
     with torch.inference_mode():  # models and conds as ComfyUI's loaders make them
@@ -422,8 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         worlds = {"toy": toy, "flux": random_flux_world(toy)}
     rows: list[Row] = []
     for name in args.worlds.split(","):
-        rows += measure_world(worlds[name.strip()], args.repeats, args.rollout_steps)
-    text = table(rows, time.perf_counter() - start)
+        rows += measure_world(
+            worlds[name.strip()], args.repeats, args.rollout_steps, CLOCKS[args.clock]
+        )
+    text = table(rows, time.perf_counter() - start, args.clock)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -18,6 +18,9 @@ WARMUP = 1
 REPEATS = 5
 """Timed runs of each variant (the median is reported)."""
 PROFILE_TOP = 3
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+"""cpu: this process's CPU time (with one compute thread: its work, little moved by other load on
+a shared machine); wall: elapsed time."""
 
 
 def assert_finite(value: Any, what: str) -> None:
@@ -42,19 +45,20 @@ def interleaved_medians(
     repeats: int = REPEATS,
     warmup: int = WARMUP,
     before_each: Callable[[], Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median seconds of each variant; runs go A, B, C, A, B, C, ... after ``warmup`` rounds.
 
-    ``before_each`` runs untimed before every call.
+    ``before_each`` runs untimed before every call; ``clock`` reads the time (see ``CLOCKS``).
     """
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(warmup + repeats):
         for name, fn in variants.items():
             if before_each is not None:
                 before_each()
-            start = time.perf_counter()
+            start = clock()
             out = fn()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             assert_finite(out, name)
             if round_ >= warmup:
                 times[name].append(elapsed)

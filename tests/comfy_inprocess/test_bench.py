@@ -93,3 +93,18 @@ def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> 
     table = (tmp_path / "results.md").read_text()
     for row in ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor"):
         assert row in table
+
+
+def test_cpu_bench_measures_every_row_on_the_toy_world(pack: ModuleType) -> None:
+    """bench.cpu's rows, with one timed run each, so the CPU bench cannot rot unnoticed."""
+    from bench.cpu import measure_world
+    from bench.timing import CLOCKS
+    from bench.worlds import toy_world
+
+    with torch.inference_mode():
+        world = toy_world()
+    rows = measure_world(world, repeats=1, rollout_steps=1, clock=CLOCKS["cpu"], growth_steps=12)
+    assert [r.name for r in rows] == ["G1", "G1", "G2", "G9", "G9", "G6", "mem"]
+    for row in rows:
+        assert math.isfinite(row.ratio) and row.ratio > 0, row
+        assert row.a_s > 0 and row.b_s > 0, row
