@@ -1,11 +1,17 @@
-"""Left-to-right layout: one column per graph depth, nodes stacked in each column.
+"""Left-to-right layout: columns of stacked nodes.
 
-A node's depth is the length of the longest link path that reaches it (loaders: 0). Within a
+Shipped workflows place every node (``WorkflowSpec.group``): a column per place, groups
+stacked within a column (see ``grouped_layout``). Otherwise one column per graph depth: a
+node's depth is the length of the longest link path that reaches it (loaders: 0); within a
 column, nodes follow the mean height of their sources (fewer crossing links); the first column
-keeps the order of the description. Sizes are estimates of what the frontend draws (it grows a
-node that is too small when the workflow loads, never shrinks one), generous so stacked nodes
-do not overlap. Coordinates are LiteGraph's: ``pos`` is the top-left corner of the node body;
-the title bar sits above it.
+keeps the order of the description.
+
+Sizes are the frontend's own minimum (LiteGraph's computeSize: socket rows, widgets, padding)
+plus what a node shows after a run (image previews, the trainer's live panel, Reward Score's
+number). The frontend grows a node that is too small, never shrinks one, so stacked nodes
+neither overlap nor move when a workflow loads or runs, and the layout wastes no height: a
+1920x1080 window shows every shipped workflow at a readable zoom. Coordinates are LiteGraph's:
+``pos`` is the top-left corner of the node body; the title bar sits above it.
 """
 
 from __future__ import annotations
