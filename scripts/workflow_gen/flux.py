@@ -80,7 +80,7 @@ a trace of this pack's training step, not measured on a GPU); fp8 base weights (
 Diffusion Model) about 27 GB. Out of memory: lower width/height."""
 )
 NOTE_HEIGHT = 330
-NOTE_WIDTH = 300
+NOTE_WIDTH = 280
 """A wider note than the other nodes: fewer wrapped lines."""
 WORDS_HEIGHT = 250
 """Control-Word Reward with the reference recipe's four and five words: every line visible."""

@@ -39,8 +39,8 @@ WIDGETS_PADDING = 8
 """What it adds below the widgets when the node has any."""
 NODE_WIDTH = 240.0
 """Default width: wider than the frontend's minimum for the stock and SRPO nodes (about 230)."""
-TITLE_CHAR_WIDTH = 7
-"""Rough width of one title character (14 px sans-serif), for long titles."""
+TITLE_CHAR_WIDTH = 8
+"""Rough width of one title character (14 px sans-serif) with room for the title bar's dot."""
 TITLE_MARGIN = 40
 COLUMN_GAP = 80
 ROW_GAP = 40
