@@ -1,4 +1,4 @@
-"""What Reward Score (SRPO) sends to the editor for its on-node display (web/srpo_reward_score.js)."""
+"""What Reward Score (SRPO) sends the editor for its on-node display (web/srpo_reward_score.js)."""
 
 from __future__ import annotations
 
