@@ -6,6 +6,7 @@ Values passed on: SRPO_REWARD_MODEL is a ``srpo_core.rewards.ClipReward``; SRPO_
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, cast
 
@@ -38,6 +39,8 @@ ARCHITECTURES = ("HPSv2.1", "PickScore", "open_clip")
 safetensors), any open_clip architecture by name."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCORE_FORMAT = "{i:>3}  total {total:+.4f}  pos {pos:+.4f}  neg {neg:+.4f}"
+SCORE_UI_KEY = "srpo_score"
+"""The ui entry of Reward Score that web/srpo_reward_score.js draws on the node (mean, words)."""
 
 
 def register_folders() -> None:
@@ -242,12 +245,19 @@ class SRPORewardScore(io.ComfyNode):
             category=CATEGORY,
             description="Scores each image under '<positive>. <prompt>' vs '<negative>. <prompt>':"
             " compare before/after SRPO, or try control words before training. Defaults give"
-            " the paper's SGP-HPS metric (Real photo vs CG render).",
+            " the paper's SGP-HPS metric (Real photo vs CG render). After a run the node shows"
+            " the mean score.",
             is_output_node=True,
             inputs=[
                 SRPORewardModel.Input("reward_model", tooltip="From Load Reward Model (SRPO)."),
                 io.Image.Input("images", tooltip="Images to score."),
-                io.String.Input("prompt", multiline=True, default="", tooltip="Their prompt."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="The prompt the images were sampled with (the same for images you"
+                    " compare, e.g. before and after training).",
+                ),
                 io.String.Input("positive", default="Real photo", tooltip="Positive control word."),
                 io.String.Input("negative", default="CG render", tooltip="Negative control word."),
                 io.Combo.Input(
@@ -302,7 +312,27 @@ class SRPORewardScore(io.ComfyNode):
         ]
         mean = sum(total) / len(total)
         table = "\n".join([f"'{positive}' vs '{negative}' ({mode})", *rows, f"mean {mean:+.4f}"])
-        return io.NodeOutput(table, mean, total, ui={"text": [table]})
+        summary = score_summary(total, positive.strip(), negative.strip(), mode)
+        return io.NodeOutput(table, mean, total, ui={"text": [table], SCORE_UI_KEY: [summary]})
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None when it is NaN or infinite (the frontend's JSON has no NaN)."""
+    return value if math.isfinite(value) else None
+
+
+def score_summary(total: list[float], positive: str, negative: str, mode: str) -> dict[str, Any]:
+    """What the node shows after a run: mean, min and max of the per-image totals (B,), their
+    count and the control words; non-finite numbers become None."""
+    return {
+        "mean": finite_or_none(sum(total) / len(total)),
+        "min": finite_or_none(min(total)),
+        "max": finite_or_none(max(total)),
+        "count": len(total),
+        "positive": positive,
+        "negative": negative,
+        "mode": mode,
+    }
 
 
 NODES: list[type[io.ComfyNode]] = [SRPOLoadRewardModel, SRPOControlWordReward, SRPORewardScore]

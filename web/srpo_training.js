@@ -21,7 +21,7 @@ const TEXT_LINE = 15;
 const TEXT_LINES = 3;
 const PANEL_HEIGHT = PLOT_HEIGHT + TEXT_LINE * TEXT_LINES + 12;
 const MARGIN = 10;
-const PREVIEW_MIN_HEIGHT = 320;
+const PREVIEW_MIN_HEIGHT = 256;
 const MIN_WIDTH = 400;
 const COLORS = {
   loss: "#ff6b6b",

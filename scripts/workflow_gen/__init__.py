@@ -5,9 +5,10 @@
 ``workflows/api/<name>.json`` (API) and ``workflows/<name>.png``. To ship another workflow, write
 a function like those in ``flux.py`` and add it here.
 
-Modules: ``graph`` (the description language), ``nodedefs`` (/object_info as the frontend reads
-it), ``resolve`` (checks a description and fills in defaults), ``layout``, ``formats`` (API and
-UI JSON), ``picture`` (the PNG).
+Modules: ``graph`` (the description language), ``before_after`` (the scored before/after block
+every workflow ends with), ``nodedefs`` (/object_info as the frontend reads it), ``resolve``
+(checks a description and fills in defaults), ``layout``, ``formats`` (API and UI JSON),
+``picture`` (the PNG).
 """
 
 from __future__ import annotations

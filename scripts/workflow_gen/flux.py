@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
 from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
 
 FLUX_UNET = "flux1-dev.safetensors"
@@ -50,32 +51,43 @@ FILES = {
 }
 """Where each model file comes from and the ComfyUI models/ folder it goes in (the loaders'
 ``properties.models``: the editor's missing-models dialog offers these downloads)."""
-FILES_NOTE = """Model files (ComfyUI/models/<folder>/), sizes approximate:
-- flux1-dev.safetensors -> diffusion_models/ (about 24 GB)
-  huggingface.co/black-forest-labs/FLUX.1-dev (accept its licence first)
-- ae.safetensors -> vae/ (about 0.3 GB), same page
-- clip_l.safetensors (about 0.25 GB), t5xxl_fp16.safetensors (about 9.8 GB)
-  -> text_encoders/: huggingface.co/comfyanonymous/flux_text_encoders
+FILES_NOTE = """Model files go in ComfyUI/models/<folder>/ (sizes approximate):
+- flux1-dev.safetensors -> diffusion_models/ (24 GB) and ae.safetensors -> vae/ (0.3 GB): \
+huggingface.co/black-forest-labs/FLUX.1-dev (accept its licence first)
+- clip_l.safetensors (0.25 GB) and t5xxl_fp16.safetensors (9.8 GB) -> text_encoders/: \
+huggingface.co/comfyanonymous/flux_text_encoders
+"""
+"""Lines without breaks inside: the note's text box wraps them to its width."""
+HPS_NOTE = """- HPS_v2.1_compressed.pt -> srpo_rewards/ (2 GB): huggingface.co/xswu/HPSv2
 """
 SAMPLE_NOTE = (
     FILES_NOTE
-    + """- srpo_flux1.safetensors -> diffusion_models/ (about 24 GB): the file
-  diffusion_pytorch_model.safetensors from huggingface.co/tencent/SRPO, renamed
-
-Memory: FLUX.1-dev in bf16 needs about 24 GB of GPU memory; with less, pick
-weight_dtype fp8 in Load Diffusion Model (the SRPO weights are applied on top)."""
+    + """- srpo_flux1.safetensors -> diffusion_models/ (24 GB): the file \
+diffusion_pytorch_model.safetensors of huggingface.co/tencent/SRPO, renamed
+"""
+    + HPS_NOTE
+    + """
+Memory: FLUX.1-dev in bf16 needs about 24 GB of GPU memory; with less, pick weight_dtype \
+fp8 in Load Diffusion Model (the SRPO weights are applied on top). The reward model (HPSv2.1, \
+for the two Reward Score numbers) adds about 2 GB."""
 )
 TRAIN_NOTE = (
     FILES_NOTE
-    + """- HPS_v2.1_compressed.pt -> srpo_rewards/ (about 2 GB): huggingface.co/xswu/HPSv2
-
-Memory: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB
-(estimated by a trace of this pack's training step, not measured on a GPU); fp8 base
-weights (Load Diffusion Model) about 27 GB. Out of memory: lower width/height."""
+    + HPS_NOTE
+    + """
+Memory: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB (estimated by \
+a trace of this pack's training step, not measured on a GPU); fp8 base weights (Load \
+Diffusion Model) about 27 GB. Out of memory: lower width/height."""
 )
-NOTE_HEIGHT = 300
-SAVE_HEIGHT = 360
-"""Body height of the nodes that show the 1024 x 1024 samples."""
+NOTE_HEIGHT = 330
+NOTE_WIDTH = 280
+"""A wider note than the other nodes: fewer wrapped lines."""
+WORDS_HEIGHT = 250
+"""Control-Word Reward with the reference recipe's four and five words: every line visible."""
+PROMPT_SET_HEIGHT = 240
+"""Prompt Set with six training prompts of two wrapped lines each."""
+PROMPT_HEIGHT = 110
+"""The sample prompt (about 140 characters) wraps to five lines at the default width."""
 
 SEED = 1024
 GUIDANCE = 3.5
@@ -89,7 +101,6 @@ SAMPLER: dict[str, Value] = {
 IMAGE_SIZE = 1024
 TRAIN_SIZE = 720
 """SRPO trains FLUX.1-dev at 720 x 720."""
-STITCH_SPACING = 16
 
 SAMPLE_PROMPT = (
     "A close-up portrait of an elderly fisherman with weathered skin and a grey beard, mending"
@@ -113,13 +124,6 @@ class FluxModels(NamedTuple):
     vae: Out
 
 
-class Conditioning(NamedTuple):
-    """Positive (with FLUX guidance) and negative (zeroed) conditioning of one prompt."""
-
-    positive: Out
-    negative: Out
-
-
 def flux_loaders(wf: WorkflowSpec) -> FluxModels:
     """UNETLoader + DualCLIPLoader (CLIP-L, T5-XXL) + VAELoader for FLUX.1-dev."""
     unet = wf.add("UNETLoader", unet_name=FLUX_UNET, weight_dtype="default")
@@ -133,38 +137,36 @@ def flux_loaders(wf: WorkflowSpec) -> FluxModels:
     return FluxModels(unet.out("MODEL"), clip.out("CLIP"), vae.out("VAE"))
 
 
-def flux_conditioning(wf: WorkflowSpec, clip: Out, text: str) -> Conditioning:
-    """CLIPTextEncode -> FluxGuidance; the (unused at cfg 1) negative is the zeroed prompt."""
-    encoded = wf.add("CLIPTextEncode", text=text, clip=clip)
+def flux_sampling(wf: WorkflowSpec, flux: FluxModels) -> Sampling:
+    """The sample prompt's conditioning and a 1024 x 1024 latent, for both sides."""
+    encoded = wf.add("CLIPTextEncode", text=SAMPLE_PROMPT, clip=flux.clip)
+    encoded = encoded.sized(wf, PROMPT_HEIGHT)
     positive = wf.add("FluxGuidance", conditioning=encoded.out(), guidance=GUIDANCE)
     negative = wf.add("ConditioningZeroOut", conditioning=encoded.out())
-    return Conditioning(positive.out(), negative.out())
+    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+    settings = {"seed": SEED, "denoise": 1.0, **SAMPLER}
+    return Sampling(positive.out(), negative.out(), latent.out(), flux.vae, settings)
 
 
-def flux_sample(
-    wf: WorkflowSpec, label: str, model: Out, cond: Conditioning, latent: Out, vae: Out
-) -> Out:
-    """KSampler (fixed seed, euler, simple, 50 steps, cfg 1) + VAEDecode; returns the image."""
-    sampler = wf.add(
-        "KSampler",
-        f"KSampler ({label})",
-        model=model,
-        positive=cond.positive,
-        negative=cond.negative,
-        latent_image=latent,
-        seed=SEED,
-        denoise=1.0,
-        **SAMPLER,
+def hps_reward_model(wf: WorkflowSpec) -> Out:
+    """Load Reward Model (SRPO) with HPSv2.1 in bf16."""
+    reward_model = wf.add(
+        "SRPOLoadRewardModel",
+        checkpoint=HPS_CHECKPOINT,
+        architecture="HPSv2.1",
+        open_clip_arch="ViT-H-14",
+        dtype="bf16",
     )
-    return wf.add("VAEDecode", f"VAE Decode ({label})", samples=sampler.out(), vae=vae).out()
+    reward_model.loads(wf, FILES[HPS_CHECKPOINT])
+    return reward_model.out()
 
 
 def srpo_sample_flux() -> WorkflowSpec:
-    """FLUX.1-dev vs FLUX.1-dev with SRPO weights, same seed, side by side."""
+    """FLUX.1-dev vs FLUX.1-dev with SRPO weights, same seed, side by side, each scored."""
     wf = WorkflowSpec(
         "srpo_sample_flux",
         "SRPO: sample FLUX.1-dev",
-        "Base FLUX.1-dev (left) vs SRPO weights (right), same seed and settings.",
+        "Base FLUX.1-dev (left) vs SRPO weights (right), same seed and settings, both scored.",
     )
     with wf.group("Models", 0):
         flux = flux_loaders(wf)
@@ -176,29 +178,15 @@ def srpo_sample_flux() -> WorkflowSpec:
             layout="auto",
         )
         srpo.loads(wf, FILES[SRPO_WEIGHTS])
-        wf.note("Model files and memory", SAMPLE_NOTE, NOTE_HEIGHT)
-    with wf.group("Prompt", 1):
-        cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
-        latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
-    with wf.group("Base vs SRPO", 2):
-        base_image = flux_sample(wf, "base", flux.model, cond, latent.out(), flux.vae)
-        srpo_image = flux_sample(wf, "SRPO", srpo.out("model"), cond, latent.out(), flux.vae)
-    with wf.group("Base vs SRPO", 3):
-        stitched = wf.add(
-            "ImageStitch",
-            image1=base_image,
-            image2=srpo_image,
-            direction="right",
-            match_image_size=True,
-            spacing_width=STITCH_SPACING,
-            spacing_color="white",
-        )
-        wf.add(
-            "SaveImage",
-            "Save (base | SRPO)",
-            images=stitched.out(),
-            filename_prefix="srpo_base_vs_tuned",
-        ).sized(wf, SAVE_HEIGHT)
+        wf.note("Model files and memory", SAMPLE_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
+    with wf.group("Prompt and reward", 1):
+        reward_model = hps_reward_model(wf)
+        sampling = flux_sampling(wf, flux)
+    sides = (
+        Side("base", flux.model, "srpo_base"),
+        Side("SRPO", srpo.out("model"), "srpo_tuned"),
+    )
+    side_by_side(wf, "Base vs SRPO", 2, sides, sampling, Scoring(reward_model, SAMPLE_PROMPT))
     return wf
 
 
@@ -211,18 +199,13 @@ def srpo_finetune_flux() -> WorkflowSpec:
     )
     with wf.group("Models", 0):
         flux = flux_loaders(wf)
-        reward_model = wf.add(
-            "SRPOLoadRewardModel",
-            checkpoint=HPS_CHECKPOINT,
-            architecture="HPSv2.1",
-            open_clip_arch="ViT-H-14",
-            dtype="bf16",
-        )
-        reward_model.loads(wf, FILES[HPS_CHECKPOINT])
-        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT)
+        reward_model = hps_reward_model(wf)
+        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
     with wf.group("Prompts and reward", 1):
-        reward = wf.add("SRPOControlWordReward", reward_model=reward_model.out(), mode="cfg")
+        reward = wf.add("SRPOControlWordReward", reward_model=reward_model, mode="cfg")
+        reward = reward.sized(wf, WORDS_HEIGHT)
         prompts = wf.add("SRPOPromptSet", clip=flux.clip, prompts="\n".join(TRAIN_PROMPTS))
+        prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
         regularizer = wf.add("SRPOInversionRegularizer")
     with wf.group("Training", 2):
         trainer = wf.add(
@@ -250,11 +233,10 @@ def srpo_finetune_flux() -> WorkflowSpec:
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
         wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Before / after", 4):
-        cond = flux_conditioning(wf, flux.clip, SAMPLE_PROMPT)
-        latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
-        before = flux_sample(wf, "before", flux.model, cond, latent.out(), flux.vae)
-    with wf.group("Before / after", 5):
-        wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_before")
-        after = flux_sample(wf, "after", trainer.out("model"), cond, latent.out(), flux.vae)
-        wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_after")
+        sampling = flux_sampling(wf, flux)
+    sides = (
+        Side("before", flux.model, "srpo_before"),
+        Side("after", trainer.out("model"), "srpo_after"),
+    )
+    side_by_side(wf, "Before / after", 5, sides, sampling, Scoring(reward_model, SAMPLE_PROMPT))
     return wf

@@ -125,7 +125,7 @@ def ui_node(
         "type": node.spec.class_type,
         "pos": [box.x, box.y],
         "size": [box.width, box.height],
-        "flags": {},
+        "flags": {"collapsed": True} if box.collapsed else {},
         "order": order,
         "mode": MODE_ALWAYS,
         "inputs": inputs,
@@ -157,7 +157,7 @@ def ui_groups(nodes: Sequence[ResolvedNode], boxes: dict[int, Box]) -> list[dict
         x0 = min(b.x for b in items) - GROUP_PADDING
         y0 = min(b.y for b in items) - TITLE_HEIGHT - GROUP_TITLE_HEIGHT - GROUP_PADDING
         x1 = max(b.x + b.width for b in items) + GROUP_PADDING
-        y1 = max(b.y + b.height for b in items) + GROUP_PADDING
+        y1 = max(b.bottom for b in items) + GROUP_PADDING
         groups.append(
             {
                 "id": index,

@@ -59,8 +59,8 @@ class Place:
 @dataclass(frozen=True)
 class NodeSpec:
     """One node: its id (1, 2, ... in the order added), class type, values, links, title,
-    where the layout puts it, the model files it loads and an explicit body height (or None:
-    estimated from its widgets)."""
+    where the layout puts it, the model files it loads, an explicit body height and width (or
+    None: estimated from its widgets) and whether it is saved collapsed (title bar only)."""
 
     id: int
     class_type: str
@@ -70,14 +70,25 @@ class NodeSpec:
     place: Place | None = None
     models: tuple[ModelFile, ...] = ()
     height: float | None = None
+    width: float | None = None
+    collapsed: bool = False
 
     def out(self, output: int | str = 0) -> Out:
         """A reference to one of this node's outputs, by index or by output name."""
         return Out(self.id, output)
 
-    def sized(self, workflow: WorkflowSpec, height: float | None) -> NodeSpec:
-        """This node with an explicit body height (room for what it shows after a run)."""
-        return workflow.update(self, height=height) if height is not None else self
+    def sized(
+        self, workflow: WorkflowSpec, height: float | None, width: float | None = None
+    ) -> NodeSpec:
+        """This node with an explicit body height (room for its text or for what it shows
+        after a run) and, if given, width."""
+        changes = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
+        return workflow.update(self, **changes) if changes else self
+
+    def collapse(self, workflow: WorkflowSpec) -> NodeSpec:
+        """This node saved collapsed: only its title bar is drawn (a node without widgets
+        whose wiring the title says, e.g. a VAE Decode)."""
+        return workflow.update(self, collapsed=True)
 
     def loads(self, workflow: WorkflowSpec, *files: ModelFile) -> NodeSpec:
         """This node with the model files it loads (``properties.models``)."""
@@ -103,9 +114,11 @@ class WorkflowSpec:
         finally:
             self._place = outer
 
-    def note(self, title: str, text: str, height: float | None = None) -> NodeSpec:
+    def note(
+        self, title: str, text: str, height: float | None = None, width: float | None = None
+    ) -> NodeSpec:
         """Add a text note (editor only) in the current group."""
-        return self.add(NOTE_TYPE, title, text=text).sized(self, height)
+        return self.add(NOTE_TYPE, title, text=text).sized(self, height, width)
 
     def update(self, node: NodeSpec, **changes: object) -> NodeSpec:
         """Replace ``node`` by a copy with ``changes`` (models, height)."""

@@ -95,8 +95,13 @@ def graph_bounds(workflow: Mapping[str, Any]) -> tuple[float, float, float, floa
     left = min(n["pos"][0] for n in nodes)
     top = min(n["pos"][1] - TITLE_HEIGHT for n in nodes)
     right = max(n["pos"][0] + n["size"][0] for n in nodes)
-    bottom = max(n["pos"][1] + n["size"][1] for n in nodes)
+    bottom = max(n["pos"][1] + body_height(n) for n in nodes)
     return left, top, right, bottom
+
+
+def body_height(node: Mapping[str, Any]) -> float:
+    """Height of the drawn body: none for a collapsed node (title bar only)."""
+    return 0.0 if node.get("flags", {}).get("collapsed") else float(node["size"][1])
 
 
 class GraphCanvas:
@@ -116,30 +121,36 @@ class GraphCanvas:
         )
 
 
+def socket_y(node: Mapping[str, Any], slot: int) -> float:
+    """Height of a socket row; a collapsed node's links meet its title bar."""
+    if node.get("flags", {}).get("collapsed"):
+        return float(node["pos"][1]) - TITLE_HEIGHT / 2
+    return float(node["pos"][1]) + SLOT_HEIGHT * (slot + 0.5)
+
+
 def draw_links(draw: ImageDraw.ImageDraw, workflow: Mapping[str, Any], canvas: GraphCanvas) -> None:
     """Every link as a line from its output socket to its input socket."""
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for _, source, out_slot, target, in_slot, kind in workflow["links"]:
         src, dst = nodes[source], nodes[target]
-        start = canvas.point(
-            src["pos"][0] + src["size"][0], src["pos"][1] + SLOT_HEIGHT * (out_slot + 0.5)
-        )
-        end = canvas.point(dst["pos"][0], dst["pos"][1] + SLOT_HEIGHT * (in_slot + 0.5))
+        start = canvas.point(src["pos"][0] + src["size"][0], socket_y(src, out_slot))
+        end = canvas.point(dst["pos"][0], socket_y(dst, in_slot))
         colour = LINK_COLOURS.get(kind, OTHER_LINK)
         for dy in LINK_OFFSETS:
             draw.line([(start[0], start[1] + dy), (end[0], end[1] + dy)], fill=colour)
 
 
 def draw_node(image: Image.Image, node: Mapping[str, Any], title: str, canvas: GraphCanvas) -> None:
-    """One node: title bar (SRPO nodes highlighted), body, title text."""
+    """One node: title bar (SRPO nodes highlighted), body (unless collapsed), title text."""
     draw = ImageDraw.Draw(image)
     x, y = node["pos"]
-    width, height = node["size"]
+    width, height = node["size"][0], body_height(node)
     left, top = canvas.point(x, y - TITLE_HEIGHT)
     right, body_top = canvas.point(x + width, y)
     _, bottom = canvas.point(x + width, y + height)
     title_fill = SRPO_TITLE if node["type"].startswith("SRPO") else NODE_TITLE
-    draw.rectangle([left, body_top, right, bottom], fill=NODE_BODY, outline=NODE_OUTLINE)
+    if height:
+        draw.rectangle([left, body_top, right, bottom], fill=NODE_BODY, outline=NODE_OUTLINE)
     draw.rectangle([left, top, right, body_top], fill=title_fill, outline=NODE_OUTLINE)
     shown = fit_text(title, right - left - 2 * TEXT_INSET, NODE_TEXT_SCALE)
     draw_text(image, (left + TEXT_INSET, top + TEXT_INSET / 2), shown, NODE_TEXT_SCALE, TEXT)

@@ -6,7 +6,8 @@ seeds are sampled before and after, so the effect is visible (and measured by sc
 
 from __future__ import annotations
 
-from scripts.workflow_gen.graph import Out, WorkflowSpec
+from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
+from scripts.workflow_gen.graph import Value, WorkflowSpec
 
 PROMPT = "a red circle"
 TRAIN_PROMPTS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
@@ -15,7 +16,12 @@ IMAGE_SIZE = 64
 SAMPLES = 8
 """Before/after samples (one batch, fixed seed)."""
 SEED = 7
-SAMPLER = {"steps": 20, "cfg": 3.0, "sampler_name": "euler", "scheduler": "simple"}
+SAMPLER: dict[str, Value] = {
+    "steps": 20,
+    "cfg": 3.0,
+    "sampler_name": "euler",
+    "scheduler": "simple",
+}
 """The toy generator's recommended settings (toyworld.json 'sampling')."""
 TRAIN = {
     "steps": 30,
@@ -47,36 +53,25 @@ VALIDATE_EVERY = 10
 """Validation samples (fixed noise) after steps 10, 20 and 30."""
 
 
-NOTE = """The toy world: no download needed.
+NOTE = """Ships with the pack (15 MB): a 64x64 Flux, its text encoder, a VAE and a tiny \
+reward model that knows bright/dark, smooth/grainy and four colours. No download; runs on a \
+CPU in a few minutes.
 
-A 64x64 Flux (ComfyUI's own architecture), its text encoder, a TAESD-layout VAE and a tiny
-open_clip reward that knows bright/dark, smooth/grainy and four colours ship with the pack
-(15 MB). Runs on a CPU in a few minutes.
+Run: the trainer draws its loss and reward curves and the latest preview. Cancel keeps a \
+checkpoint; Run again resumes.
 
-Press Run: the trainer draws its loss and reward curves and the latest preview while it trains.
-Cancel keeps a checkpoint; Run again resumes.
-"""
+Before / after: the same seed without and with the LoRA, each with its mean reward."""
+"""Paragraphs without line breaks: the note's text box wraps them to its width."""
 NOTE_HEIGHT = 170
-PROMPT_HEIGHT = 100
-"""The sample prompts are one line: a shorter text box than the estimate."""
-COLUMNS = {"models": 0, "settings": 1, "trainer": 2, "results": 3, "before": 4, "after": 5}
-
-
-def sample(wf: WorkflowSpec, label: str, model: Out, cond: tuple[Out, Out, Out], vae: Out) -> Out:
-    """KSampler on ``model`` at the fixed seed (shared prompt, negative, latent), decoded."""
-    positive, negative, latent = cond
-    sampler = wf.add(
-        "KSampler",
-        f"KSampler ({label})",
-        model=model,
-        positive=positive,
-        negative=negative,
-        latent_image=latent,
-        seed=SEED,
-        denoise=1.0,
-        **SAMPLER,
-    )
-    return wf.add("VAEDecode", f"VAE Decode ({label})", samples=sampler.out(), vae=vae).out()
+PROMPT_SET_HEIGHT = 122
+"""Prompt Set with four one-line prompts: every line visible."""
+NOTE_WIDTH = 300
+"""A wider note: fewer lines, and the first column holds nothing wider."""
+COLUMNS = {"models": 0, "settings": 1, "trainer": 2, "results": 3, "inputs": 4, "before": 5}
+"""Left to right: models, prompts and reward; training settings; the trainer; its results;
+the sampling inputs both sides share; the before and the after columns."""
+SCORING = {"positive": POSITIVE, "negative": NEGATIVE, "mode": "srp"}
+"""Reward Score of both sides: the pair the LoRA is trained with."""
 
 
 def srpo_finetune_toyworld() -> WorkflowSpec:
@@ -88,7 +83,7 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
     )
     with wf.group("Models", COLUMNS["models"]):
         toy = wf.add("SRPOToyWorldLoader")
-        wf.note("About this workflow", NOTE, NOTE_HEIGHT)
+        wf.note("The toy world: no download", NOTE, NOTE_HEIGHT, NOTE_WIDTH)
     model, clip, vae = toy.out("model"), toy.out("clip"), toy.out("vae")
     with wf.group("Prompts and reward", COLUMNS["models"]):
         reward = wf.add(
@@ -99,11 +94,12 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
             mode="srp",
         )
         prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
-    with wf.group("Training", COLUMNS["settings"]):
-        settings = wf.add("SRPOTrainingSettings", **SETTINGS)
+        prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
         validation_prompts = wf.add(
             "SRPOPromptSet", "Validation prompts", clip=clip, prompts="\n".join(VALIDATION_PROMPTS)
         )
+    with wf.group("Training", COLUMNS["settings"]):
+        settings = wf.add("SRPOTrainingSettings", **SETTINGS)
         validation = wf.add(
             "SRPOValidation", prompts=validation_prompts.out(), every=VALIDATE_EVERY, seed=SEED
         )
@@ -125,24 +121,24 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
             prefix="loras/srpo_toy",
             steps=trainer.out("steps"),
         )
+        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Training results", COLUMNS["results"]):
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
         wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
-        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
-    with wf.group("Before / after", COLUMNS["before"]):
+    with wf.group("Before / after", COLUMNS["inputs"]):
         positive = wf.add("CLIPTextEncode", "Prompt", clip=clip, text=PROMPT)
-        positive = positive.sized(wf, PROMPT_HEIGHT)
-        negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="").sized(wf, PROMPT_HEIGHT)
-    with wf.group("Before / after", COLUMNS["after"]):
+        negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="")
         latent = wf.add(
             "EmptySD3LatentImage", "Latent", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=SAMPLES
         )
-    cond = (positive.out(), negative.out(), latent.out())
-    with wf.group("Before / after", COLUMNS["before"]):
-        before = sample(wf, "before", model, cond, vae)
-        wf.add("SaveImage", "Save (before)", images=before, filename_prefix="srpo_toy_before")
-    with wf.group("Before / after", COLUMNS["after"]):
-        after = sample(wf, "after", trainer.out("model"), cond, vae)
-        wf.add("SaveImage", "Save (after)", images=after, filename_prefix="srpo_toy_after")
+    sampling = Sampling(
+        positive.out(), negative.out(), latent.out(), vae, {"seed": SEED, "denoise": 1.0, **SAMPLER}
+    )
+    sides = (
+        Side("before", model, "srpo_toy_before"),
+        Side("after", trainer.out("model"), "srpo_toy_after"),
+    )
+    scoring = Scoring(toy.out("reward_model"), PROMPT, SCORING)
+    side_by_side(wf, "Before / after", COLUMNS["before"], sides, sampling, scoring)
     return wf

@@ -4,8 +4,8 @@ One browser for the module opens the test server's frontend. Each UI workflow is
 ``app.loadGraphData`` and each PNG through the frontend's file-drop path (``app.handleFile``);
 after each load: no missing node types (the app's list and the missing-nodes dialog), no dialog or
 warning toast, no SEVERE console message from the page or the server, the expected nodes, no two
-nodes overlapping, and ``app.graphToPrompt()`` (what "Run" would queue) equal to the API file.
-A screenshot of the training graph goes to test-artifacts/.
+nodes and no two groups overlapping, and ``app.graphToPrompt()`` (what "Run" would queue) equal to
+the API file. A screenshot of the training graph goes to test-artifacts/.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and PyPI's ``selenium``: without them these
 tests skip, except under CI (CI=true), where they fail and say what to install.
@@ -95,8 +95,9 @@ const [kind, payload, fileName, done] = arguments;
     done({
       missing: window.__srpoMissing,
       nodes: graph.nodes.map((n) => ({ id: n.id, type: n.type, pos: [...n.pos],
-                                       size: [...n.size] })),
-      titleHeight: window.LiteGraph.NODE_TITLE_HEIGHT,
+                                       size: [...n.size], rect: [...n.boundingRect] })),
+      groups: graph.groups.map((g) => ({ title: g.title,
+                                         rect: [...(g._bounding || g.boundingRect)] })),
       prompt: queued.output,
       workflow: queued.workflow,
     });
@@ -121,6 +122,9 @@ return {
 FIT_WINDOW = (1920, 1080)
 MIN_FIT_ZOOM = 0.6
 """Below about 60 % the canvas draws nodes as grey boxes (LiteGraph's low-quality zoom)."""
+SHIPPED_FIT_ZOOM = 0.67
+"""What the shipped layouts reach (0.675 to 0.688 measured), less a little: a node added to a
+workflow must find room in the layout rather than push its fit zoom toward MIN_FIT_ZOOM."""
 FIT_MARGIN = 0.75
 """The share of the canvas the frontend's "fit view" fills (DragAndScale.fitToBounds' zoom)."""
 FIT_ZOOM_JS = """
@@ -239,20 +243,15 @@ def load_json(relative: str) -> Any:
     return json.loads((WORKFLOWS_DIR / relative).read_text(encoding="utf-8"))
 
 
-def overlapping(nodes: list[dict[str, Any]], title_height: float) -> list[tuple[int, int]]:
-    """Pairs of node ids whose boxes (title bar included) overlap."""
-
-    def box(n: dict[str, Any]) -> tuple[float, float, float, float]:
-        (x, y), (w, h) = n["pos"], n["size"]
-        return x, y - title_height, x + w, y + h
-
+def overlapping(items: list[dict[str, Any]], key: str = "id") -> list[tuple[Any, Any]]:
+    """Pairs (by ``key``) of items whose drawn rectangles ``rect`` ([x, y, w, h]: a node's title
+    bar included, a collapsed node's title bar only) overlap."""
     pairs = []
-    for i, a in enumerate(nodes):
-        for b in nodes[i + 1 :]:
-            ax0, ay0, ax1, ay1 = box(a)
-            bx0, by0, bx1, by1 = box(b)
-            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
-                pairs.append((a["id"], b["id"]))
+    for i, a in enumerate(items):
+        for b in items[i + 1 :]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["rect"], b["rect"]
+            if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah:
+                pairs.append((a[key], b[key]))
     return pairs
 
 
@@ -288,7 +287,8 @@ def assert_loaded_cleanly(result: dict[str, Any], name: str) -> None:
     widgets = {n["id"]: n["widgets_values"] for n in result["workflow"]["nodes"]}
     assert widgets == {n["id"]: n["widgets_values"] for n in ui["nodes"]}
     assert sorted(result["workflow"]["links"]) == sorted(ui["links"])
-    assert overlapping(result["nodes"], result["titleHeight"]) == []
+    assert overlapping(result["nodes"]) == [], "nodes overlap"
+    assert overlapping(result["groups"], "title") == [], "group frames overlap"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -319,7 +319,8 @@ def test_frontend_reports_a_missing_node_type(frontend: Frontend) -> None:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_workflow_fits_a_1920x1080_window_readably(frontend: Frontend, name: str) -> None:
     """Fit view on a 1920x1080 window (nodes and groups, as the frontend fits them) draws the
-    workflow at >= 60 %, where LiteGraph still draws widgets and text."""
+    workflow at SHIPPED_FIT_ZOOM or more: above 60 %, where LiteGraph still draws widgets and
+    text, with a margin."""
     frontend.load("json", load_json(f"{name}.json"), f"{name}.json")
     driver = frontend.driver
     driver.set_window_size(*FIT_WINDOW)
@@ -328,5 +329,5 @@ def test_workflow_fits_a_1920x1080_window_readably(frontend: Frontend, name: str
         fit = driver.execute_script(FIT_ZOOM_JS, FIT_MARGIN)
     finally:
         driver.set_window_size(*WINDOW_SIZE)
-    print(f"\n{name}: fit zoom {fit['zoom']:.2f} (graph {fit['bounds']}, canvas {fit['canvas']})")
-    assert fit["zoom"] >= MIN_FIT_ZOOM, fit
+    print(f"\n{name}: fit zoom {fit['zoom']:.3f} (graph {fit['bounds']}, canvas {fit['canvas']})")
+    assert fit["zoom"] >= SHIPPED_FIT_ZOOM >= MIN_FIT_ZOOM, fit

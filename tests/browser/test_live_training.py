@@ -8,15 +8,19 @@ stopped and which checkpoint it left, though the workflow's checkpoint_name is e
 the trainer resumes from that step and finishes; the workflow's SRPO Validation (every 10 steps)
 reports its mean reward after step 10.
 
-After the run no two nodes overlap (outputs shown, the trainer's panel and preview included).
+After the run no two nodes overlap (outputs shown, the trainer's panel and preview included), and
+the Reward Score nodes below the "before" and "after" samples show finite mean rewards (drawn on
+the node by web/srpo_reward_score.js), the ones the server reports in the prompt's history.
 
 Screenshots: test-artifacts/live_training_midrun.png, live_training_stopped.png,
-live_training_resumed.png, live_training_after_run.png (the folder is git-ignored).
+live_training_resumed.png, live_training_after_run.png, live_training_before_after.png (the
+folder is git-ignored).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any
@@ -111,6 +115,22 @@ return {
 """
 
 
+SCORE_NODE = "SRPORewardScore"
+SIDES = ("before", "after")
+SCORES_JS = """
+const side = (n) => ({ id: n.id, title: n.title, rect: [...n.boundingRect],
+                       score: n.srpoScore || null,
+                       display: (n.widgets || []).some((w) => w.name === "srpo_score_display") });
+const nodes = window.app.graph.nodes;
+return { scores: nodes.filter((n) => n.type === arguments[0]).map(side),
+         saves: nodes.filter((n) => n.type === "SaveImage").map(side),
+         samplers: nodes.filter((n) => n.type === "KSampler").map(side) };
+"""
+NEXT_TO_PX = 60
+"""Most space between a sample's node and its score's title bar, in canvas units."""
+TABLE_MEAN = re.compile(r"mean ([+-][0-9.]+)$")
+
+
 def load_ui_workflow() -> Any:
     return json.loads((WORKFLOWS_DIR / f"{WORKFLOW}.json").read_text(encoding="utf-8"))
 
@@ -147,6 +167,43 @@ def wait_for_prompt_end(comfy: ComfyServer) -> None:
             return
         time.sleep(POLL_S)
     pytest.fail("the queue did not empty")
+
+
+def by_side(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The nodes titled "... (before)" and "... (after)", by side."""
+    found = {side: [n for n in nodes if n["title"].endswith(f"({side})")] for side in SIDES}
+    assert all(len(found[side]) == 1 for side in SIDES), nodes
+    return {side: found[side][0] for side in SIDES}
+
+
+def last_outputs(comfy: ComfyServer) -> dict[str, Any]:
+    """The ui outputs of the last prompt in the server's history (cached nodes included)."""
+    history = requests.get(f"{comfy.url}/history", timeout=30).json()
+    return dict(list(history.values())[-1]["outputs"])
+
+
+def assert_reward_numbers_beside_samples(page: Frontend, comfy: ComfyServer) -> None:
+    """Each side's Reward Score sits right under that side's saved samples, the two sides next
+    to each other, and shows a finite mean: the one the server sent (history ui) and wrote in
+    its text table."""
+    found = page.driver.execute_script(SCORES_JS, SCORE_NODE)
+    scores, saves = by_side(found["scores"]), by_side(found["saves"])
+    outputs = last_outputs(comfy)
+    for side in SIDES:
+        score, save = scores[side], saves[side]
+        assert score["display"], f"{score['title']}: no score display on the node"
+        assert score["score"] is not None, f"{score['title']}: shows no score after the run"
+        mean = score["score"]["mean"]
+        assert isinstance(mean, float) and math.isfinite(mean), score
+        sent = outputs[str(score["id"])]
+        assert sent["srpo_score"][0]["mean"] == mean, (sent, score)
+        table_mean = TABLE_MEAN.search(sent["text"][0])
+        assert table_mean and float(table_mean.group(1)) == pytest.approx(mean, abs=5e-5)
+        (sx, sy, _, sh), (cx, cy, _, _) = save["rect"], score["rect"]
+        assert cx == sx and 0 <= cy - (sy + sh) <= NEXT_TO_PX, (save, score)
+        print(f"\n{score['title']}: mean {mean:+.4f}")
+    before, after = saves["before"]["rect"], saves["after"]["rect"]
+    assert before[1] == after[1] and before[0] + before[2] < after[0], "not side by side"
 
 
 def stepped(n: int) -> Any:
@@ -202,6 +259,9 @@ def test_curves_preview_cancel_message_and_resume(frontend: Frontend, comfy: Com
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     assert page.driver.save_screenshot(str(ARTIFACTS_DIR / "live_training_after_run.png"))
     assert page.driver.execute_script(OVERLAPS_JS) == [], "nodes overlap after the run"
+    samplers = by_side(page.driver.execute_script(SCORES_JS, SCORE_NODE)["samplers"])
+    screenshot(page, "live_training_before_after.png", samplers["before"]["id"])
+    assert_reward_numbers_beside_samples(page, comfy)
     assert done["live"]["steps"][0] == stopped_at + 1, done["live"]
     assert done["live"]["steps"][-1] == STEPS
     assert f"resumed at step {stopped_at}" in done["live"]["text"], done["live"]["text"]

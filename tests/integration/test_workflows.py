@@ -40,7 +40,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EDITOR_ONLY = frozenset({"Note"})
 """Node types of the editor alone (text notes): in the UI workflow, never in the API prompt."""
 GROUPS = {
-    "srpo_sample_flux": ["Models", "Prompt", "Base vs SRPO"],
+    "srpo_sample_flux": ["Models", "Prompt and reward", "Base vs SRPO"],
     "srpo_finetune_flux": [
         "Models",
         "Prompts and reward",
