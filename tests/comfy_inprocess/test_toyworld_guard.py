@@ -24,10 +24,11 @@ WASHED_OUT = 0.02
 
 def guarded_run(lr: float) -> Any:
     """Train the toy world as the shipped workflow does (guard on), at ``lr``; TrainResult."""
+    from comfyui_srpo.nodes.progress import Progress
     from comfyui_srpo.nodes.prompts import SRPOPromptSet
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
     from comfyui_srpo.nodes.toyworld import load_toyworld
-    from comfyui_srpo.nodes.trainer import Progress, build_settings, run_training
+    from comfyui_srpo.nodes.trainer import build_settings, run_training
     from comfyui_srpo.toyworld.runtime.config import default_assets_dir
 
     model, clip, vae, reward_model = load_toyworld(default_assets_dir())

@@ -93,7 +93,7 @@ def test_a_run_that_cannot_fit_fails_early_with_the_memory_it_needs(
 
 
 def test_previews_are_kept_small_uint8_and_bounded(pack: ModuleType) -> None:
-    from comfyui_srpo.nodes.trainer import PREVIEW_KEEP_SIZE, Progress
+    from comfyui_srpo.nodes.progress import PREVIEW_KEEP_SIZE, Progress
     from comfyui_srpo.srpo_core.training import StepMetrics
 
     progress = Progress(total=20, keep=4)
