@@ -54,9 +54,7 @@ class World:
 def _control_reward(clip_reward: Any) -> Any:
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
 
-    return SRPOControlWordReward.execute(clip_reward, "bright", "dark", "cfg", 0.1, 0.25, 1.0).args[
-        0
-    ]
+    return SRPOControlWordReward.execute(clip_reward, "bright", "dark", "cfg", 1.0).args[0]
 
 
 def _copies(mp: Any) -> Callable[[], Any]:
