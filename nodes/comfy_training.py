@@ -37,6 +37,7 @@ from .lora_forms import (
     is_plain_lora,
     merged_cache,
 )
+from .prompt_batch import PromptBatcher, per_prompt_velocity
 
 log = logging.getLogger(__name__)
 
@@ -380,13 +381,27 @@ class _SessionSampler(comfy.samplers.Sampler):
     ) -> torch.Tensor:
         inner, conds = model_wrap.inner_model, model_wrap.conds
         options, seed = extra_args["model_options"], extra_args.get("seed")
+        batcher = PromptBatcher(lambda i: conds[COND_KEY.format(i)])
 
-        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        def under(x: torch.Tensor, sigma: torch.Tensor, entries: Any) -> torch.Tensor:
             sigma = sigma.to(device=x.device, dtype=torch.float32)
             denoised = comfy.samplers.sampling_function(
-                inner, x, sigma, None, conds[COND_KEY.format(cond)], 1.0, options, seed
+                inner, x, sigma, None, entries, 1.0, options, seed
             )
             return velocity_from_denoised(x, denoised.to(x.dtype), sigma.to(x.dtype))
+
+        def one(x: torch.Tensor, sigma: torch.Tensor, index: int) -> torch.Tensor:
+            return under(x, sigma, conds[COND_KEY.format(index)])
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+            if isinstance(cond, int):
+                return one(x, sigma, cond)
+            if len(set(cond)) == 1:
+                return one(x, sigma, cond[0])
+            combined = batcher(cond)
+            if combined is None:
+                return per_prompt_velocity(one, x, sigma, cond)
+            return under(x, sigma, combined)
 
         self.session(velocity, noise.device)
         return noise
@@ -396,7 +411,9 @@ def run_session(mp: Any, conds: list[Any], latent_shape: tuple[int, ...], sessio
     """Load ``mp`` with ComfyUI's sampling preparation and call ``session(velocity, device)``.
 
     ``velocity(x, sigma, i)`` evaluates the model under the i-th conditioning of ``conds`` on
-    latents in the model's own (``process_in``) space.
+    latents in the model's own (``process_in``) space; ``velocity(x, sigma, [i_1, ..., i_B])``
+    gives row b the conditioning ``i_b``, in one model call when those prompts' conditionings
+    concatenate (:mod:`.prompt_batch`), else one call per prompt.
     """
     guider = PromptSetGuider(mp, conds)
     dummy = torch.zeros(latent_shape)
