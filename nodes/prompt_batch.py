@@ -109,8 +109,8 @@ def incompatibility(entries: list[Entries]) -> str | None:
             return "the prompts have different conditioning inputs"
     for key, cond in first["model_conds"].items():
         one = cond.process_cond(batch_size=1, area=None)
-        for entry in entries[1:]:
-            other = entry[0]["model_conds"][key].process_cond(batch_size=1, area=None)
+        for other_entries in entries[1:]:
+            other = other_entries[0]["model_conds"][key].process_cond(batch_size=1, area=None)
             if type(other) is not type(one) or not one.can_concat(other):
                 return f"{key!r} does not concatenate"
             if list(other.size()) != list(one.size()):
