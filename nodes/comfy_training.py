@@ -6,7 +6,8 @@ ModelPatcher, its conditioning and a VAE into the callables srpo_core trains wit
 - trainable weight adapters (LoRA, LoHa, LoKr, OFT) attached through ``comfy.weight_adapter`` the
   way the stock TrainLoraNode does, so the result is a LORA_MODEL that SaveLoRA and
   LoraModelLoader accept;
-- per-block gradient checkpointing that survives ComfyUI's in-place residual adds;
+- per-block gradient checkpointing (or kept activations) that survives ComfyUI's in-place
+  residual adds;
 - a ``ConditionedVelocity`` evaluated through ComfyUI's own sampling machinery (model patches,
   hooks, Flux guidance and pooled output all work as in KSampler);
 - a differentiable ``Decoder`` around a ComfyUI VAE.
@@ -24,10 +25,10 @@ from typing import Any
 
 import comfy.samplers
 import torch
-import torch.utils.checkpoint
 from comfy.weight_adapter import adapter_maps, adapters
 
 from ..srpo_core.direct_align import velocity_from_denoised
+from ..srpo_core.inplace_blocks import BLOCK_MODES, block_forward
 from ..srpo_core.protocols import ConditionedVelocity
 from ..srpo_core.rewards import release_inference_tensors
 from .lora_forms import (
@@ -266,34 +267,6 @@ def replace_inference_parameters(mp: Any) -> list[str]:
 # --- gradient checkpointing -----------------------------------------------------------------
 
 
-def _clone_tensors(values: Any) -> Any:
-    if isinstance(values, torch.Tensor):
-        return values.clone()
-    if isinstance(values, tuple | list):
-        return type(values)(_clone_tensors(v) for v in values)
-    if isinstance(values, dict):
-        return {k: _clone_tensors(v) for k, v in values.items()}
-    return values
-
-
-def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` under torch.utils.checkpoint, cloning its tensor inputs inside the checkpoint.
-
-    ComfyUI's Flux blocks add residuals in place (``x += ...``); cloning inside the checkpointed
-    function keeps the saved inputs intact for the recomputation (DESIGN.md 8).
-    """
-
-    def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return forward(*_clone_tensors(args), **_clone_tensors(kwargs))
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        return torch.utils.checkpoint.checkpoint(run, args, kwargs, use_reentrant=False)
-
-    return wrapper
-
-
 def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a diffusion model: children of its ModuleLists (Flux: double and
     single stream blocks)."""
@@ -306,11 +279,14 @@ def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 
 
 @contextmanager
-def checkpointed_forwards(blocks: list[torch.nn.Module]) -> Iterator[int]:
-    """Within the context, each block's forward is checkpointed; yields the count."""
+def checkpointed_forwards(blocks: list[torch.nn.Module], mode: str = "checkpoint") -> Iterator[int]:
+    """Within the context, each block's forward is wrapped for ``mode`` (:data:`BLOCK_MODES`:
+    "checkpoint" recomputes it in backward, "clone" keeps its activations); yields the count.
+    Both keep what backward needs intact when a block changes its inputs in place."""
+    wrap = block_forward(mode)
     saved = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
-        block.forward = _checkpointed(block.forward)
+        block.forward = wrap(block.forward)
     try:
         yield len(blocks)
     finally:
@@ -322,14 +298,17 @@ def checkpointed_forwards(blocks: list[torch.nn.Module]) -> Iterator[int]:
 
 
 def block_checkpointing(
-    diffusion_model: torch.nn.Module, enabled: bool = True
+    diffusion_model: torch.nn.Module, mode: bool | str = True
 ) -> contextlib.AbstractContextManager[int]:
-    """Within the context, each transformer block's forward is checkpointed; yields the count.
+    """Within the context, each transformer block's forward is wrapped; yields the count.
 
-    Even without memory pressure this is needed for back-propagation through ComfyUI's Flux,
-    whose blocks modify their inputs in place.
+    ``mode``: "checkpoint" (or True) recomputes each block in backward; "clone" (or False) keeps
+    the activations (no recompute). One of the two is needed for back-propagation through
+    ComfyUI's Flux, whose blocks modify their inputs in place: without a wrapper autograd stops
+    with "modified by an inplace operation" (:mod:`srpo_core.inplace_blocks`).
     """
-    return checkpointed_forwards(transformer_blocks(diffusion_model) if enabled else [])
+    chosen = mode if isinstance(mode, str) else BLOCK_MODES[0 if mode else 1]
+    return checkpointed_forwards(transformer_blocks(diffusion_model), chosen)
 
 
 def decoder_blocks(decoder: torch.nn.Module) -> list[torch.nn.Module]:
