@@ -61,7 +61,7 @@ from .prompt_batch import per_prompt_velocity
 from .prompts import PromptSet
 from .resume import CHECKPOINT_DIR, checkpoint_path
 from .run_export import RUNS_DIR, export_run_file
-from .training_settings import TrainingSettings
+from .training_settings import TrainingSettings, block_mode
 from .types import (
     CATEGORY,
     SRPOPrompts,
@@ -534,7 +534,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         latent_shape=(shape[0], shape[1], shape[2]),
         regularizer=regularizer if regularizer is not None else RegularizerConfig(),
         guard=guard_config(kw["hacking_guard"]),
-        gradient_checkpointing=kw["gradient_checkpointing"],
+        gradient_checkpointing=block_mode(kw["gradient_checkpointing"]) == "checkpoint",
         preview_every=kw["preview_every"],
         checkpoint_every=kw["checkpoint_every"],
         checkpoint_path=checkpoint_path(kw["checkpoint_name"]),
