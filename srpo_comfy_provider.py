@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from srpo_core.distributed.components import Components
 from srpo_core.distributed.conditioning import collate_pairs, load_conditioning
@@ -34,6 +33,7 @@ from srpo_core.distributed.diffusers_provider import (
 )
 from srpo_core.distributed.runfile import RunFile
 from srpo_core.flux_layout import is_diffusers_layout
+from srpo_core.inplace_blocks import block_forward
 from srpo_core.rewards import ControlWordReward
 
 COMFYUI_ENV = "SRPO_COMFYUI_DIR"
@@ -90,31 +90,13 @@ def load_flux(path: str, config_path: str, dtype: torch.dtype, device: torch.dev
     return flux.to(device=device, dtype=dtype)
 
 
-def _cloned(values: Any) -> Any:
-    if isinstance(values, Tensor):
-        return values.clone()
-    if isinstance(values, tuple | list):
-        return type(values)(_cloned(v) for v in values)
-    if isinstance(values, dict):
-        return {k: _cloned(v) for k, v in values.items()}
-    return values
-
-
 def wrap_blocks(flux: nn.Module, recompute: bool) -> None:
-    """ComfyUI's Flux blocks add residuals in place; autograd needs their inputs cloned first
-    (DESIGN.md 8). Each block clones its tensor inputs, optionally inside a checkpoint."""
+    """ComfyUI's Flux blocks add residuals in place (DESIGN.md 8): each block is wrapped so that
+    backward sees the values its forward used, recomputed in backward ("checkpoint") or kept
+    ("clone"); see srpo_core/inplace_blocks.py."""
+    wrap = block_forward("checkpoint" if recompute else "clone")
     for block in [*flux.double_blocks, *flux.single_blocks]:  # type: ignore[union-attr]
-        original = block.forward
-
-        def run(*args: Any, _f: Any = original, **kwargs: Any) -> Any:
-            return _f(*_cloned(args), **_cloned(kwargs))
-
-        def forward(*args: Any, _run: Any = run, **kwargs: Any) -> Any:
-            if recompute and torch.is_grad_enabled():
-                return checkpoint(_run, *args, use_reentrant=False, **kwargs)
-            return _run(*args, **kwargs)
-
-        block.forward = forward
+        block.forward = wrap(block.forward)
 
 
 class ComfyFluxVelocity(nn.Module):

@@ -6,7 +6,8 @@ ModelPatcher, its conditioning and a VAE into the callables srpo_core trains wit
 - trainable weight adapters (LoRA, LoHa, LoKr, OFT) attached through ``comfy.weight_adapter`` the
   way the stock TrainLoraNode does, so the result is a LORA_MODEL that SaveLoRA and
   LoraModelLoader accept;
-- per-block gradient checkpointing that survives ComfyUI's in-place residual adds;
+- per-block gradient checkpointing (or kept activations) that survives ComfyUI's in-place
+  residual adds;
 - a ``ConditionedVelocity`` evaluated through ComfyUI's own sampling machinery (model patches,
   hooks, Flux guidance and pooled output all work as in KSampler);
 - a differentiable ``Decoder`` around a ComfyUI VAE.
@@ -24,10 +25,10 @@ from typing import Any
 
 import comfy.samplers
 import torch
-import torch.utils.checkpoint
 from comfy.weight_adapter import adapter_maps, adapters
 
 from ..srpo_core.direct_align import velocity_from_denoised
+from ..srpo_core.inplace_blocks import BLOCK_MODES, block_forward
 from ..srpo_core.protocols import ConditionedVelocity
 from ..srpo_core.rewards import release_inference_tensors
 from .lora_forms import (
@@ -37,6 +38,7 @@ from .lora_forms import (
     is_plain_lora,
     merged_cache,
 )
+from .prompt_batch import PromptBatcher, per_prompt_velocity
 
 log = logging.getLogger(__name__)
 
@@ -271,34 +273,6 @@ def replace_inference_parameters(mp: Any) -> list[str]:
 # --- gradient checkpointing -----------------------------------------------------------------
 
 
-def _clone_tensors(values: Any) -> Any:
-    if isinstance(values, torch.Tensor):
-        return values.clone()
-    if isinstance(values, tuple | list):
-        return type(values)(_clone_tensors(v) for v in values)
-    if isinstance(values, dict):
-        return {k: _clone_tensors(v) for k, v in values.items()}
-    return values
-
-
-def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """``forward`` under torch.utils.checkpoint, cloning its tensor inputs inside the checkpoint.
-
-    ComfyUI's Flux blocks add residuals in place (``x += ...``); cloning inside the checkpointed
-    function keeps the saved inputs intact for the recomputation (DESIGN.md 8).
-    """
-
-    def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return forward(*_clone_tensors(args), **_clone_tensors(kwargs))
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled():
-            return forward(*args, **kwargs)
-        return torch.utils.checkpoint.checkpoint(run, args, kwargs, use_reentrant=False)
-
-    return wrapper
-
-
 def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a diffusion model: children of its ModuleLists (Flux: double and
     single stream blocks)."""
@@ -311,11 +285,14 @@ def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module
 
 
 @contextmanager
-def checkpointed_forwards(blocks: list[torch.nn.Module]) -> Iterator[int]:
-    """Within the context, each block's forward is checkpointed; yields the count."""
+def checkpointed_forwards(blocks: list[torch.nn.Module], mode: str = "checkpoint") -> Iterator[int]:
+    """Within the context, each block's forward is wrapped for ``mode`` (:data:`BLOCK_MODES`:
+    "checkpoint" recomputes it in backward, "clone" keeps its activations); yields the count.
+    Both keep what backward needs intact when a block changes its inputs in place."""
+    wrap = block_forward(mode)
     saved = [block.__dict__.get("forward") for block in blocks]
     for block in blocks:
-        block.forward = _checkpointed(block.forward)
+        block.forward = wrap(block.forward)
     try:
         yield len(blocks)
     finally:
@@ -327,14 +304,17 @@ def checkpointed_forwards(blocks: list[torch.nn.Module]) -> Iterator[int]:
 
 
 def block_checkpointing(
-    diffusion_model: torch.nn.Module, enabled: bool = True
+    diffusion_model: torch.nn.Module, mode: bool | str = True
 ) -> contextlib.AbstractContextManager[int]:
-    """Within the context, each transformer block's forward is checkpointed; yields the count.
+    """Within the context, each transformer block's forward is wrapped; yields the count.
 
-    Even without memory pressure this is needed for back-propagation through ComfyUI's Flux,
-    whose blocks modify their inputs in place.
+    ``mode``: "checkpoint" (or True) recomputes each block in backward; "clone" (or False) keeps
+    the activations (no recompute). One of the two is needed for back-propagation through
+    ComfyUI's Flux, whose blocks modify their inputs in place: without a wrapper autograd stops
+    with "modified by an inplace operation" (:mod:`srpo_core.inplace_blocks`).
     """
-    return checkpointed_forwards(transformer_blocks(diffusion_model) if enabled else [])
+    chosen = mode if isinstance(mode, str) else BLOCK_MODES[0 if mode else 1]
+    return checkpointed_forwards(transformer_blocks(diffusion_model), chosen)
 
 
 def decoder_blocks(decoder: torch.nn.Module) -> list[torch.nn.Module]:
@@ -386,13 +366,27 @@ class _SessionSampler(comfy.samplers.Sampler):
     ) -> torch.Tensor:
         inner, conds = model_wrap.inner_model, model_wrap.conds
         options, seed = extra_args["model_options"], extra_args.get("seed")
+        batcher = PromptBatcher(lambda i: conds[COND_KEY.format(i)])
 
-        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        def under(x: torch.Tensor, sigma: torch.Tensor, entries: Any) -> torch.Tensor:
             sigma = sigma.to(device=x.device, dtype=torch.float32)
             denoised = comfy.samplers.sampling_function(
-                inner, x, sigma, None, conds[COND_KEY.format(cond)], 1.0, options, seed
+                inner, x, sigma, None, entries, 1.0, options, seed
             )
             return velocity_from_denoised(x, denoised.to(x.dtype), sigma.to(x.dtype))
+
+        def one(x: torch.Tensor, sigma: torch.Tensor, index: int) -> torch.Tensor:
+            return under(x, sigma, conds[COND_KEY.format(index)])
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+            if isinstance(cond, int):
+                return one(x, sigma, cond)
+            if len(set(cond)) == 1:
+                return one(x, sigma, cond[0])
+            combined = batcher(cond)
+            if combined is None:
+                return per_prompt_velocity(one, x, sigma, cond)
+            return under(x, sigma, combined)
 
         self.session(velocity, noise.device)
         return noise
@@ -402,7 +396,9 @@ def run_session(mp: Any, conds: list[Any], latent_shape: tuple[int, ...], sessio
     """Load ``mp`` with ComfyUI's sampling preparation and call ``session(velocity, device)``.
 
     ``velocity(x, sigma, i)`` evaluates the model under the i-th conditioning of ``conds`` on
-    latents in the model's own (``process_in``) space.
+    latents in the model's own (``process_in``) space; ``velocity(x, sigma, [i_1, ..., i_B])``
+    gives row b the conditioning ``i_b``, in one model call when those prompts' conditionings
+    concatenate (:mod:`.prompt_batch`), else one call per prompt.
     """
     guider = PromptSetGuider(mp, conds)
     dummy = torch.zeros(latent_shape)

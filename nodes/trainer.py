@@ -52,10 +52,11 @@ from .live import (
     stopped_message,
 )
 from .progress import Progress, blank_image, guard_summary
+from .prompt_batch import per_prompt_velocity
 from .prompts import PromptSet
 from .resume import CHECKPOINT_DIR, checkpoint_path
 from .run_export import RUNS_DIR, export_run_file
-from .training_settings import TrainingSettings
+from .training_settings import TrainingSettings, block_mode
 from .types import (
     CATEGORY,
     SRPOPrompts,
@@ -288,21 +289,18 @@ def index_conds(conds: list[Any]) -> Any:
     return list(conds)
 
 
-def grouped_velocity(velocity: Any) -> Any:
+def grouped_velocity(velocity: Any, *, one_call: bool = True) -> Any:
     """Batch a ``velocity(x, sigma, prompt_index)`` over per-sample prompt indices.
 
-    Samples that share a prompt run together; outputs are put back in batch order.
+    ``one_call``: the whole batch runs as one model call when its prompts' conditionings
+    concatenate (``run_session``'s velocity takes the index list; :mod:`.prompt_batch`), else one
+    call per prompt. Off, always one call per prompt (the former path, kept for the benchmark).
     """
 
     def run(x: torch.Tensor, sigma: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        order: list[int] = []
-        pieces = []
-        for idx in dict.fromkeys(indices):
-            rows = [b for b, i in enumerate(indices) if i == idx]
-            order += rows
-            pieces.append(velocity(x[rows], sigma[rows], idx))
-        inverse = torch.argsort(torch.tensor(order, device=x.device))
-        return torch.cat(pieces)[inverse]
+        if one_call:
+            return velocity(x, sigma, tuple(indices))
+        return per_prompt_velocity(velocity, x, sigma, indices)
 
     return run
 
@@ -363,7 +361,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         latent_shape=(shape[0], shape[1], shape[2]),
         regularizer=regularizer if regularizer is not None else RegularizerConfig(),
         guard=guard_config(kw["hacking_guard"]),
-        gradient_checkpointing=kw["gradient_checkpointing"],
+        gradient_checkpointing=block_mode(kw["gradient_checkpointing"]) == "checkpoint",
         preview_every=kw["preview_every"],
         checkpoint_every=kw["checkpoint_every"],
         checkpoint_path=checkpoint_path(kw["checkpoint_name"]),

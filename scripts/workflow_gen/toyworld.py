@@ -45,7 +45,7 @@ SETTINGS = {
     "max_grad_norm": 1.0,
     "training_dtype": "fp32",
     "lora_dtype": "fp32",
-    "gradient_checkpointing": True,
+    "gradient_checkpointing": "checkpoint",
 }
 """SRPO Training Settings for a CPU: short rollouts, fp32, a looser clip; no guidance embedding."""
 VALIDATION_PROMPTS = ("a red circle", "a blue square")

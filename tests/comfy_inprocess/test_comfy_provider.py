@@ -18,10 +18,11 @@ from tests.distributed.tinyworld import TOY_ASSETS, build
 
 pytest.importorskip("diffusers")
 STEPS = 2
-UPDATE_TOLERANCE = 0.1
-"""Relative distance of the two runs' weight updates. The implementations differ at float-rounding
-level; Adam's per-element normalisation turns that into lr-sized steps where a gradient is near
-zero (6 % measured on this toy run). Unrelated updates would be ~1.4 apart."""
+UPDATE_TOLERANCE = 1e-3
+"""Relative distance of the two runs' weight updates: 3.6e-5 measured (float rounding). The
+former block wrapper, whose recomputation read ComfyUI's residual stream after its in-place add,
+gave 7e-2 (wrong gradients that Adam's per-element normalisation made look like rounding);
+unrelated updates would be ~1.4 apart."""
 
 
 def run_cli(folder: Path, provider: str, transformer_config: str | None) -> Path:
@@ -69,8 +70,7 @@ def test_comfyui_flux_trains_like_diffusers_flux(
     )
     moved = max((diffusers_weights[k].float() - base[k].float()).abs().max() for k in base)
     assert moved > 1e-4, "training did not change the weights"
-    # Adam turns float-rounding differences of near-zero gradients into lr-sized steps, so the
-    # updates are compared as a whole: relative distance of the two weight changes.
+    # the updates are compared as a whole: relative distance of the two weight changes
     update_d = torch.cat([(diffusers_weights[k].float() - base[k].float()).flatten() for k in base])
     update_c = torch.cat([(as_diffusers[k].float() - base[k].float()).flatten() for k in base])
     distance = float((update_c - update_d).norm() / update_d.norm())

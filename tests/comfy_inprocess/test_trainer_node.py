@@ -178,7 +178,7 @@ OLD_TRAINER_DEFAULTS = {
     "save_dtype": "bf16",
     "lora_form": "activations",
     "decoder_checkpointing": True,
-    "gradient_checkpointing": True,
+    "gradient_checkpointing": "checkpoint",
     "checkpoint_every": 0,
 }
 """The defaults these settings had as trainer widgets (before the settings node existed), with
@@ -225,3 +225,28 @@ def test_validation_samples_every_n_steps_without_changing_training(
         assert torch.equal(value, checked.args[1][key]), key
     saved = sorted((tmp_path / "loras").glob("*_step00004.safetensors"))
     assert len(saved) == 1, list((tmp_path / "loras").glob("*"))
+
+
+def test_clone_mode_trains_the_same_lora_as_checkpointing(
+    pack: ModuleType, tiny_flux: Any, tiny_vae: Any, reward: Any, prompts: Any
+) -> None:
+    """gradient_checkpointing "clone" (no recompute) vs "checkpoint": the same LoRA after 2 steps
+    (the wiring; test_block_modes.py compares the gradients); the former boolean maps to
+    checkpoint/clone for Python callers."""
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    loras = {}
+    for mode in ("checkpoint", "clone", False):
+        settings = node_inputs(
+            steps=2, preview_every=0, save_dtype="fp32", gradient_checkpointing=mode
+        )
+        with torch.inference_mode():
+            out = SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+        loras[mode] = out.args[1]
+    for key, value in loras["checkpoint"].items():
+        torch.testing.assert_close(loras["clone"][key], value, rtol=1e-5, atol=1e-7)
+        assert torch.equal(loras[False][key], loras["clone"][key]), key
+    ups = [v for k, v in loras["clone"].items() if k.endswith("lora_up.weight")]
+    assert ups and all(float(v.abs().sum()) > 0 for v in ups)
+    with pytest.raises(ValueError, match="gradient_checkpointing must be one of"):
+        node_inputs(gradient_checkpointing="recompute")

@@ -1,0 +1,120 @@
+"""Block gradient modes ("checkpoint", "clone") through a tiny real ComfyUI Flux, whose blocks add
+residuals in place (srpo_core/inplace_blocks.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+LATENT = (2, 16, 8, 8)
+SIGMA = 0.7
+
+
+class OutOfPlaceAdds(TorchFunctionMode):
+    """The reference: every ``add_`` runs out of place. In ComfyUI's Flux blocks each ``add_`` is
+    a ``x += ...`` statement, which rebinds ``x`` to the result, so the forward is unchanged and
+    plain autograd needs no wrapper."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") == "add_":
+            return torch.add(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def former_checkpoint(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper the pack used before: non-reentrant checkpoint around cloned inputs."""
+    from comfyui_srpo.srpo_core.inplace_blocks import clone_tensors
+
+    def run(args: Any, kwargs: Any) -> Any:
+        return forward(*clone_tensors(args), **clone_tensors(kwargs))
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return torch.utils.checkpoint.checkpoint(run, args, kwargs, use_reentrant=False)
+
+    return wrapper
+
+
+def _lora_grads(
+    tiny_flux: Any, cond: Any, form: str, wrap: Callable[[Any], AbstractContextManager[Any]]
+) -> dict[str, torch.Tensor]:
+    """LoRA gradients of ``mean(v^2)`` with non-zero adapters, blocks wrapped by ``wrap(dm)``."""
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    mp = tiny_flux.clone()
+    adapters = bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
+    bridge.replace_inference_parameters(mp)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(LATENT, generator=torch.Generator().manual_seed(4))
+
+    def session(velocity: Any, device: torch.device) -> None:
+        with adapters.session(), wrap(mp.model.diffusion_model):
+            velocity(x, torch.full((LATENT[0],), SIGMA), 0).square().mean().backward()
+
+    with torch.inference_mode(False), torch.enable_grad():
+        bridge.run_session(mp, [cond], LATENT, session)
+    return {k: p.grad.clone() for k, p in adapters.state.items() if p.grad is not None}
+
+
+def _blocks(wrapper: Callable[[Any], Any]) -> Callable[[Any], AbstractContextManager[Any]]:
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    class Wrapped:
+        def __init__(self, dm: Any) -> None:
+            self.blocks = bridge.transformer_blocks(dm)
+
+        def __enter__(self) -> None:
+            for block in self.blocks:
+                block.forward = wrapper(block.forward)
+
+        def __exit__(self, *exc: Any) -> None:
+            for block in self.blocks:
+                del block.forward
+
+    return Wrapped
+
+
+def _max_relative(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys() and a
+    return max(float((a[k] - b[k]).abs().max() / b[k].abs().max()) for k in b)
+
+
+def test_without_a_block_wrapper_backward_stops_with_the_in_place_error(
+    pack: ModuleType, tiny_flux: Any, flux_cond: Any
+) -> None:
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _lora_grads(tiny_flux, flux_cond(1), "activations", lambda dm: nullcontext())
+
+
+@pytest.mark.parametrize("form", ["activations", "merged"])
+def test_checkpoint_and_clone_give_the_gradients_of_an_out_of_place_flux(
+    pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str
+) -> None:
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    def reference(dm: Any) -> AbstractContextManager[Any]:
+        return OutOfPlaceAdds()
+
+    grads = {
+        name: _lora_grads(tiny_flux, flux_cond(1), form, wrap)
+        for name, wrap in {
+            "reference": reference,
+            "checkpoint": lambda dm: bridge.block_checkpointing(dm, "checkpoint"),
+            "clone": lambda dm: bridge.block_checkpointing(dm, "clone"),
+            "former": _blocks(former_checkpoint),
+        }.items()
+    }
+    assert all(float(g.abs().max()) > 0 for g in grads["reference"].values())
+    assert _max_relative(grads["checkpoint"], grads["reference"]) < 1e-5
+    assert _max_relative(grads["clone"], grads["reference"]) < 1e-5
+    assert _max_relative(grads["clone"], grads["checkpoint"]) < 1e-5
+    # the former wrapper's recomputation read the residual stream after its in-place add
+    assert _max_relative(grads["former"], grads["reference"]) > 1e-2
