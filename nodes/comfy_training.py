@@ -468,5 +468,44 @@ class VAEDecoder:
         """The decoder module on VAE latents, float32 out; each block checkpointed (inside this
         call, so a tile's recomputation in backward checkpoints its blocks too)."""
         blocks = decoder_blocks(self.module) if self.checkpointing else []
-        with checkpointed_forwards(blocks):
+        with block_forwards(blocks, _reentrant_checkpointed):
             return self.module.decode(z).float()
+
+
+def _reentrant_checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward`` under a reentrant ``torch.utils.checkpoint`` (tensor inputs cloned inside).
+
+    For the decoder's blocks: a reentrant checkpoint keeps its inputs through
+    ``save_for_backward``, which an enclosing tile checkpoint drops (and recomputes in backward);
+    a non-reentrant one keeps them in its recomputation closure, so every tile's block inputs
+    would stay alive until backward. Keyword arguments must not be tensors.
+    """
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+
+        def run(*inputs: Any) -> Any:
+            return forward(*_clone_tensors(inputs), **kwargs)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=True)
+
+    return wrapper
+
+
+@contextmanager
+def block_forwards(
+    blocks: list[torch.nn.Module], wrap: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[None]:
+    """Within the context, each block's forward is ``wrap(forward)``."""
+    saved = [block.__dict__.get("forward") for block in blocks]
+    for block in blocks:
+        block.forward = wrap(block.forward)
+    try:
+        yield
+    finally:
+        for block, previous in zip(blocks, saved, strict=True):
+            if previous is None:
+                del block.forward
+            else:
+                block.forward = previous
