@@ -458,15 +458,21 @@ class VAEDecoder:
         )
         with autocast:
             z = self.latent_format.process_out(latent).to(self.dtype)
-            if self.tile:
-                image = tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
+            if self.tile and max(z.shape[-2:]) > self.tile:
+                image = tiled_decode(self.decode_tile, z, self.tile, DECODER_TILE_OVERLAP)
             else:
                 image = self.decode(z)
             return self.process_output(image)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder module on VAE latents, float32 out; each block checkpointed (inside this
-        call, so a tile's recomputation in backward checkpoints its blocks too)."""
+        """The decoder module on VAE latents, float32 out; each block checkpointed."""
+        blocks = decoder_blocks(self.module) if self.checkpointing else []
+        with checkpointed_forwards(blocks):
+            return self.module.decode(z).float()
+
+    def decode_tile(self, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` for one tile inside the tile's checkpoint: the blocks are checkpointed
+        reentrantly, and inside this call, so the tile's recomputation checkpoints them too."""
         blocks = decoder_blocks(self.module) if self.checkpointing else []
         with block_forwards(blocks, _reentrant_checkpointed):
             return self.module.decode(z).float()

@@ -72,7 +72,8 @@ class MemoryConfig:
             "Decode latents larger than this many latent pixels per side (image pixels / 8) in"
             f" overlapping tiles of at most this size ({DECODER_TILE_OVERLAP} latent pixels of"
             " overlap, cosine-feathered), each checkpointed as a whole, so the decode and its"
-            " backward hold one tile's activations instead of the whole image's. 0: never tile."
+            " backward hold one tile's activations instead of the whole image's; each tile sees"
+            " its own normalisation statistics, as in ComfyUI's VAE Decode (Tiled). 0: never tile."
             f" Default {DEFAULT_DECODER_TILE} (768 px): 720 px decodes whole, 1024 px in 4 tiles."
         ),
     )
