@@ -6,7 +6,8 @@ step runs on a CPU in seconds. Four things need help (DESIGN.md 7):
 - :class:`LiveStorageTracker` counts the bytes of every live storage (weak references, so a
   storage leaves the count when autograd or Python frees it) and keeps the peak, per phase.
 - Data-dependent scalars (``bool(t)``, ``float(t)``) cannot be computed from fake data. Constant
-  fake tensors (``torch.tensor(0.9)``, one-element results of constants) still answer exactly;
+  fake tensors (``torch.tensor(0.9)``, small results of constants: up to 64 elements inside
+  :func:`batch_constants`, a batch's sigmas) still answer exactly;
   for the rest the tracker answers :data:`FAKE_SCALARS` (true, 0, finite), so the code's
   normal path runs. The values are meaningless: only shapes, dtypes and costs are measured.
 - :func:`cuda_autocast_fp32_ops`: ops that CUDA autocast runs in float32 but CPU autocast leaves
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch._subclasses.fake_tensor as fake_tensor_module
 from torch._subclasses.fake_tensor import (
-    CONSTANT_NUMEL_LIMIT,
     DataDependentOutputException,
     FakeTensor,
     FakeTensorMode,
@@ -43,6 +44,10 @@ from torch.utils.flop_counter import (
 
 aten = torch.ops.aten
 
+TRACE_CONSTANT_NUMEL_LIMIT = 64
+"""Largest real tensor kept as a constant in a trace (torch's own limit is 1 element): the
+per-sample sigmas of a batch up to the trainer's largest (64), so Direct-Align's checks on them
+keep their exact answers (see :func:`batch_constants`)."""
 FAKE_SCALARS: dict[type, Any] = {bool: True, int: 0, float: 1.0}
 """What a data-dependent ``item()`` of a fake tensor returns, by Python type of its dtype:
 "true", index 0, a finite float: the values that keep the code on its normal path."""
@@ -151,7 +156,8 @@ class LiveStorageTracker(TorchDispatchMode):
     def _constant(self, value: Any) -> Any:
         """A small real tensor entering a fake op becomes a constant fake tensor, so that checks
         on it (``bool((sigma_hi <= sigma_lo).any())``) keep their exact answers."""
-        small = isinstance(value, torch.Tensor) and value.numel() <= CONSTANT_NUMEL_LIMIT
+        limit = fake_tensor_module.CONSTANT_NUMEL_LIMIT
+        small = isinstance(value, torch.Tensor) and value.numel() <= limit
         if not small or is_fake(value) or self.fake_mode is None:
             return value
         converter = self.fake_mode.fake_tensor_converter
@@ -241,6 +247,18 @@ FLOP_FORMULAS: dict[Any, Callable[..., int]] = {
 }
 """torch.utils.flop_counter's formulas (by op packet), plus CPU flash attention, which it does
 not count, with the formulas it uses for GPU flash attention."""
+
+
+@contextmanager
+def batch_constants(limit: int = TRACE_CONSTANT_NUMEL_LIMIT) -> Iterator[None]:
+    """Within the context, FakeTensorMode keeps real tensors of up to ``limit`` elements (and the
+    results of ops on them) as constants: torch reads ``CONSTANT_NUMEL_LIMIT`` at each op."""
+    previous = fake_tensor_module.CONSTANT_NUMEL_LIMIT
+    fake_tensor_module.CONSTANT_NUMEL_LIMIT = limit
+    try:
+        yield
+    finally:
+        fake_tensor_module.CONSTANT_NUMEL_LIMIT = previous
 
 
 @contextmanager

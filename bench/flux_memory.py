@@ -7,7 +7,9 @@ activation peak / total, with the margin kept for what fake tensors cannot see),
 rollout step, per micro-step and per SRPO step with their time floors, and the issue's targets.
 ``--quick`` traces the shipped workflow's setting only (720 px, rank 16) in bf16 and fp8;
 ``--features`` adds each memory switch turned away from its default at that setting;
-``--targets`` traces rank 32 with fp8 at 720 and 1024 px (the activation targets).
+``--targets`` traces rank 32 with fp8 at 720 and 1024 px (the activation targets);
+``--tiling`` the 1024 px rows with the decoder tiled (the default) and one without, and the
+shipped 720 px fp8 row; ``--micro-batch`` batch 2 whole and in micro-batches of 1.
 """
 
 from __future__ import annotations
@@ -38,6 +40,23 @@ FEATURE_RUNS = tuple(
 """The memory switches of the SRPO Training Settings node, each turned away from its default on
 top of the shipped setting (720 px, rank 16; defaults: fp32 LoRA, activations form, decoder
 checkpointing on)."""
+TILING_RUNS = (
+    *(
+        ModelRun(resolution=1024, rank=rank, base_dtype=dtype)
+        for rank in RANKS
+        for dtype in BASE_DTYPES
+    ),
+    ModelRun(resolution=1024, base_dtype="fp8_e4m3fn", decoder_tile=0),
+    ModelRun(base_dtype="fp8_e4m3fn"),
+    ModelRun(base_dtype="fp8_e4m3fn", decoder_tile=64),
+)
+"""Decoder tiling (default on above 96 latent px): the 1024 px rows (block checkpointing on),
+one 1024 px row with tiling off, the shipped 720 px fp8 row (below the tile: untiled) and that
+row with tiles of 64 latent px (2 x 2 tiles of 53)."""
+MICRO_BATCH_RUNS = tuple(
+    ModelRun(base_dtype="fp8_e4m3fn", batch_size=2, micro_batch=m) for m in (0, 1)
+)
+"""Batch 2 at the shipped setting, whole and in micro-batches of 1."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +82,16 @@ TARGET_ACTIVATIONS_GB = {720: 8.0, 1024: 12.0}
 rank 32."""
 
 
-def grid(quick: bool, features: bool = False, targets: bool = False) -> list[ModelRun]:
+def grid(
+    quick: bool,
+    features: bool = False,
+    targets: bool = False,
+    tiling: bool = False,
+    micro_batch: bool = False,
+) -> list[ModelRun]:
     """The configurations of the table."""
+    if tiling or micro_batch:
+        return [*(TILING_RUNS if tiling else ()), *(MICRO_BATCH_RUNS if micro_batch else ())]
     if targets:
         return [ModelRun(resolution=res, rank=32, base_dtype="fp8_e4m3fn") for res in RESOLUTIONS]
     if features:
@@ -169,7 +196,7 @@ def target_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
     """The issue's memory targets against the traced runs."""
     lines = []
     for run, report in results:
-        switched = run.requested_features() or run.lora_dtype is not None
+        switched = run.requested_features() or run.lora_dtype is not None or run.batch_size > 1
         if isinstance(report, str) or not run.block_checkpointing or switched:
             continue
         if run.resolution == 720 and run.rank == 16 and run.base_dtype.startswith("fp8"):
@@ -208,12 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--targets", action="store_true", help="Rank 32, fp8, 720 and 1024 (the issue's targets)."
     )
+    parser.add_argument(
+        "--tiling",
+        action="store_true",
+        help="1024 px rows with decoder tiling (the default), one with it off, 720 px fp8.",
+    )
+    parser.add_argument(
+        "--micro-batch", action="store_true", help="Batch 2, whole and in micro-batches of 1."
+    )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (default 2).")
     args = parser.parse_args(argv)
-    runs = grid(args.quick, args.features, args.targets)
+    runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))
-    print("## FLUX.1-dev training memory (fake-tensor trace, batch 1)\n")
+    print("## FLUX.1-dev training memory (fake-tensor trace, batch 1 unless bN)\n")
     print("\n".join(memory_table(results)))
     print("\n## Kept for backward by the micro-step's parts (at the end of each forward)\n")
     print("\n".join(saved_table(results)))

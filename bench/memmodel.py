@@ -5,8 +5,9 @@ One :class:`ModelRun` builds FLUX.1-dev, the FLUX VAE and a ViT-H-14 reward as f
 (``nodes.trainer.build_settings`` from the node's inputs, ``comfy_training.attach_adapters``,
 ``replace_inference_parameters``, ``VAEDecoder.for_training``, ``block_checkpointing``,
 ``run_session`` through ComfyUI's sampling preparation), then runs the pieces of
-``SRPOTrainer.train_step`` in its order: ``draw_batch`` (the no-grad rollout), ``run_micro_step``
-(Direct-Align, VAE decode with grad, reward, backward) and the clipped AdamW update. A live-storage
+``SRPOTrainer.train_step`` in its order: ``draw_batch`` (the no-grad rollout), ``run_plan``
+(Direct-Align, VAE decode with grad, reward, backward; in micro-batch chunks) and the clipped
+AdamW update. A live-storage
 tracker gives the peak and the FLOPs (torch.utils.flop_counter formulas) per phase.
 """
 
@@ -22,6 +23,7 @@ import torch
 
 from .fake_trace import (
     LiveStorageTracker,
+    batch_constants,
     cuda_autocast_fp32_ops,
     fake_module_support,
 )
@@ -41,6 +43,8 @@ PHASES = ("rollout", "micro-step", "update")
 FEATURE_MODULES: dict[str, tuple[str, str]] = {
     "decoder_checkpointing": ("srpo_core.training.memory", "MemoryConfig"),
     "lora_form": ("srpo_core.training.memory", "MemoryConfig"),
+    "decoder_tile": ("srpo_core.training.memory", "MemoryConfig"),
+    "micro_batch": ("srpo_core.training.config", "TrainConfig"),
 }
 """Memory features of issue 7 item 2/3 that this model can switch: where the pack defines them.
 A feature whose module/config field is absent on this branch is reported as a gap."""
@@ -76,16 +80,33 @@ class ModelRun:
         default=None,
         metadata={"help": "'merged' or 'activations' LoRA (issue 7 item 3); None: the default."},
     )
+    decoder_tile: int | None = field(
+        default=None,
+        metadata={
+            "help": "VAE decoder tile in latent pixels, 0: off (issue 7 item 2); None: the default."
+        },
+    )
+    micro_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per chunk of the batch, 0: whole (issue 7 item 2); None: the default."
+        },
+    )
 
     @property
     def label(self) -> str:
         """Short name for tables."""
         ckpt = "ckpt" if self.block_checkpointing else "no-ckpt"
         lora = "" if self.lora_dtype is None else f" lora={self.lora_dtype}"
-        extra = lora + "".join(
-            f" {name}={getattr(self, name)}"
-            for name in FEATURE_MODULES
-            if getattr(self, name) is not None
+        batch = "" if self.batch_size == 1 else f" b{self.batch_size}"
+        extra = (
+            batch
+            + lora
+            + "".join(
+                f" {name}={getattr(self, name)}"
+                for name in FEATURE_MODULES
+                if getattr(self, name) is not None
+            )
         )
         return f"{self.resolution} r{self.rank} {self.base_dtype} {ckpt}{extra}"
 
@@ -261,6 +282,7 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
         mp.get_model_object("latent_format"),
         checkpointing=settings.memory.decoder_checkpointing,
         autocast=True,  # the modelled device (CUDA) runs bf16 natively
+        tile=settings.memory.decoder_tile,
     )
     use_sdpa_in_vae(decoder.module)
     reward = ControlWordReward(world.reward)
@@ -313,13 +335,8 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     resident when the step began (weights, trainable parameters, inputs)."""
     from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes import trainer as node
-    from comfyui_srpo.srpo_core.training.data import bind_cond
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
-    from comfyui_srpo.srpo_core.training.step import (
-        clip_gradients,
-        plan_micro_steps,
-        run_micro_step,
-    )
+    from comfyui_srpo.srpo_core.training.step import clip_gradients, plan_micro_steps
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     cfg = prepared.settings.config
@@ -349,21 +366,13 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
             loop.optimizer.zero_grad(set_to_none=True)
             with tracker.phase("rollout"):
                 batch = loop.draw_batch()
-            velocity_of_batch = bind_cond(loop.model, batch.cond)
             with unset_fake_temporarily():  # real sigmas: Direct-Align checks their values
                 plan = plan_micro_steps(cfg, len(batch.prompts), loop.generator)
-            for micro in plan:
-                with tracker.phase("micro-step"):
-                    run_micro_step(
-                        saving(tracker, "transformer", velocity_of_batch),
-                        saving(tracker, "decoder", loop.decoder),
-                        saving(tracker, "reward", loop.reward),
-                        batch,
-                        micro,
-                        cfg,
-                        loop.step,
-                        n_micro=len(plan) * cfg.grad_accum,
-                    )
+            loop.model = saving(tracker, "transformer", loop.model)
+            loop.decoder = saving(tracker, "decoder", loop.decoder)
+            loop.reward = saving(tracker, "reward", loop.reward)
+            with tracker.phase("micro-step"):  # in micro_batch chunks, as the trainer runs it
+                loop.run_plan(batch, plan)
             with tracker.phase("update"):
                 clip_gradients(loop.params, cfg.max_grad_norm)
                 loop.optimizer.step()
@@ -375,13 +384,13 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
 
 
 def saving(tracker: LiveStorageTracker, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` recording in ``tracker.saved[name]`` the bytes it leaves alive (with grad: what
-    autograd keeps for backward, plus its output)."""
+    """``fn`` recording in ``tracker.saved[name]`` the most bytes one call leaves alive (with
+    grad: what autograd keeps for backward, plus its output; one call per micro-batch chunk)."""
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         before = tracker.live
         out = fn(*args, **kwargs)
-        tracker.saved[name] = tracker.saved.get(name, 0) + tracker.live - before
+        tracker.saved[name] = max(tracker.saved.get(name, 0), tracker.live - before)
         return out
 
     return wrapped
@@ -399,7 +408,7 @@ def trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport:
     check_features(run)
     cpu = torch.device("cpu")
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode, fake_module_support():
+    with fake_mode, fake_module_support(), batch_constants():
         world = build_world(shapes, cpu, base_dtype=run.base_dtype)
         prepared = prepare(world, run)
         tracker = LiveStorageTracker(fake_mode)

@@ -70,7 +70,8 @@ def resolution_problem(width: Any, height: Any, low: int, high: int) -> str | No
 
 
 def check_training_memory(model: Any, batch_size: int, latent: tuple[int, int, int]) -> None:
-    """Before the model is loaded: refuse a latent whose estimated activation memory alone
+    """Before the model is loaded: refuse ``batch_size`` latents run together (the batch, or its
+    micro-batch) whose estimated activation memory alone
     exceeds the device's total memory; warn when activations plus weights exceed the memory
     free now (ComfyUI can offload weights, so those alone never refuse a run).
 
@@ -83,11 +84,12 @@ def check_training_memory(model: Any, batch_size: int, latent: tuple[int, int, i
     weights = float(model.model_size())
     total = float(comfy.model_management.get_total_memory(device))
     free = float(comfy.model_management.get_free_memory(device))
-    what = f"training a batch of {batch_size} latents {tuple(latent)}"
+    what = f"training {batch_size} latents {tuple(latent)} at a time"
     if activations > total:
         raise ValueError(
             f"{what} needs about {activations / GIB:.1f} GiB of activations on {device}, more"
-            f" than its {total / GIB:.1f} GiB in all: lower width/height or batch_size"
+            f" than its {total / GIB:.1f} GiB in all: lower width/height or batch_size, or set"
+            " micro_batch (SRPO Training Settings)"
         )
     if activations + weights > free:
         log.warning(

@@ -31,6 +31,8 @@ from ..srpo_core.direct_align import velocity_from_denoised
 from ..srpo_core.inplace_blocks import BLOCK_MODES, block_forward
 from ..srpo_core.protocols import ConditionedVelocity
 from ..srpo_core.rewards import release_inference_tensors
+from ..srpo_core.tiling import tiled_decode
+from ..srpo_core.training.memory import DECODER_TILE_OVERLAP
 from .lora_forms import (
     ActivationLora,
     WeightDtypeLora,
@@ -418,6 +420,8 @@ class VAEDecoder:
     ``checkpointing``: recompute each decoder block in backward instead of keeping its
     activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
     dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
+    ``tile``: a latent larger than this per side is decoded in feathered tiles of at most this
+    size, each checkpointed as a whole (``srpo_core.tiling.tiled_decode``); 0: never tiled.
     """
 
     module: Any
@@ -426,28 +430,46 @@ class VAEDecoder:
     dtype: torch.dtype
     checkpointing: bool = False
     autocast: bool = True
+    tile: int = 0
 
     @classmethod
     def for_training(
-        cls, vae: Any, latent_format: Any, *, checkpointing: bool = False, autocast: bool = True
+        cls,
+        vae: Any,
+        latent_format: Any,
+        *,
+        checkpointing: bool = False,
+        autocast: bool = True,
+        tile: int = 0,
     ) -> VAEDecoder:
         with torch.inference_mode(False):
             module = copy.deepcopy(vae.first_stage_model)
             release_inference_tensors(module)
         module.requires_grad_(False).eval()
         return cls(
-            module, latent_format, vae.process_output, vae.vae_dtype, checkpointing, autocast
+            module, latent_format, vae.process_output, vae.vae_dtype, checkpointing, autocast, tile
         )
 
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
         if next(self.module.parameters()).device != latent.device:
             self.module.to(latent.device)
-        blocks = decoder_blocks(self.module) if self.checkpointing else []
         autocast = (
             contextlib.nullcontext()
             if self.autocast
             else torch.autocast(latent.device.type, enabled=False)
         )
-        with autocast, checkpointed_forwards(blocks):
+        with autocast:
             z = self.latent_format.process_out(latent).to(self.dtype)
-            return self.process_output(self.module.decode(z).float())
+            if self.tile and max(z.shape[-2:]) > self.tile:
+                image = tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
+            else:
+                image = self.decode(z)
+            return self.process_output(image)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder module on VAE latents (a whole latent or one tile), float32 out; with
+        ``checkpointing`` each block is checkpointed reentrantly (:mod:`srpo_core.inplace_blocks`),
+        so inside a tile's checkpoint the tile's recomputation drops its block inputs again."""
+        blocks = decoder_blocks(self.module) if self.checkpointing else []
+        with checkpointed_forwards(blocks):
+            return self.module.decode(z).float()

@@ -86,7 +86,8 @@ def check_fits(patchers: list[Any], extra_bytes: int, device: torch.device) -> i
             f"SRPO training needs about {need / GIB:.1f} GiB on {device} (weights"
             f" {weights / GIB:.1f} GiB, adapters + AdamW + activations {extra_bytes / GIB:.1f}"
             f" GiB) but only {free / GIB:.1f} GiB can be freed there. Load the model with"
-            " weight_dtype fp8_e4m3fn (Load Diffusion Model), lower width/height or batch_size,"
+            " weight_dtype fp8_e4m3fn (Load Diffusion Model), lower width/height or batch_size"
+            " (or set micro_batch on SRPO Training Settings),"
             " or use a smaller reward model dtype."
         )
     return need

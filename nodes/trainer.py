@@ -255,7 +255,7 @@ def _trainer_inputs() -> list[Any]:
 
 def memory_config(kw: dict[str, Any]) -> MemoryConfig:
     """MemoryConfig from the node inputs (absent optional widgets keep their defaults)."""
-    names = ("lora_dtype", "save_dtype", "lora_form", "decoder_checkpointing")
+    names = ("lora_dtype", "save_dtype", "lora_form", "decoder_checkpointing", "decoder_tile")
     return MemoryConfig(**{n: kw[n] for n in names if kw.get(n) is not None})
 
 
@@ -348,6 +348,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         lr=kw["learning_rate"],
         batch_size=kw["batch_size"],
         grad_accum=kw["grad_accum"],
+        micro_batch=kw["micro_batch"],
         micro_steps=kw["micro_steps"],
         rollout_steps=kw["rollout_steps"],
         shift=flow_shift(model),
@@ -393,7 +394,7 @@ def prepare_run(
     checkpoints under the run's default name (``with_default_checkpoint``)."""
     settings = with_default_checkpoint(build_settings(model, vae, real_latents, kw), *queued)
     cfg = settings.config
-    checks.check_training_memory(model, cfg.batch_size, cfg.latent_shape)
+    checks.check_training_memory(model, cfg.samples_per_pass, cfg.latent_shape)
     if cfg.checkpoint_path is None:
         return settings
     identity = resume.run_identity(
@@ -463,6 +464,7 @@ def run_training(
         mp.get_model_object("latent_format"),
         checkpointing=mem.decoder_checkpointing,
         autocast=bf16_native(mp.load_device),
+        tile=mem.decoder_tile,
     )
     outcome: list[TrainResult] = []
     validator = None
@@ -521,7 +523,7 @@ def run_training(
         comfy_memory.module_patcher(decoder.module),
     ]
     extra = comfy_memory.trainable_bytes(adapters.parameters()) + comfy_memory.activation_bytes(
-        cfg.batch_size, settings.width, settings.height
+        cfg.samples_per_pass, settings.width, settings.height
     )
     try:
         with comfy_memory.loaded_for_training(mp, helpers, extra):

@@ -43,6 +43,9 @@ class TrainingSettings:
         },
     )
     grad_accum: int = field(default=1, metadata=_help(TrainConfig, "grad_accum"))
+    micro_batch: int = field(
+        default=default_of(TrainConfig, "micro_batch"), metadata=_help(TrainConfig, "micro_batch")
+    )
     micro_steps: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
     rollout_steps: int = field(
         default=default_of(TrainConfig, "rollout_steps"),
@@ -104,6 +107,10 @@ class TrainingSettings:
         default=default_of(MemoryConfig, "decoder_checkpointing"),
         metadata=_help(MemoryConfig, "decoder_checkpointing"),
     )
+    decoder_tile: int = field(
+        default=default_of(MemoryConfig, "decoder_tile"),
+        metadata=_help(MemoryConfig, "decoder_tile"),
+    )
     gradient_checkpointing: str = field(
         default="checkpoint",
         metadata={
@@ -119,10 +126,15 @@ class TrainingSettings:
 
 
 MAX_GRAD_ACCUM = 256
+MAX_MICRO_BATCH = 64
+"""The trainer's largest batch_size."""
 MAX_MICRO_STEPS = 16
 MAX_ROLLOUT_STEPS = 200
 MAX_GUIDANCE = 100.0
 MAX_CHECKPOINT_EVERY = 100000
+MAX_DECODER_TILE = 1024
+"""Latent pixels (8192 image pixels): any larger tile is no tiling in practice."""
+DECODER_TILE_STEP = 8
 
 
 def settings_inputs() -> list[Any]:
@@ -141,6 +153,13 @@ def settings_inputs() -> list[Any]:
         ),
         io.Int.Input(
             "grad_accum", default=d.grad_accum, min=1, max=MAX_GRAD_ACCUM, tooltip=tip("grad_accum")
+        ),
+        io.Int.Input(
+            "micro_batch",
+            default=d.micro_batch,
+            min=0,
+            max=MAX_MICRO_BATCH,
+            tooltip=tip("micro_batch"),
         ),
         io.Int.Input(
             "micro_steps",
@@ -228,6 +247,14 @@ def settings_inputs() -> list[Any]:
             default=d.decoder_checkpointing,
             tooltip=tip("decoder_checkpointing"),
         ),
+        io.Int.Input(
+            "decoder_tile",
+            default=d.decoder_tile,
+            min=0,
+            max=MAX_DECODER_TILE,
+            step=DECODER_TILE_STEP,
+            tooltip=tip("decoder_tile"),
+        ),
         io.Combo.Input(
             "gradient_checkpointing",
             options=list(BLOCK_MODES),
@@ -279,9 +306,10 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
             display_name="SRPO Training Settings",
             category=CATEGORY,
             description="Rarely changed trainer settings: adapter algorithm, accumulation,"
-            " micro-steps, rollout steps, guidance, the training interval, ReFL threshold,"
-            " clipping, dtypes, LoRA form, gradient and decoder checkpointing, checkpoint"
-            " interval. Without this node the trainer uses these same defaults.",
+            " micro-batches, micro-steps, rollout steps, guidance, the training interval, ReFL"
+            " threshold, clipping, dtypes, LoRA form, gradient and decoder checkpointing,"
+            " decoder tiling, checkpoint interval. Without this node the trainer uses these same"
+            " defaults.",
             inputs=settings_inputs(),
             outputs=[SRPOTrainingSettings.Output(display_name="settings")],
         )

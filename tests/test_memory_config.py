@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from srpo_core.tiling import tile_spans
 from srpo_core.training import MemoryConfig
-from srpo_core.training.memory import cpu_has_native_bf16, resolve_training_dtype
+from srpo_core.training.memory import (
+    DECODER_TILE_OVERLAP,
+    cpu_has_native_bf16,
+    resolve_training_dtype,
+)
 
 
 def test_defaults_suit_a_24gb_card_and_keep_fp32_masters() -> None:
@@ -16,6 +21,20 @@ def test_defaults_suit_a_24gb_card_and_keep_fp32_masters() -> None:
     assert cfg.lora_torch_dtype == torch.float32
     assert cfg.save_torch_dtype == torch.bfloat16
     assert cfg.lora_form == "activations" and cfg.decoder_checkpointing
+
+
+def test_default_decoder_tile_keeps_720_px_whole_and_tiles_1024_px() -> None:
+    tile = MemoryConfig().decoder_tile
+    assert tile_spans(720 // 8, tile, DECODER_TILE_OVERLAP) == [(0, 90)]
+    spans = tile_spans(1024 // 8, tile, DECODER_TILE_OVERLAP)
+    assert spans == [(0, 72), (56, 128)]  # 2 x 2 tiles of 576 px, overlapping by 128 px
+
+
+@pytest.mark.parametrize("tile", [1, 16, 2 * DECODER_TILE_OVERLAP - 1, -8])
+def test_a_decoder_tile_not_above_twice_the_overlap_is_refused(tile: int) -> None:
+    with pytest.raises(ValueError, match="decoder_tile must be 0"):
+        MemoryConfig(decoder_tile=tile)
+    assert MemoryConfig(decoder_tile=0).decoder_tile == 0
 
 
 @pytest.mark.parametrize("field", ["lora_dtype", "save_dtype", "lora_form"])

@@ -127,6 +127,17 @@ class TrainConfig:
     grad_accum: int = field(
         default=1, metadata=_help("Batches whose gradients are accumulated per optimiser step.")
     )
+    micro_batch: int = field(
+        default=0,
+        metadata=_help(
+            "Samples run through the model together: a batch larger than this runs its rollout"
+            " and each micro-step's forward/backward in chunks of this many samples, the chunks'"
+            " gradients accumulating to the whole batch's (each chunk's loss is scaled by its"
+            " share of the batch). Memory of one chunk, same update and metrics. 0: the whole"
+            " batch at once.",
+            hashed=False,
+        ),
+    )
     micro_steps: int = field(
         default=1,
         metadata=_help(
@@ -255,7 +266,7 @@ class TrainConfig:
             "max_consecutive_skips",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("preview_every", "checkpoint_every"):
+        for name in ("micro_batch", "preview_every", "checkpoint_every"):
             _require(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _require(_positive(self.lr), f"lr must be a finite number > 0, got {self.lr}")
         _require(
@@ -286,6 +297,11 @@ class TrainConfig:
             f"latent_shape must be (C, H, W) with positive sizes, got {self.latent_shape}",
         )
         object.__setattr__(self, "k_denoise", check_k_ends("k_denoise", self.k_denoise))
+
+    @property
+    def samples_per_pass(self) -> int:
+        """Samples one model call runs: ``min(micro_batch, batch_size)``, or the batch size."""
+        return min(self.micro_batch, self.batch_size) if self.micro_batch else self.batch_size
 
     def k_ends(self, branch: Branch) -> tuple[float, float]:
         """The cfg reward's (early, late) k of ``branch``: the one owner of both schedules."""

@@ -35,12 +35,52 @@ class PromptItem:
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch of clean samples: prompts (B,), batched cond, x0 and injected eps (B, C, H, W)."""
+    """One batch of clean samples: prompts (B,), batched cond, x0 and injected eps (B, C, H, W).
+
+    ``conds``: the samples' own (uncollated) conds, from which :func:`split_batch` collates the
+    cond of a chunk; empty for a batch that is never split.
+    """
 
     prompts: list[str]
     cond: Any
     x0: Tensor
     eps: Tensor
+    conds: tuple[Any, ...] = ()
+
+
+Span = tuple[int, int]
+"""Samples ``[start, stop)`` of a batch."""
+
+
+def batch_spans(batch_size: int, micro_batch: int) -> list[Span]:
+    """Consecutive chunks ``[start, stop)`` of at most ``micro_batch`` samples covering the batch
+    (the last may be smaller); ``micro_batch`` 0 or >= batch_size: the whole batch."""
+    if micro_batch < 0:
+        raise ValueError(f"micro_batch must be >= 0, got {micro_batch}")
+    size = micro_batch if 0 < micro_batch < batch_size else batch_size
+    return [(start, min(start + size, batch_size)) for start in range(0, batch_size, size)]
+
+
+def split_batch(batch: Batch, spans: Sequence[Span], collate: CondCollate) -> list[Batch]:
+    """The batch's chunks: prompts, x0 and eps sliced, each chunk's cond collated from its
+    samples' ``conds``. One span covering the batch: the batch itself."""
+    if len(spans) == 1 and spans[0] == (0, len(batch.prompts)):
+        return [batch]
+    if len(batch.conds) != len(batch.prompts):
+        raise ValueError(
+            "splitting a batch into micro-batches needs its per-sample conds (Batch.conds):"
+            " build the batch with SRPOTrainer.draw_batch, or set micro_batch to 0"
+        )
+    return [
+        Batch(
+            batch.prompts[a:b],
+            collated(collate, list(batch.conds[a:b])),
+            batch.x0[a:b],
+            batch.eps[a:b],
+            batch.conds[a:b],
+        )
+        for a, b in spans
+    ]
 
 
 def cat_conds(conds: list[Any]) -> Any:
@@ -98,10 +138,15 @@ def check_latents(latents: Tensor, latent_shape: Sequence[int]) -> None:
 
 def collate_checked(collate: CondCollate, items: list[PromptItem]) -> Any:
     """``collate`` applied to the items' conds; a tensor result must have batch size len(items)."""
-    cond = collate([item.cond for item in items])
-    if isinstance(cond, Tensor) and cond.shape[0] != len(items):
+    return collated(collate, [item.cond for item in items])
+
+
+def collated(collate: CondCollate, conds: list[Any]) -> Any:
+    """``collate(conds)``; a tensor result must have batch size len(conds)."""
+    cond = collate(conds)
+    if isinstance(cond, Tensor) and cond.shape[0] != len(conds):
         raise ValueError(
-            f"collated cond has batch size {cond.shape[0]} for {len(items)} prompts: give each"
+            f"collated cond has batch size {cond.shape[0]} for {len(conds)} prompts: give each"
             " PromptItem.cond a leading batch dimension of 1, or pass a collate_cond function"
         )
     return cond

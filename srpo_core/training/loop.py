@@ -39,6 +39,7 @@ from .data import (
     Batch,
     CondCollate,
     PromptItem,
+    batch_spans,
     bind_cond,
     cat_conds,
     check_latents,
@@ -47,14 +48,16 @@ from .data import (
     draw_indices,
     offline_x0,
     online_x0,
+    split_batch,
 )
 from .guard import GuardCheck, HackingGuard
 from .step import (
     MicroOutcome,
+    MicroStep,
     autocast_context,
     clip_gradients,
     plan_micro_steps,
-    run_micro_step,
+    run_chunked_micro_step,
 )
 
 
@@ -333,30 +336,52 @@ class SRPOTrainer:
         ]
         cond = collate_checked(self.collate, items)
         eps = draw_eps(cfg.batch_size, cfg.latent_shape, self.generator, self.device)
+        texts, conds = [item.text for item in items], tuple(item.cond for item in items)
         if self.offline_latents is not None:  # given exactly when cfg.offline (checked in init)
             idx = draw_indices(len(self.offline_latents), cfg.batch_size, self.generator)
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
-            with self.rollout_context(), autocast_context(self.device, cfg.dtype):
-                x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
-        return Batch([item.text for item in items], cond, x0, eps)
+            x0 = self._rollout(Batch(texts, cond, eps, eps, conds))
+        return Batch(texts, cond, x0, eps, conds)
+
+    def _rollout(self, noise: Batch) -> Tensor:
+        """x0 (B, C, H, W) of the no-grad online rollout from ``noise.eps`` (its x0 is unused),
+        in chunks of ``micro_batch`` samples (the rollout has no cross-sample terms)."""
+        cfg = self.config
+        x0 = []
+        with self.rollout_context(), autocast_context(self.device, cfg.dtype):
+            for chunk in self.split(noise):
+                velocity = bind_cond(self.model, chunk.cond)
+                x0.append(online_x0(velocity, chunk.eps, cfg.rollout_steps, cfg.shift))
+        return x0[0] if len(x0) == 1 else torch.cat(x0)
+
+    def split(self, batch: Batch) -> list[Batch]:
+        """The batch in chunks of ``config.micro_batch`` samples (itself when it fits)."""
+        spans = batch_spans(len(batch.prompts), self.config.micro_batch)
+        return split_batch(batch, spans, self.collate)
 
     def _run_batch(self, batch: Batch, keep_first_image: bool) -> list[MicroOutcome]:
         plan = plan_micro_steps(self.config, len(batch.prompts), self.generator)
-        velocity = bind_cond(self.model, batch.cond)
         preview = keep_first_image and self._preview_due()
+        return self.run_plan(batch, plan, keep_first_image=preview)
+
+    def run_plan(
+        self, batch: Batch, plan: list[MicroStep], keep_first_image: bool = False
+    ) -> list[MicroOutcome]:
+        """Run the planned micro-steps on the batch (in ``micro_batch`` chunks); gradients
+        accumulate, each loss divided by ``len(plan) * grad_accum``."""
+        chunks = [(chunk, bind_cond(self.model, chunk.cond)) for chunk in self.split(batch)]
         n_micro = len(plan) * self.config.grad_accum
         return [
-            run_micro_step(
-                velocity,
+            run_chunked_micro_step(
+                chunks,
                 self.decoder,
                 self.reward,
-                batch,
                 micro,
                 self.config,
                 self.step,
                 n_micro=n_micro,
-                keep_image=preview and j == 0,
+                keep_image=keep_first_image and j == 0,
             )
             for j, micro in enumerate(plan)
         ]

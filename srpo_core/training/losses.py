@@ -16,13 +16,22 @@ def refl_loss(reward: Tensor, threshold: float | None) -> Tensor:
 
 
 def micro_step_loss(
-    reward: Tensor, discount: Tensor, branch_weight: float, threshold: float | None, n_micro: int
+    reward: Tensor,
+    discount: Tensor,
+    branch_weight: float,
+    threshold: float | None,
+    n_micro: int,
+    batch_size: int | None = None,
 ) -> Tensor:
     """Scalar loss of one micro-step: ``mean_b(lambda_b * w * refl(r_b)) / n_micro``.
 
     reward, discount: (B,); ``w`` the branch weight; ``n_micro`` the number of micro-steps whose
     gradients are accumulated into one update (micro_steps * grad_accum), so that the accumulated
-    gradient is the gradient of their mean.
+    gradient is the gradient of their mean. ``batch_size``: the reward is a chunk of a batch of
+    this many samples; the loss is then ``sum_b(...) / (batch_size * n_micro)``, so the chunks'
+    losses (and gradients) add up to the whole batch's.
     """
     per_sample = discount.to(reward.dtype) * branch_weight * refl_loss(reward, threshold)
-    return per_sample.mean() / n_micro
+    if batch_size is None:
+        return per_sample.mean() / n_micro
+    return per_sample.sum() / (batch_size * n_micro)

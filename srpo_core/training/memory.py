@@ -23,8 +23,15 @@ LORA_FORMS = ("activations", "merged")
 """How a LoRA enters a Linear: ``y = W x + s B (A x)`` or ``y = (W + s B A) x``."""
 TRAINING_DTYPES = ("auto", "fp32", "bf16")
 """Compute dtype choices; "auto" is bf16 where the device runs it natively, else fp32."""
-DEFAULT_DECODER_TILE = 128
-"""Latent side (pixels / 8) above which the differentiable VAE decode is tiled."""
+DECODER_TILE_OVERLAP = 16
+"""Latent pixels (128 image pixels for FLUX) by which neighbouring decoder tiles overlap; about the
+FLUX VAE decoder's receptive field at latent resolution (ComfyUI's tiled decode keeps 8)."""
+MIN_DECODER_TILE = 2 * DECODER_TILE_OVERLAP
+"""Smallest decoder tile: a tile is at least twice the overlap it shares with each neighbour."""
+DEFAULT_DECODER_TILE = 96
+"""Latent side (image pixels / 8) above which the differentiable VAE decode is tiled, and the
+largest tile: 768 px, so the shipped 720 px setting (latent 90) decodes whole as before and
+1024 px (latent 128) decodes as 2 x 2 tiles of 72 (576 px)."""
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic."""
 
@@ -59,6 +66,17 @@ class MemoryConfig:
             " (its backward is the memory peak at FLUX sizes)."
         ),
     )
+    decoder_tile: int = field(
+        default=DEFAULT_DECODER_TILE,
+        metadata=_help(
+            "Decode latents larger than this many latent pixels per side (image pixels / 8) in"
+            f" overlapping tiles of at most this size ({DECODER_TILE_OVERLAP} latent pixels of"
+            " overlap, cosine-feathered), each checkpointed as a whole, so the decode and its"
+            " backward hold one tile's activations instead of the whole image's; each tile sees"
+            " its own normalisation statistics, as in ComfyUI's VAE Decode (Tiled). 0: never tile."
+            f" Default {DEFAULT_DECODER_TILE} (768 px): 720 px decodes whole, 1024 px in 4 tiles."
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -68,6 +86,11 @@ class MemoryConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.decoder_tile != 0 and self.decoder_tile < MIN_DECODER_TILE:
+            raise ValueError(
+                f"decoder_tile must be 0 (no tiling) or at least {MIN_DECODER_TILE} latent pixels"
+                f" (twice the {DECODER_TILE_OVERLAP}-pixel overlap), got {self.decoder_tile}"
+            )
 
     @property
     def lora_torch_dtype(self) -> torch.dtype:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -147,11 +148,14 @@ def run_micro_step(
     *,
     n_micro: int,
     keep_image: bool = False,
+    batch_size: int | None = None,
 ) -> MicroOutcome:
     """Direct-Align, decode, reward, loss and backward for one micro-step (module docstring).
 
     Backward runs only for a finite loss; a non-finite one is reported (``finite=False``) so the
-    caller skips the update. ``n_micro``: micro-steps accumulated into this update.
+    caller skips the update. ``n_micro``: micro-steps accumulated into this update;
+    ``batch_size``: ``batch`` is a chunk of a batch of this many samples (see
+    :func:`~.losses.micro_step_loss`).
     """
     device = batch.x0.device
     sigma_hi = micro.sigma_hi.to(device)
@@ -163,7 +167,8 @@ def run_micro_step(
         terms = reward(image, batch.prompts, branch=micro.branch, k=k, step=step)
     discount = config.interval.ramp(sigma_hi, config.discount_ends)
     weight = config.regularizer.weight if micro.branch == "inversion" else 1.0
-    loss = micro_step_loss(terms.total.float(), discount, weight, config.threshold, n_micro)
+    total = terms.total.to(torch.promote_types(terms.total.dtype, torch.float32))  # >= fp32
+    loss = micro_step_loss(total, discount, weight, config.threshold, n_micro, batch_size)
     finite = bool(torch.isfinite(loss))
     if finite and loss.requires_grad:
         loss.backward()
@@ -174,6 +179,66 @@ def run_micro_step(
         reward_neg=terms.negative.detach().float(),
         finite=finite,
         image=image[0].detach().float().cpu() if keep_image else None,
+    )
+
+
+def run_chunked_micro_step(
+    chunks: Sequence[tuple[Batch, VelocityFn]],
+    decoder: Decoder,
+    reward: RewardFn,
+    micro: MicroStep,
+    config: TrainConfig,
+    step: int,
+    *,
+    n_micro: int,
+    keep_image: bool = False,
+) -> MicroOutcome:
+    """One micro-step on a batch given as consecutive chunks (each with its velocity), one chunk's
+    graph alive at a time.
+
+    Chunk c of m_c samples runs :func:`run_micro_step` with ``sigma_hi`` sliced to it and its
+    loss scaled to ``sum_(b in c)(...) / (B n_micro)``: the chunks' losses sum to the whole
+    batch's and their accumulated gradients equal its gradient. The outcome is the whole
+    batch's: loss summed, rewards concatenated, finite when every chunk is, the first chunk's
+    image. A single chunk is exactly :func:`run_micro_step`.
+    """
+    total = sum(len(batch.prompts) for batch, _ in chunks)
+    outcomes, start = [], 0
+    for batch, velocity in chunks:
+        stop = start + len(batch.prompts)
+        part = MicroStep(micro.branch, micro.sigma_hi[start:stop])
+        outcomes.append(
+            run_micro_step(
+                velocity,
+                decoder,
+                reward,
+                batch,
+                part,
+                config,
+                step,
+                n_micro=n_micro,
+                keep_image=keep_image and start == 0,
+                batch_size=total if len(chunks) > 1 else None,
+            )
+        )
+        start = stop
+    if start != len(micro.sigma_hi):
+        raise ValueError(f"chunks hold {start} samples, sigma_hi {len(micro.sigma_hi)}")
+    return merge_outcomes(outcomes)
+
+
+def merge_outcomes(parts: Sequence[MicroOutcome]) -> MicroOutcome:
+    """The outcome of a micro-step run in chunks: losses summed (each already carries its share
+    of the batch), rewards concatenated in batch order, finite if all are, the first image."""
+    if len(parts) == 1:
+        return parts[0]
+    return MicroOutcome(
+        loss=sum(p.loss for p in parts),
+        reward=torch.cat([p.reward for p in parts]),
+        reward_pos=torch.cat([p.reward_pos for p in parts]),
+        reward_neg=torch.cat([p.reward_neg for p in parts]),
+        finite=all(p.finite for p in parts),
+        image=parts[0].image,
     )
 
 

@@ -66,6 +66,27 @@ def test_memory_model_measures_the_memory_switches(pack: ModuleType) -> None:
     assert no_decoder_ckpt.micro_step_flops < default.micro_step_flops
 
 
+def test_memory_model_measures_decoder_tiles_and_micro_batches(pack: ModuleType) -> None:
+    """A tiled decode keeps only latent tiles for backward and recomputes each tile once more;
+    micro-batches of 1 keep one sample's activations at a time for the same FLOPs."""
+    from bench.memmodel import ModelRun, trace
+    from bench.shapes import TINY
+
+    def run(**switches: object) -> ModelRun:
+        return ModelRun(resolution=512, rank=4, **switches)  # type: ignore[arg-type]
+
+    whole, tiled = trace(run(decoder_tile=0), TINY), trace(run(decoder_tile=32), TINY)
+    assert tiled.saved["decoder"] < whole.saved["decoder"] / 4
+    assert tiled.micro_step_flops > whole.micro_step_flops
+    assert tiled.flops["rollout"] == whole.flops["rollout"]
+
+    batch = trace(ModelRun(resolution=64, rank=4, batch_size=2, micro_batch=0), TINY)
+    chunked = trace(ModelRun(resolution=64, rank=4, batch_size=2, micro_batch=1), TINY)
+    assert chunked.saved["transformer"] < 0.75 * batch.saved["transformer"]
+    assert chunked.micro_step_flops == pytest.approx(batch.micro_step_flops, rel=0.01)
+    assert chunked.flops["rollout"] == pytest.approx(batch.flops["rollout"], rel=0.01)
+
+
 def test_memory_model_reports_features_missing_from_the_pack(
     pack: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
