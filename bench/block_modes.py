@@ -29,7 +29,7 @@ MODES = ("checkpoint", "clone")
 
 def _micro_step(v: Variant, device: torch.device, mode: str, batch: int) -> Callable[[], Any]:
     from comfyui_srpo.nodes import comfy_training as bridge
-    from comfyui_srpo.nodes.trainer import grouped_velocity
+    from comfyui_srpo.nodes.training_run import grouped_velocity
     from comfyui_srpo.srpo_core.training.memory import resolve_training_dtype
     from comfyui_srpo.srpo_core.training.step import autocast_context
 

@@ -123,7 +123,7 @@ def nested_sessions(variants: list[Variant], body: Callable[[torch.device], None
 
 def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, rollout: int) -> Any:
     from comfyui_srpo.nodes import comfy_training as bridge
-    from comfyui_srpo.nodes.trainer import flow_shift, grouped_velocity, index_conds
+    from comfyui_srpo.nodes.training_run import flow_shift, grouped_velocity, index_conds
     from comfyui_srpo.srpo_core.training import PromptItem, SRPOTrainer, TrainConfig
     from comfyui_srpo.srpo_core.training.memory import bf16_native, resolve_training_dtype
 
@@ -160,7 +160,7 @@ def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, r
 def written_out_step(t: Any, v: Variant, device: torch.device) -> Callable[[], Any]:
     """G2's B: the parts of an online step called directly: the trainer's rollout (its
     ``draw_batch``), then forward at sigma_hi with grad, decode, reward, backward to the LoRA."""
-    from comfyui_srpo.nodes.trainer import grouped_velocity
+    from comfyui_srpo.nodes.training_run import grouped_velocity
     from comfyui_srpo.srpo_core.training.step import autocast_context, reward_k
 
     velocity = grouped_velocity(v.velocity)
@@ -187,7 +187,7 @@ def written_out_step(t: Any, v: Variant, device: torch.device) -> Callable[[], A
 
 def micro_step(v: Variant, device: torch.device) -> Callable[[], Any]:
     """G9's A: forward at a sigma with grad, MSE, backward, AdamW, in bf16 autocast."""
-    from comfyui_srpo.nodes.trainer import grouped_velocity
+    from comfyui_srpo.nodes.training_run import grouped_velocity
 
     velocity = grouped_velocity(v.velocity)
     g = torch.Generator().manual_seed(2)

@@ -183,7 +183,7 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
     """Inside the trainer's session: rollout per step (G1), micro-step vs bare parts (G2),
     micro-step + update (G9), one SRPO step: FLOPs, time and peak memory."""
     from comfyui_srpo.nodes import comfy_training as bridge
-    from comfyui_srpo.nodes import trainer as node
+    from comfyui_srpo.nodes import training_run as node
     from comfyui_srpo.srpo_core.training.data import bind_cond, online_x0
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
     from comfyui_srpo.srpo_core.training.step import (
@@ -280,7 +280,7 @@ def capped_step(config: BenchConfig) -> dict[str, Any]:
 
     def session(velocity: Any, dev: torch.device) -> None:
         from comfyui_srpo.nodes import comfy_training as bridge
-        from comfyui_srpo.nodes import trainer as node
+        from comfyui_srpo.nodes import training_run as node
         from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
 
         prepared.reward.model.to(dev)

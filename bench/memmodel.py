@@ -2,7 +2,7 @@
 
 One :class:`ModelRun` builds FLUX.1-dev, the FLUX VAE and a ViT-H-14 reward as fake tensors
 (:mod:`bench.world`), sets up training exactly as the Direct-Align Trainer node does
-(``nodes.trainer.build_settings`` from the node's inputs, ``comfy_training.attach_adapters``,
+(``nodes.training_run.build_settings`` from the node's inputs, ``comfy_training.attach_adapters``,
 ``replace_inference_parameters``, ``VAEDecoder.for_training``, ``block_checkpointing``,
 ``run_session`` through ComfyUI's sampling preparation), then runs the pieces of
 ``SRPOTrainer.train_step`` in its order: ``draw_batch`` (the no-grad rollout), ``run_plan``
@@ -235,7 +235,7 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
 
 @dataclass
 class Prepared:
-    """The trainer node's setup (``nodes.trainer.run_training`` up to ``run_session``)."""
+    """The trainer node's setup (``nodes.training_run.run_training`` up to ``run_session``)."""
 
     mp: Any
     adapters: Any
@@ -247,18 +247,18 @@ class Prepared:
 
 
 def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
-    """What ``nodes.trainer.run_training`` does before its session, on the world's models.
+    """What ``nodes.training_run.run_training`` does before its session, on the world's models.
 
     ``node_inputs`` override the trainer node's inputs of :func:`trainer_kwargs`.
     """
     import node_helpers
     from comfyui_srpo.nodes import comfy_training as bridge
-    from comfyui_srpo.nodes import trainer
+    from comfyui_srpo.nodes import training_run
     from comfyui_srpo.srpo_core.rewards import ControlWordReward
     from comfyui_srpo.srpo_core.training import PromptItem
 
     kwargs = {**trainer_kwargs(run), **node_inputs}
-    settings = trainer.build_settings(world.model, world.vae, None, kwargs)
+    settings = training_run.build_settings(world.model, world.vae, None, kwargs)
     mp = world.model.clone()
     adapters = bridge.attach_adapters(
         mp,
@@ -334,7 +334,7 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     order, each as a tracked phase (``tracker.peaks``, ``tracker.flops``); returns the bytes
     resident when the step began (weights, trainable parameters, inputs)."""
     from comfyui_srpo.nodes import comfy_training as bridge
-    from comfyui_srpo.nodes import trainer as node
+    from comfyui_srpo.nodes import training_run as node
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
     from comfyui_srpo.srpo_core.training.step import clip_gradients, plan_micro_steps
     from torch._subclasses.fake_tensor import unset_fake_temporarily

@@ -55,7 +55,7 @@ def four_prompt_conds(world: World) -> list[Any]:
 
 
 def _runs(v: Variant, device: torch.device) -> dict[str, dict[str, Callable[[], Any]]]:
-    from comfyui_srpo.nodes.trainer import grouped_velocity
+    from comfyui_srpo.nodes.training_run import grouped_velocity
     from comfyui_srpo.srpo_core.sampling import euler_rollout
     from comfyui_srpo.srpo_core.training.memory import resolve_training_dtype
     from comfyui_srpo.srpo_core.training.step import autocast_context

@@ -92,7 +92,7 @@ def test_one_call_for_mixed_prompts_equals_the_per_prompt_calls(
 def test_a_rollout_of_a_four_prompt_batch_makes_one_model_call_per_euler_step(
     pack: ModuleType, tiny_flux: Any, flux_cond: Any
 ) -> None:
-    from comfyui_srpo.nodes.trainer import grouped_velocity
+    from comfyui_srpo.nodes.training_run import grouped_velocity
     from comfyui_srpo.srpo_core.sampling import euler_rollout
 
     indices = [3, 1, 0, 2]

@@ -28,7 +28,7 @@ def guarded_run(lr: float) -> Any:
     from comfyui_srpo.nodes.prompts import SRPOPromptSet
     from comfyui_srpo.nodes.rewards import SRPOControlWordReward
     from comfyui_srpo.nodes.toyworld import load_toyworld
-    from comfyui_srpo.nodes.trainer import build_settings, run_training
+    from comfyui_srpo.nodes.training_run import build_settings, run_training
     from comfyui_srpo.toyworld.runtime.config import default_assets_dir
 
     model, clip, vae, reward_model = load_toyworld(default_assets_dir())
