@@ -21,7 +21,7 @@ import torch
 
 from bench.cpu import Variant, _comfy
 from bench.timing import REPEATS, interleaved_medians
-from bench.worlds import World, random_flux_world, toy_world
+from bench.worlds import World, both_worlds
 
 SIGMA = 0.9
 MODES = ("checkpoint", "clone")
@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= {REPEATS}")
     start = time.perf_counter()
     _comfy()
-    with torch.inference_mode():
-        toy = toy_world()
-        worlds = {"toy": toy, "flux": random_flux_world(toy)}
+    worlds = both_worlds()
     lines = [
         "| world | batch | checkpoint ms | clone ms | clone / checkpoint |",
         "|---|---:|---:|---:|---:|",

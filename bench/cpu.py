@@ -35,7 +35,7 @@ import psutil
 import torch
 
 from bench.timing import CLOCKS, REPEATS, Row, assert_finite, interleaved_medians, profile_top
-from bench.worlds import World, random_flux_world, toy_world
+from bench.worlds import World, both_worlds
 
 ROOT = Path(__file__).resolve().parent.parent
 RANK = 8
@@ -442,9 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     _comfy()
-    with torch.inference_mode():  # models and conds as ComfyUI's loaders make them
-        toy = toy_world()
-        worlds = {"toy": toy, "flux": random_flux_world(toy)}
+    worlds = both_worlds()
     rows: list[Row] = []
     for name in args.worlds.split(","):
         rows += measure_world(

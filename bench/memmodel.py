@@ -60,7 +60,11 @@ class ModelRun:
         default="bf16", metadata={"help": "UNETLoader weight dtype: bf16, fp8_e4m3fn, ..."}
     )
     block_checkpointing: bool = field(
-        default=True, metadata={"help": "The trainer's per-block gradient checkpointing."}
+        default=True,
+        metadata={
+            "help": "The trainer's gradient_checkpointing: True 'checkpoint' (recompute each"
+            " block), False 'clone' (keep the blocks' activations)."
+        },
     )
     lora_dtype: str | None = field(
         default=None,
@@ -96,7 +100,7 @@ class ModelRun:
     @property
     def label(self) -> str:
         """Short name for tables."""
-        ckpt = "ckpt" if self.block_checkpointing else "no-ckpt"
+        ckpt = "ckpt" if self.block_checkpointing else "clone"
         lora = "" if self.lora_dtype is None else f" lora={self.lora_dtype}"
         batch = "" if self.batch_size == 1 else f" b{self.batch_size}"
         extra = (
@@ -221,7 +225,7 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
         "width": run.resolution,
         "height": run.resolution,
         "training_dtype": "bf16",
-        "gradient_checkpointing": run.block_checkpointing,
+        "gradient_checkpointing": "checkpoint" if run.block_checkpointing else "clone",
         "preview_every": 0,
         "checkpoint_name": "",
         "checkpoint_every": 0,

@@ -25,7 +25,7 @@ import torch
 
 from bench.cpu import Variant, _comfy, nested_sessions
 from bench.timing import REPEATS, interleaved_medians
-from bench.worlds import CONTEXT_TOKENS, RANDOM_FLUX, World, random_flux_world, toy_world
+from bench.worlds import CONTEXT_TOKENS, RANDOM_FLUX, World, both_worlds
 
 BATCH = 4
 ROLLOUT_STEPS = 4
@@ -133,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= {REPEATS}")
     start = time.perf_counter()
     _comfy()
-    with torch.inference_mode():
-        toy = toy_world()
-        worlds = {"toy": toy, "flux": random_flux_world(toy)}
+    worlds = both_worlds()
     lines = [
         "| world | what | batch 1 ms | batch 4 per prompt / b1 | batch 4 one call / b1 |",
         "|---|---|---:|---:|---:|",

@@ -100,3 +100,11 @@ def random_flux_world(toy: World) -> World:
         pooled = torch.randn(1, RANDOM_FLUX["vec_in_dim"], generator=g)
         conds.append([[context, {"pooled_output": pooled}]])
     return World("flux-10M", _copies(mp), toy.vae, toy.reward, conds, PROMPTS, RANDOM_LATENT)
+
+
+def both_worlds() -> dict[str, World]:
+    """``{"toy": ..., "flux": ...}``, built in inference mode as ComfyUI's loaders build models
+    (ComfyUI must be importable: ``bench.cpu._comfy()``)."""
+    with torch.inference_mode():
+        toy = toy_world()
+        return {"toy": toy, "flux": random_flux_world(toy)}

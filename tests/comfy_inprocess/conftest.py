@@ -97,3 +97,19 @@ def make_flux_cond(seed: int, tokens: int = 5) -> list[Any]:
 def flux_cond() -> Any:
     """``flux_cond(seed)``: a seeded conditioning for the tiny Flux."""
     return make_flux_cond
+
+
+def trainable_clone(tiny_flux: Any, form: str, seed: int = 3, std: float = 0.1) -> tuple[Any, Any]:
+    """A clone of ``tiny_flux`` with rank-4 fp32 LoRA adapters in ``form``, every trainable
+    tensor set to seeded ``randn * std`` (non-zero, so every adapter has a gradient), and the
+    remaining inference parameters replaced: ``(model_patcher, adapters)``."""
+    from comfyui_srpo.nodes import comfy_training as bridge
+
+    mp = tiny_flux.clone()
+    adapters = bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
+    bridge.replace_inference_parameters(mp)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return mp, adapters

@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from tests.comfy_inprocess.conftest import trainable_clone
+
 LATENT = (2, 16, 8, 8)
 SIGMA = 0.7
 
@@ -46,13 +48,7 @@ def _lora_grads(
     """LoRA gradients of ``mean(v^2)`` with non-zero adapters, blocks wrapped by ``wrap(dm)``."""
     from comfyui_srpo.nodes import comfy_training as bridge
 
-    mp = tiny_flux.clone()
-    adapters = bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
-    bridge.replace_inference_parameters(mp)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in adapters.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    mp, adapters = trainable_clone(tiny_flux, form)
     x = torch.randn(LATENT, generator=torch.Generator().manual_seed(4))
 
     def session(velocity: Any, device: torch.device) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import torch
 
+from tests.comfy_inprocess.conftest import trainable_clone
+
 INDICES = [2, 0, 2, 1]
 """A batch with a repeated prompt, not in sorted order."""
 LATENT = (16, 8, 8)
@@ -152,13 +154,7 @@ def test_lora_gradients_of_the_one_call_equal_those_of_the_per_prompt_calls(
     from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes.prompt_batch import per_prompt_velocity
 
-    mp = tiny_flux.clone()
-    adapters = bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
-    bridge.replace_inference_parameters(mp)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in adapters.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    mp, adapters = trainable_clone(tiny_flux, form)
     x, sigma = _inputs()
     grads: dict[str, dict[str, torch.Tensor]] = {}
 
