@@ -544,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.save_json is not None:
         bench.save_json(args.save_json)
     shown = ("learning_rate", "batch_size", "rollout_steps", "rank", "noise_levels")
-    trainer = ", ".join(f"{k}={TRAIN[k]}" for k in shown if k in TRAIN)
+    inputs = {**SETTINGS, **TRAIN}  # the trainer's widgets and the Training Settings node's
+    trainer = ", ".join(f"{k}={inputs[k]}" for k in shown if k in inputs)
     settings = (
         f"Settings: the shipped toy workflow's trainer inputs ({trainer}), {args.steps} steps,"
         f" training seeds {seeds}; rows {rows}; {bench.seconds:.0f} s wall time (the longest"
