@@ -88,8 +88,15 @@ def grid(
     targets: bool = False,
     tiling: bool = False,
     micro_batch: bool = False,
+    modes: bool = False,
 ) -> list[ModelRun]:
     """The configurations of the table."""
+    if modes:
+        return [
+            ModelRun(base_dtype=d, block_checkpointing=ckpt)
+            for ckpt in (True, False)
+            for d in BASE_DTYPES
+        ]
     if tiling or micro_batch:
         return [*(TILING_RUNS if tiling else ()), *(MICRO_BATCH_RUNS if micro_batch else ())]
     if targets:
@@ -243,9 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--micro-batch", action="store_true", help="Batch 2, whole and in micro-batches of 1."
     )
+    parser.add_argument(
+        "--modes",
+        action="store_true",
+        help="The shipped setting with gradient_checkpointing checkpoint and clone, bf16 + fp8.",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (default 2).")
     args = parser.parse_args(argv)
-    runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch)
+    runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch, args.modes)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))
     print("## FLUX.1-dev training memory (fake-tensor trace, batch 1 unless bN)\n")
