@@ -11,7 +11,6 @@ both modes see the same weights).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -19,9 +18,9 @@ from typing import Any
 
 import torch
 
-from bench.cpu import Variant, _comfy
-from bench.timing import REPEATS, interleaved_medians
-from bench.worlds import World, both_worlds
+from bench.cpu import Variant, parse_and_load, world_parser
+from bench.timing import interleaved_medians
+from bench.worlds import World
 
 SIGMA = 0.9
 MODES = ("checkpoint", "clone")
@@ -79,21 +78,15 @@ def measure(world: World, repeats: int, batch: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per variant")
-    parser.add_argument("--worlds", default="toy,flux", help="comma list of toy, flux")
+    parser = world_parser(__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=1, help="samples per micro-step")
-    args = parser.parse_args(argv)
-    if args.repeats < REPEATS:
-        parser.error(f"--repeats must be >= {REPEATS}")
     start = time.perf_counter()
-    _comfy()
-    worlds = both_worlds()
+    args, worlds = parse_and_load(parser, argv)
     lines = [
         "| world | batch | checkpoint ms | clone ms | clone / checkpoint |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [measure(worlds[name], args.repeats, args.batch) for name in args.worlds.split(",")]
+    lines += [measure(world, args.repeats, args.batch) for world in worlds]
     lines.append("")
     lines.append(
         f"LoRA micro-step (forward with grad, MSE, backward); torch {torch.__version__},"

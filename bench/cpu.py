@@ -65,6 +65,26 @@ def _comfy() -> None:
     comfy.utils.PROGRESS_BAR_ENABLED = False
 
 
+def world_parser(description: str) -> argparse.ArgumentParser:
+    """The options every CPU bench takes: ``--repeats`` and ``--worlds``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per variant")
+    parser.add_argument("--worlds", default="toy,flux", help="comma list of toy, flux")
+    return parser
+
+
+def parse_and_load(
+    parser: argparse.ArgumentParser, argv: list[str] | None
+) -> tuple[argparse.Namespace, list[World]]:
+    """Parse (``--repeats`` >= REPEATS), import ComfyUI and the pack, build the chosen worlds."""
+    args = parser.parse_args(argv)
+    if args.repeats < REPEATS:
+        parser.error(f"--repeats must be >= {REPEATS}")
+    _comfy()
+    worlds = both_worlds()
+    return args, [worlds[name.strip()] for name in args.worlds.split(",")]
+
+
 class Variant:
     """A model copy with trainable adapters in one LoRA form, ready for a session."""
 
@@ -418,10 +438,8 @@ def table(rows: list[Row], seconds: float, clock: str = "cpu") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = world_parser(__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, help="also write the table (Markdown) here")
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per variant")
-    parser.add_argument("--worlds", default="toy,flux", help="comma list of toy, flux")
     parser.add_argument(
         "--rollout-steps", type=int, default=ROLLOUT_STEPS, help="Euler steps of G1's rollouts"
     )
@@ -434,20 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch compute threads (1 makes CPU time = work)"
     )
-    args = parser.parse_args(argv)
-    if args.repeats < REPEATS:
-        parser.error(f"--repeats must be >= {REPEATS}")
+    start = time.perf_counter()
+    args, worlds = parse_and_load(parser, argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    _comfy()
-    worlds = both_worlds()
     rows: list[Row] = []
-    for name in args.worlds.split(","):
-        rows += measure_world(
-            worlds[name.strip()], args.repeats, args.rollout_steps, CLOCKS[args.clock]
-        )
+    for world in worlds:
+        rows += measure_world(world, args.repeats, args.rollout_steps, CLOCKS[args.clock])
     text = table(rows, time.perf_counter() - start, args.clock)
     print(text)
     if args.out:

@@ -15,7 +15,6 @@ warm-up, outputs asserted finite:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from typing import Any
 
 import torch
 
-from bench.cpu import Variant, _comfy, nested_sessions
-from bench.timing import REPEATS, interleaved_medians
-from bench.worlds import CONTEXT_TOKENS, RANDOM_FLUX, World, both_worlds
+from bench.cpu import Variant, nested_sessions, parse_and_load, world_parser
+from bench.timing import interleaved_medians
+from bench.worlds import CONTEXT_TOKENS, RANDOM_FLUX, World
 
 BATCH = 4
 ROLLOUT_STEPS = 4
@@ -125,21 +124,14 @@ def measure(world: World, repeats: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=REPEATS, help="timed runs per variant")
-    parser.add_argument("--worlds", default="toy,flux", help="comma list of toy, flux")
-    args = parser.parse_args(argv)
-    if args.repeats < REPEATS:
-        parser.error(f"--repeats must be >= {REPEATS}")
     start = time.perf_counter()
-    _comfy()
-    worlds = both_worlds()
+    args, worlds = parse_and_load(world_parser(__doc__.split("\n")[0]), argv)
     lines = [
         "| world | what | batch 1 ms | batch 4 per prompt / b1 | batch 4 one call / b1 |",
         "|---|---|---:|---:|---:|",
     ]
-    for name in args.worlds.split(","):
-        lines += measure(worlds[name], args.repeats)
+    for world in worlds:
+        lines += measure(world, args.repeats)
     lines.append("")
     lines.append(
         f"4 different prompts; torch {torch.__version__}, {torch.get_num_threads()} threads,"

@@ -140,134 +140,43 @@ DECODER_TILE_STEP = 8
 def settings_inputs() -> list[Any]:
     """The node's inputs, one per TrainingSettings field, defaults and tooltips from it."""
     d = TrainingSettings()
+    helps = {f.name: str(f.metadata["help"]) for f in dataclasses.fields(d)}
 
-    def tip(name: str) -> str:
-        return str(next(f for f in dataclasses.fields(d) if f.name == name).metadata["help"])
+    def common(name: str) -> dict[str, Any]:
+        return {"default": getattr(d, name), "tooltip": helps[name]}
+
+    def integer(name: str, low: int, high: int, step: int = 1) -> Any:
+        extra = {"step": step} if step != 1 else {}
+        return io.Int.Input(name, min=low, max=high, **extra, **common(name))
+
+    def number(name: str, low: float, high: float, step: float = 0.01) -> Any:
+        return io.Float.Input(name, min=low, max=high, step=step, **common(name))
+
+    def choice(name: str, options: Any) -> Any:
+        return io.Combo.Input(name, options=list(options), **common(name))
 
     return [
-        io.Combo.Input(
-            "algorithm",
-            options=list(bridge.ADAPTER_ALGORITHMS),
-            default=d.algorithm,
-            tooltip=tip("algorithm"),
-        ),
-        io.Int.Input(
-            "grad_accum", default=d.grad_accum, min=1, max=MAX_GRAD_ACCUM, tooltip=tip("grad_accum")
-        ),
-        io.Int.Input(
-            "micro_batch",
-            default=d.micro_batch,
-            min=0,
-            max=MAX_MICRO_BATCH,
-            tooltip=tip("micro_batch"),
-        ),
-        io.Int.Input(
-            "micro_steps",
-            default=d.micro_steps,
-            min=1,
-            max=MAX_MICRO_STEPS,
-            tooltip=tip("micro_steps"),
-        ),
-        io.Int.Input(
-            "rollout_steps",
-            default=d.rollout_steps,
-            min=1,
-            max=MAX_ROLLOUT_STEPS,
-            tooltip=tip("rollout_steps"),
-        ),
-        io.Float.Input(
-            "guidance",
-            default=d.guidance,
-            min=0.0,
-            max=MAX_GUIDANCE,
-            step=0.1,
-            tooltip=tip("guidance"),
-        ),
-        io.Float.Input(
-            "sigma_max",
-            default=d.sigma_max,
-            min=0.01,
-            max=0.999,
-            step=0.01,
-            tooltip=tip("sigma_max"),
-        ),
-        io.Float.Input(
-            "sigma_min",
-            default=d.sigma_min,
-            min=0.001,
-            max=0.99,
-            step=0.01,
-            tooltip=tip("sigma_min"),
-        ),
-        io.Float.Input(
-            "gt_ratio", default=d.gt_ratio, min=0.0, max=0.99, step=0.01, tooltip=tip("gt_ratio")
-        ),
-        *(
-            io.Float.Input(
-                name, default=getattr(d, name), min=0.0, max=K_MAX, step=0.01, tooltip=tip(name)
-            )
-            for name in ("k_early", "k_late")
-        ),
-        io.Float.Input(
-            "threshold",
-            default=d.threshold,
-            min=-100.0,
-            max=100.0,
-            step=0.01,
-            tooltip=tip("threshold"),
-        ),
-        io.Float.Input(
-            "max_grad_norm",
-            default=d.max_grad_norm,
-            min=1e-4,
-            max=1e4,
-            step=0.01,
-            tooltip=tip("max_grad_norm"),
-        ),
-        io.Combo.Input(
-            "training_dtype",
-            options=list(TRAINING_DTYPES),
-            default=d.training_dtype,
-            tooltip=tip("training_dtype"),
-        ),
-        io.Combo.Input(
-            "lora_dtype",
-            options=list(LORA_STORAGE_DTYPES),
-            default=d.lora_dtype,
-            tooltip=tip("lora_dtype"),
-        ),
-        io.Combo.Input(
-            "save_dtype", options=list(SAVE_DTYPES), default=d.save_dtype, tooltip=tip("save_dtype")
-        ),
-        io.Combo.Input(
-            "lora_form", options=list(LORA_FORMS), default=d.lora_form, tooltip=tip("lora_form")
-        ),
-        io.Boolean.Input(
-            "decoder_checkpointing",
-            default=d.decoder_checkpointing,
-            tooltip=tip("decoder_checkpointing"),
-        ),
-        io.Int.Input(
-            "decoder_tile",
-            default=d.decoder_tile,
-            min=0,
-            max=MAX_DECODER_TILE,
-            step=DECODER_TILE_STEP,
-            tooltip=tip("decoder_tile"),
-        ),
-        io.Combo.Input(
-            "gradient_checkpointing",
-            options=list(BLOCK_MODES),
-            default=d.gradient_checkpointing,
-            tooltip=tip("gradient_checkpointing"),
-        ),
-        io.Int.Input(
-            "checkpoint_every",
-            default=d.checkpoint_every,
-            min=0,
-            max=MAX_CHECKPOINT_EVERY,
-            tooltip=tip("checkpoint_every"),
-        ),
+        choice("algorithm", bridge.ADAPTER_ALGORITHMS),
+        integer("grad_accum", 1, MAX_GRAD_ACCUM),
+        integer("micro_batch", 0, MAX_MICRO_BATCH),
+        integer("micro_steps", 1, MAX_MICRO_STEPS),
+        integer("rollout_steps", 1, MAX_ROLLOUT_STEPS),
+        number("guidance", 0.0, MAX_GUIDANCE, step=0.1),
+        number("sigma_max", 0.01, 0.999),
+        number("sigma_min", 0.001, 0.99),
+        number("gt_ratio", 0.0, 0.99),
+        number("k_early", 0.0, K_MAX),
+        number("k_late", 0.0, K_MAX),
+        number("threshold", -100.0, 100.0),
+        number("max_grad_norm", 1e-4, 1e4),
+        choice("training_dtype", TRAINING_DTYPES),
+        choice("lora_dtype", LORA_STORAGE_DTYPES),
+        choice("save_dtype", SAVE_DTYPES),
+        choice("lora_form", LORA_FORMS),
+        io.Boolean.Input("decoder_checkpointing", **common("decoder_checkpointing")),
+        integer("decoder_tile", 0, MAX_DECODER_TILE, step=DECODER_TILE_STEP),
+        choice("gradient_checkpointing", BLOCK_MODES),
+        integer("checkpoint_every", 0, MAX_CHECKPOINT_EVERY),
     ]
 
 
