@@ -1,38 +1,19 @@
-"""Training-side adapters between ComfyUI objects and the srpo_core protocols.
+"""Trainable weight adapters on a ComfyUI ModelPatcher (LoRA, LoHa, LoKr, OFT).
 
-Nothing here is a node. The node families (``trainer.py``, ``toyworld.py``, ...) use these to turn a
-ModelPatcher, its conditioning and a VAE into the callables srpo_core trains with:
-
-- trainable weight adapters (LoRA, LoHa, LoKr, OFT) attached through ``comfy.weight_adapter`` the
-  way the stock TrainLoraNode does, so the result is a LORA_MODEL that SaveLoRA and
-  LoraModelLoader accept;
-- per-block gradient checkpointing (or kept activations) that survives ComfyUI's in-place
-  residual adds;
-- a ``ConditionedVelocity`` evaluated through ComfyUI's own sampling machinery (model patches,
-  hooks, Flux guidance and pooled output all work as in KSampler);
-- a differentiable ``Decoder`` around a ComfyUI VAE.
+Attached through ``comfy.weight_adapter`` the way the stock TrainLoraNode does, so the result is a
+LORA_MODEL that SaveLoRA and LoraModelLoader accept. Plain LoRAs on Linears take one of the forms
+of :mod:`.lora_forms`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import comfy.samplers
 import torch
 from comfy.weight_adapter import adapter_maps, adapters
 
-from ..srpo_core.direct_align import velocity_from_denoised
-from ..srpo_core.inplace_blocks import BLOCK_MODES, block_forward
-from ..srpo_core.protocols import ConditionedVelocity
-from ..srpo_core.rewards import release_inference_tensors
-from ..srpo_core.tiling import tiled_decode
-from ..srpo_core.training.memory import DECODER_TILE_OVERLAP
 from .lora_forms import (
     ActivationLora,
     WeightDtypeLora,
@@ -40,19 +21,11 @@ from .lora_forms import (
     is_plain_lora,
     merged_cache,
 )
-from .prompt_batch import PromptBatcher, per_prompt_velocity
-
-log = logging.getLogger(__name__)
 
 ADAPTER_ALGORITHMS = tuple(adapter_maps)
 """Weight-adapter algorithms ComfyUI can train (``comfy.weight_adapter.adapter_maps``)."""
 DEFAULT_LORA_ALPHA = 1.0
 """Alpha of newly created adapters (the stock TrainLoraNode's choice)."""
-COND_KEY = "srpo_prompt_{}"
-"""Key under which the i-th prompt's conditioning is registered with the guider."""
-
-
-# --- trainable adapters ---------------------------------------------------------------------
 
 
 class WeightDiff(torch.nn.Module):
@@ -270,206 +243,3 @@ def replace_inference_parameters(mp: Any) -> list[str]:
             mp.add_object_patch(key, clone)
             patched.append(key)
     return patched
-
-
-# --- gradient checkpointing -----------------------------------------------------------------
-
-
-def transformer_blocks(diffusion_model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a diffusion model: children of its ModuleLists (Flux: double and
-    single stream blocks)."""
-    return [
-        block
-        for child in diffusion_model.children()
-        if isinstance(child, torch.nn.ModuleList)
-        for block in child
-    ]
-
-
-@contextmanager
-def checkpointed_forwards(blocks: list[torch.nn.Module], mode: str = "checkpoint") -> Iterator[int]:
-    """Within the context, each block's forward is wrapped for ``mode`` (:data:`BLOCK_MODES`:
-    "checkpoint" recomputes it in backward, "clone" keeps its activations); yields the count.
-    Both keep what backward needs intact when a block changes its inputs in place."""
-    wrap = block_forward(mode)
-    saved = [block.__dict__.get("forward") for block in blocks]
-    for block in blocks:
-        block.forward = wrap(block.forward)
-    try:
-        yield len(blocks)
-    finally:
-        for block, previous in zip(blocks, saved, strict=True):
-            if previous is None:
-                del block.forward  # the class's forward is back
-            else:
-                block.forward = previous
-
-
-def block_checkpointing(
-    diffusion_model: torch.nn.Module, mode: bool | str = True
-) -> contextlib.AbstractContextManager[int]:
-    """Within the context, each transformer block's forward is wrapped; yields the count.
-
-    ``mode``: "checkpoint" (or True) recomputes each block in backward; "clone" (or False) keeps
-    the activations (no recompute). One of the two is needed for back-propagation through
-    ComfyUI's Flux, whose blocks modify their inputs in place: without a wrapper autograd stops
-    with "modified by an inplace operation" (:mod:`srpo_core.inplace_blocks`).
-    """
-    chosen = mode if isinstance(mode, str) else BLOCK_MODES[0 if mode else 1]
-    return checkpointed_forwards(transformer_blocks(diffusion_model), chosen)
-
-
-def decoder_blocks(decoder: torch.nn.Module) -> list[torch.nn.Module]:
-    """The outermost ``*Block`` modules of a VAE decoder (ResnetBlock, AttnBlock, TAESD Block)."""
-    found: list[torch.nn.Module] = []
-    inside: set[int] = set()
-    for module in decoder.modules():
-        if id(module) in inside:
-            continue
-        if type(module).__name__.endswith("Block"):
-            found.append(module)
-            inside.update(id(m) for m in module.modules())
-    return found
-
-
-# --- velocity through ComfyUI's sampling machinery -----------------------------------------
-
-
-class PromptSetGuider(comfy.samplers.CFGGuider):
-    """A guider holding one conditioning per prompt; cfg 1 (FLUX-dev style distilled guidance
-    travels inside the conditioning as ``guidance``)."""
-
-    def __init__(self, model_patcher: Any, conds: list[Any]) -> None:
-        super().__init__(model_patcher)
-        self.inner_set_conds({COND_KEY.format(i): c for i, c in enumerate(conds)})
-        self.set_cfg(1.0)
-
-
-Session = Callable[[ConditionedVelocity, torch.device], None]
-"""The training body: called once with the model's velocity and its device."""
-
-
-class _SessionSampler(comfy.samplers.Sampler):
-    """A 'sampler' whose sample() runs a training session with the prepared model and conds."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def sample(
-        self,
-        model_wrap: Any,
-        sigmas: torch.Tensor,
-        extra_args: dict[str, Any],
-        callback: Any,
-        noise: torch.Tensor,
-        latent_image: torch.Tensor | None = None,
-        denoise_mask: torch.Tensor | None = None,
-        disable_pbar: bool = False,
-    ) -> torch.Tensor:
-        inner, conds = model_wrap.inner_model, model_wrap.conds
-        options, seed = extra_args["model_options"], extra_args.get("seed")
-        batcher = PromptBatcher(lambda i: conds[COND_KEY.format(i)])
-
-        def under(x: torch.Tensor, sigma: torch.Tensor, entries: Any) -> torch.Tensor:
-            sigma = sigma.to(device=x.device, dtype=torch.float32)
-            denoised = comfy.samplers.sampling_function(
-                inner, x, sigma, None, entries, 1.0, options, seed
-            )
-            return velocity_from_denoised(x, denoised.to(x.dtype), sigma.to(x.dtype))
-
-        def one(x: torch.Tensor, sigma: torch.Tensor, index: int) -> torch.Tensor:
-            return under(x, sigma, conds[COND_KEY.format(index)])
-
-        def velocity(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-            if isinstance(cond, int):
-                return one(x, sigma, cond)
-            if len(set(cond)) == 1:
-                return one(x, sigma, cond[0])
-            combined = batcher(cond)
-            if combined is None:
-                return per_prompt_velocity(one, x, sigma, cond)
-            return under(x, sigma, combined)
-
-        self.session(velocity, noise.device)
-        return noise
-
-
-def run_session(mp: Any, conds: list[Any], latent_shape: tuple[int, ...], session: Session) -> None:
-    """Load ``mp`` with ComfyUI's sampling preparation and call ``session(velocity, device)``.
-
-    ``velocity(x, sigma, i)`` evaluates the model under the i-th conditioning of ``conds`` on
-    latents in the model's own (``process_in``) space; ``velocity(x, sigma, [i_1, ..., i_B])``
-    gives row b the conditioning ``i_b``, in one model call when those prompts' conditionings
-    concatenate (:mod:`.prompt_batch`), else one call per prompt.
-    """
-    guider = PromptSetGuider(mp, conds)
-    dummy = torch.zeros(latent_shape)
-    guider.sample(dummy, dummy, _SessionSampler(session), torch.tensor([1.0, 0.0]), seed=0)
-
-
-# --- differentiable decoding ----------------------------------------------------------------
-
-
-@dataclass
-class VAEDecoder:
-    """Differentiable ``latent (process_in space) -> image (B, 3, H, W) in [0, 1]``.
-
-    ``z_vae = latent_format.process_out(z)``, then the VAE's decoder module and its own output
-    mapping. ComfyUI's ``VAE.decode`` runs without grad, so this calls a frozen copy of the module
-    whose weights are normal tensors (the loader's are inference tensors autograd cannot save).
-    ``checkpointing``: recompute each decoder block in backward instead of keeping its
-    activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
-    dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
-    ``tile``: a latent larger than this per side is decoded in feathered tiles of at most this
-    size, each checkpointed as a whole (``srpo_core.tiling.tiled_decode``); 0: never tiled.
-    """
-
-    module: Any
-    latent_format: Any
-    process_output: Callable[[torch.Tensor], torch.Tensor]
-    dtype: torch.dtype
-    checkpointing: bool = False
-    autocast: bool = True
-    tile: int = 0
-
-    @classmethod
-    def for_training(
-        cls,
-        vae: Any,
-        latent_format: Any,
-        *,
-        checkpointing: bool = False,
-        autocast: bool = True,
-        tile: int = 0,
-    ) -> VAEDecoder:
-        with torch.inference_mode(False):
-            module = copy.deepcopy(vae.first_stage_model)
-            release_inference_tensors(module)
-        module.requires_grad_(False).eval()
-        return cls(
-            module, latent_format, vae.process_output, vae.vae_dtype, checkpointing, autocast, tile
-        )
-
-    def __call__(self, latent: torch.Tensor) -> torch.Tensor:
-        if next(self.module.parameters()).device != latent.device:
-            self.module.to(latent.device)
-        autocast = (
-            contextlib.nullcontext()
-            if self.autocast
-            else torch.autocast(latent.device.type, enabled=False)
-        )
-        with autocast:
-            z = self.latent_format.process_out(latent).to(self.dtype)
-            if self.tile and max(z.shape[-2:]) > self.tile:
-                image = tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
-            else:
-                image = self.decode(z)
-            return self.process_output(image)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The decoder module on VAE latents (a whole latent or one tile), float32 out; with
-        ``checkpointing`` each block is checkpointed reentrantly (:mod:`srpo_core.inplace_blocks`),
-        so inside a tile's checkpoint the tile's recomputation drops its block inputs again."""
-        blocks = decoder_blocks(self.module) if self.checkpointing else []
-        with checkpointed_forwards(blocks):
-            return self.module.decode(z).float()
