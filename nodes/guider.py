@@ -18,6 +18,14 @@ from .prompt_batch import PromptBatcher, per_prompt_velocity
 
 COND_KEY = "srpo_prompt_{}"
 """Key under which the i-th prompt's conditioning is registered with the guider."""
+FRAME_AXIS = 2
+"""Where video-layout latents (B, C, T, H, W) keep their frame axis."""
+
+
+def has_frame_axis(latent_format: Any) -> bool:
+    """True for models whose latents carry a frame axis (``latent_dimensions`` 3: Qwen-Image on
+    the Wan 2.1 latent, whose stock sampler adds a single frame to an image latent)."""
+    return int(getattr(latent_format, "latent_dimensions", 2)) == 3
 
 
 class PromptSetGuider(comfy.samplers.CFGGuider):
@@ -55,11 +63,16 @@ class _SessionSampler(comfy.samplers.Sampler):
         options, seed = extra_args["model_options"], extra_args.get("seed")
         batcher = PromptBatcher(lambda i: conds[COND_KEY.format(i)])
 
+        frames = has_frame_axis(inner.latent_format)
+
         def under(x: torch.Tensor, sigma: torch.Tensor, entries: Any) -> torch.Tensor:
             sigma = sigma.to(device=x.device, dtype=torch.float32)
+            model_x = x.unsqueeze(FRAME_AXIS) if frames else x
             denoised = comfy.samplers.sampling_function(
-                inner, x, sigma, None, entries, 1.0, options, seed
+                inner, model_x, sigma, None, entries, 1.0, options, seed
             )
+            if frames:
+                denoised = denoised.squeeze(FRAME_AXIS)
             return velocity_from_denoised(x, denoised.to(x.dtype), sigma.to(x.dtype))
 
         def one(x: torch.Tensor, sigma: torch.Tensor, index: int) -> torch.Tensor:
@@ -85,8 +98,13 @@ def run_session(mp: Any, conds: list[Any], latent_shape: tuple[int, ...], sessio
     ``velocity(x, sigma, i)`` evaluates the model under the i-th conditioning of ``conds`` on
     latents in the model's own (``process_in``) space; ``velocity(x, sigma, [i_1, ..., i_B])``
     gives row b the conditioning ``i_b``, in one model call when those prompts' conditionings
-    concatenate (:mod:`.prompt_batch`), else one call per prompt.
+    concatenate (:mod:`.prompt_batch`), else one call per prompt. The session's latents are
+    image latents (B, C, H, W); a model with a frame axis sees them as one frame (B, C, 1, H, W),
+    as ComfyUI's sampler gives it an image latent (``comfy.sample.fix_empty_latent_channels``).
     """
     guider = PromptSetGuider(mp, conds)
-    dummy = torch.zeros(latent_shape)
+    shape = list(latent_shape)
+    if has_frame_axis(mp.get_model_object("latent_format")):
+        shape.insert(FRAME_AXIS, 1)
+    dummy = torch.zeros(shape)
     guider.sample(dummy, dummy, _SessionSampler(session), torch.tensor([1.0, 0.0]), seed=0)
