@@ -98,3 +98,79 @@ def test_family_trains_and_its_saved_lora_reproduces_the_model(
     tolerance = FP32_TOLERANCE_ULPS * torch.finfo(torch.float32).eps * float(want.abs().max())
     assert float((got - want).abs().max()) <= tolerance, family.name
     assert float((base - want).abs().max()) > 100 * tolerance, "training changed the model"
+
+
+GRAD_SIGMA = 0.7
+GRAD_RELATIVE_TOLERANCE = 1e-5
+"""fp32 gradients of the same math in another order (as test_block_modes)."""
+
+
+def lora_grads(family: Family, mode: str) -> dict[str, torch.Tensor]:
+    """LoRA gradients of ``mean(v^2)`` at non-zero adapters through the family's model, its
+    blocks found and wrapped by the trainer's ``block_checkpointing(mode)``, or (``mode``
+    "reference") unwrapped with every in-place add run out of place."""
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
+    from comfyui_srpo.nodes.guider import run_session
+
+    from tests.comfy_inprocess.conftest import trainable_clone
+    from tests.comfy_inprocess.test_block_modes import OutOfPlaceAdds
+
+    mp, adapters = trainable_clone(build_model(family), "activations")
+    shape = (2, family.latent_channels, *LATENT_HW)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    cond = conditioning(family, 1, LATENT_HW)
+
+    def session(velocity: Any, device: torch.device) -> None:
+        dm = mp.model.diffusion_model
+        wrap = OutOfPlaceAdds() if mode == "reference" else block_checkpointing(dm, mode)
+        with adapters.session(), wrap:
+            velocity(x, torch.full((shape[0],), GRAD_SIGMA), 0).square().mean().backward()
+
+    with torch.inference_mode(False), torch.enable_grad():
+        run_session(mp, [cond], shape, session)
+    return {k: p.grad.clone() for k, p in adapters.state.items() if p.grad is not None}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_block_checkpointing_gives_each_family_its_true_gradients(
+    pack: ModuleType, family: Family
+) -> None:
+    """The trainer finds the family's blocks (ModuleList children) and its checkpoint mode
+    reproduces plain autograd's gradients (FLUX.2 hands its blocks shared modulation outputs
+    inside dataclasses; Qwen-Image runs image latents as one frame)."""
+    from comfyui_srpo.nodes.block_wrappers import transformer_blocks
+
+    assert transformer_blocks(build_model(family).model.diffusion_model), "blocks found"
+    reference, checkpointed = lora_grads(family, "reference"), lora_grads(family, "checkpoint")
+    assert any(float(g.abs().max()) > 0 for g in reference.values())
+    # an adapter off the loss's path (Qwen-Image's last text-stream MLP) has no gradient in
+    # plain autograd and a zero one through a reentrant checkpoint: both are zero
+    for key in reference.keys() | checkpointed.keys():
+        want = reference.get(key, torch.zeros(()))
+        got = checkpointed.get(key, torch.zeros(()))
+        scale = float(want.abs().max())
+        assert float((got - want).abs().max()) <= GRAD_RELATIVE_TOLERANCE * scale, key
+
+
+@pytest.mark.parametrize("sampling", ["eps", "v_prediction"])
+def test_a_model_that_is_not_a_flow_is_refused_before_training(
+    pack: ModuleType, clip_reward: Any, sampling: str
+) -> None:
+    """A model whose sampling is not a flow (CONST) schedule, here FLUX.1 switched by the stock
+    ModelSamplingDiscrete node, is refused with one sentence before anything trains."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+    from comfyui_srpo.nodes.prompts import PromptSet
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    family = FAMILIES[0]
+    base = build_model(family)
+    before = {k: v.clone() for k, v in base.model.diffusion_model.state_dict().items()}
+    (model,) = ModelSamplingDiscrete().patch(base, sampling, False)
+    prompts = PromptSet(["a red square"], [conditioning(family, 1, LATENT_HW)])
+    with pytest.raises(ValueError, match=r"SRPO trains flow-matching models .* not a flow"):
+        SRPODirectAlignTrainer.execute(
+            model, build_vae(family), prompts, clip_reward, **node_inputs(**TRAIN)
+        )
+    for key, value in base.model.diffusion_model.state_dict().items():
+        assert torch.equal(value, before[key]), key
