@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from comfy.lora import load_lora, model_lora_keys_unet
 from comfy.weight_adapter import adapter_maps, adapters
 
+from .linear_math import GENERIC, check_supported, is_linear, kind, mergeable, unit_scale
 from .lora_forms import (
     ActivationLora,
     WeightDtypeLora,
@@ -66,6 +68,9 @@ class AdapterSet:
     deferred: list[tuple[str, Any]] = field(default_factory=list)
     continued: dict[str, tuple[str, int | None, torch.dtype]] = field(default_factory=dict)
     """Adapters taken from an existing LoRA: key -> (its algorithm, rank or None, dtype)."""
+    stock_patched: list[str] = field(default_factory=list)
+    """Layers of op classes this pack does not know: :meth:`finish` hands their LoRA on through
+    ComfyUI's own LoRA patches (the op class's ``convert_weight``/``set_weight``)."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The tensors to optimise (the state also holds frozen ones, e.g. LoRA alpha)."""
@@ -85,10 +90,16 @@ class AdapterSet:
         return merged_cache(self.wrappers, self.wrapped_linears)
 
     def finish(self, mp: Any) -> None:
-        """Register the deferred wrappers on ``mp`` (once), so its users see the trained LoRA."""
+        """Register the deferred wrappers and stock patches on ``mp`` (once), so its users see
+        the trained LoRA."""
         for key, function in self.deferred:
             mp.add_weight_wrapper(key, function)
         self.deferred = []
+        prefixes = tuple(f"{name}." for name in self.stock_patched)
+        if prefixes:
+            lora = {k: v.detach().clone() for k, v in self.state.items() if k.startswith(prefixes)}
+            mp.add_patches(load_lora(lora, model_lora_keys_unet(mp.model, {})), 1.0)
+        self.stock_patched = []
 
     def freeze(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Stop training; return the LORA_MODEL state dict (detached, cast to ``dtype``)."""
@@ -173,37 +184,18 @@ def _attach(
     form: str,
 ) -> AdapterSet:
     out = AdapterSet()
+    probed: set[type] = set()
     for name, module in mp.model.named_modules():
         if not hasattr(module, "weight_function"):
             continue
         weight = getattr(module, "weight", None)
+        linear = weight is not None and is_linear(module)
+        if linear:
+            check_supported(name, module, probed)
         hooked: ActivationLora | None = None
         if weight is not None and weight.ndim >= 2:
-            loaded = _existing_adapter(name, existing)
-            if loaded is not None:
-                out.continued[name] = (loaded.name, _adapter_rank(loaded), _adapter_dtype(loaded))
-                adapter = loaded.to_train().to(dtype)
-            else:
-                adapter = (
-                    adapter_maps[algorithm]
-                    .create_train(weight, rank=rank, alpha=DEFAULT_LORA_ALPHA)
-                    .to(dtype)
-                )
-            for pname, param in adapter.named_parameters():
-                out.state[f"{name}.{pname}"] = param
-            out.modules.append(adapter)
-            is_linear = isinstance(module, torch.nn.Linear)
-            if is_linear and not (form == "activations" and is_plain_lora(adapter)):
-                out.wrapped_linears.append(module)
-            if not is_plain_lora(adapter):
-                mp.add_weight_wrapper(f"{name}.weight", adapter)
-            elif form == "activations" and isinstance(module, torch.nn.Linear):
-                hooked = ActivationLora(module, adapter)
-                out.hooks.append(hooked)
-                out.deferred.append((f"{name}.weight", WeightDtypeLora(adapter)))
-            else:
-                out.wrappers.append(WeightDtypeLora(adapter))
-                mp.add_weight_wrapper(f"{name}.weight", out.wrappers[-1])
+            adapter = _new_adapter(out, name, weight, algorithm, rank, dtype, existing)
+            hooked = _place(out, mp, name, module, adapter, linear, form)
         elif weight is not None:
             diff = _new_diff(weight.shape, dtype, existing.get(f"{name}.diff"))
             out.state[f"{name}.diff"] = diff
@@ -216,7 +208,8 @@ def _attach(
             out.modules.append(WeightDiff(diff_b))
             if hooked is not None:
                 hooked.bias_diff = diff_b
-                out.deferred.append((f"{name}.bias", out.modules[-1]))
+                if name not in out.stock_patched:
+                    out.deferred.append((f"{name}.bias", out.modules[-1]))
             else:
                 mp.add_weight_wrapper(f"{name}.bias", out.modules[-1])
     if not out.state:
@@ -224,20 +217,114 @@ def _attach(
     return out
 
 
+def _new_adapter(
+    out: AdapterSet,
+    name: str,
+    weight: torch.Tensor,
+    algorithm: str,
+    rank: int,
+    dtype: torch.dtype,
+    existing: dict[str, torch.Tensor],
+) -> Any:
+    """The layer's adapter: continued from ``existing`` or a new ``algorithm`` one of ``rank``;
+    its tensors join ``out.state``."""
+    loaded = _existing_adapter(name, existing)
+    if loaded is not None:
+        out.continued[name] = (loaded.name, _adapter_rank(loaded), _adapter_dtype(loaded))
+        adapter = loaded.to_train().to(dtype)
+    else:
+        adapter = (
+            adapter_maps[algorithm].create_train(weight, rank=rank, alpha=DEFAULT_LORA_ALPHA)
+        ).to(dtype)
+    for pname, param in adapter.named_parameters():
+        out.state[f"{name}.{pname}"] = param
+    out.modules.append(adapter)
+    return adapter
+
+
+def _place(
+    out: AdapterSet, mp: Any, name: str, module: Any, adapter: Any, linear: bool, form: str
+) -> ActivationLora | None:
+    """Put ``adapter`` on the layer (:mod:`.lora_forms`); returns the activation form if used.
+
+    A plain LoRA on a Linear whose forward cannot take a merged weight exactly
+    (:func:`.linear_math.mergeable`) uses the activation form whatever ``form`` says; the MODEL
+    handed on gets it as a weight wrapper in the op class's units, or, for an op class this pack
+    does not know, through ComfyUI's own LoRA patches (:meth:`AdapterSet.finish`).
+    """
+    key = f"{name}.weight"
+    plain = is_plain_lora(adapter)
+    exact = not linear or mergeable(module)
+    unit = unit_scale(module) if linear else None
+    if not plain and not exact:
+        raise ValueError(
+            f"the {type(adapter).__name__} adapter cannot train layer {name} of type "
+            f"{type(module).__qualname__} (its forward does not take a merged weight); "
+            "choose the LoRA algorithm"
+        )
+    if not plain:
+        mp.add_weight_wrapper(key, adapter if unit is None else InUnits(adapter, float(unit)))
+        if linear:
+            out.wrapped_linears.append(module)
+        return None
+    if linear and (form == "activations" or not exact):
+        hooked = ActivationLora(module, adapter)
+        out.hooks.append(hooked)
+        if kind(module) == GENERIC:
+            out.stock_patched.append(name)
+        else:
+            out.deferred.append((key, WeightDtypeLora(adapter, _unit(unit))))
+        return hooked
+    if linear:
+        out.wrapped_linears.append(module)
+    out.wrappers.append(WeightDtypeLora(adapter, _unit(unit)))
+    mp.add_weight_wrapper(key, out.wrappers[-1])
+    return None
+
+
+def _unit(unit: torch.Tensor | None) -> float | None:
+    """A layer's weight unit as a number (the scaled-fp8 ``scale_weight`` is one per layer)."""
+    return None if unit is None else float(unit)
+
+
+class InUnits:
+    """A weight function ``f`` applied in effective-weight units: ``w -> f(w * u) / u``.
+
+    A ``scaled_fp8_ops`` Linear multiplies its wrapped weight by ``u = scale_weight``; ComfyUI's
+    LoRA loading patches ``u * w`` (``convert_weight``) and stores the result over ``u``
+    (``set_weight``), which this matches for any adapter algorithm.
+    """
+
+    def __init__(self, function: Any, unit: float) -> None:
+        self.function, self.unit = function, unit
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        result: torch.Tensor = self.function(w * self.unit) / self.unit
+        return result
+
+    def passive_memory_usage(self) -> int:
+        return int(self.function.passive_memory_usage())
+
+    def move_to(self, device: torch.device) -> int:
+        return int(self.function.move_to(device))
+
+
 def replace_inference_parameters(mp: Any) -> list[str]:
     """Object-patch every parameter that no adapter wraps with a normal (non-inference) clone.
 
     Weights loaded by ComfyUI's loaders are inference tensors, which autograd refuses to save. Most
     are wrapped by adapters (their wrapped value is a fresh tensor); the rest (e.g. Flux RMSNorm
-    ``scale``) are swapped on the cloned patcher only, so the base model stays untouched. All of
-    them are patched, not only inference tensors: the model may still carry another clone's
-    object patches (after an interrupted run), which are restored when that clone is unloaded.
+    ``scale``, a scaled-fp8 Linear's ``scale_weight``) are swapped on the cloned patcher only, so
+    the base model stays untouched. All of them are patched, not only inference tensors: the
+    model may still carry another clone's object patches (after an interrupted run), which are
+    restored when that clone is unloaded.
     """
     patched = []
     for module_name, module in mp.model.named_modules():
-        if hasattr(module, "weight_function"):
-            continue
+        wrapped = ("weight", "bias") if hasattr(module, "weight_function") else ()
         for pname, param in module.named_parameters(recurse=False):
+            if pname in wrapped:
+                continue
             key = f"{module_name}.{pname}" if module_name else pname
             clone = torch.nn.Parameter(param.detach().clone(), requires_grad=False)
             mp.add_object_patch(key, clone)
