@@ -178,7 +178,14 @@ def _weights(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def build(case: Case, seed: int = 0) -> tuple[Net, list[torch.Tensor]]:
-    """``(net, [W_eff of lin1, lin2] in float64)``, in eval mode like ComfyUI's models."""
+    """``(net, [W_eff of lin1, lin2] in float64)``, in eval mode and with inference-tensor
+    weights, like the models ComfyUI's loaders build."""
+    with torch.inference_mode():
+        net, effective = _build(case, seed)
+    return net, [w.clone() for w in effective]  # normal tensors for the reference's autograd
+
+
+def _build(case: Case, seed: int) -> tuple[Net, list[torch.Tensor]]:
     net = Net(case.ops()).eval()
     effective = []
     state: dict[str, torch.Tensor] = {}
