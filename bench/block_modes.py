@@ -27,7 +27,7 @@ MODES = ("checkpoint", "clone")
 
 
 def _micro_step(v: Variant, device: torch.device, mode: str, batch: int) -> Callable[[], Any]:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
     from comfyui_srpo.nodes.training_run import grouped_velocity
     from comfyui_srpo.srpo_core.training.memory import resolve_training_dtype
     from comfyui_srpo.srpo_core.training.step import autocast_context
@@ -42,7 +42,7 @@ def _micro_step(v: Variant, device: torch.device, mode: str, batch: int) -> Call
     indices = [0] * batch
 
     def run() -> Any:
-        with bridge.block_checkpointing(v.mp.model.diffusion_model, mode):
+        with block_checkpointing(v.mp.model.diffusion_model, mode):
             with autocast_context(device, dtype):
                 pred = velocity(x_t, sigma, indices)
             loss = torch.nn.functional.mse_loss(pred.float(), eps - x0)
@@ -55,7 +55,7 @@ def _micro_step(v: Variant, device: torch.device, mode: str, batch: int) -> Call
 
 
 def measure(world: World, repeats: int, batch: int) -> str:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
 
     v = Variant(world, "activations")
     line: list[str] = []
@@ -73,7 +73,7 @@ def measure(world: World, repeats: int, batch: int) -> str:
         print(f"[bench] {line[-1]}", file=sys.stderr)
 
     with torch.inference_mode(False), torch.enable_grad():
-        bridge.run_session(v.mp, v.conds, (batch, *world.latent_shape), session)
+        run_session(v.mp, v.conds, (batch, *world.latent_shape), session)
     return line[0]
 
 

@@ -90,14 +90,14 @@ class Variant:
 
     def __init__(self, world: World, form: str) -> None:
         import node_helpers
-        from comfyui_srpo.nodes import comfy_training as bridge
+        from comfyui_srpo.nodes.adapters import attach_adapters, replace_inference_parameters
 
         self.world, self.form = world, form
         self.mp = world.new_model()
-        self.adapters = bridge.attach_adapters(
+        self.adapters = attach_adapters(
             self.mp, algorithm="LoRA", rank=RANK, dtype=torch.float32, form=form
         )
-        bridge.replace_inference_parameters(self.mp)
+        replace_inference_parameters(self.mp)
         self.mp.model.requires_grad_(False)
         g = torch.Generator().manual_seed(7)
         with torch.no_grad():
@@ -116,7 +116,8 @@ class Variant:
 
 def nested_sessions(variants: list[Variant], body: Callable[[torch.device], None]) -> None:
     """Open one trainer session per variant, nested, then call body(device) inside them all."""
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
+    from comfyui_srpo.nodes.guider import run_session
 
     def open_from(i: int) -> None:
         if i == len(variants):
@@ -129,21 +130,21 @@ def nested_sessions(variants: list[Variant], body: Callable[[torch.device], None
             v.adapters.to(device)
             with (
                 v.adapters.session(),
-                bridge.block_checkpointing(v.mp.model.diffusion_model),
+                block_checkpointing(v.mp.model.diffusion_model),
             ):
                 if i + 1 == len(variants):
                     body(device)
                 else:
                     open_from(i + 1)
 
-        bridge.run_session(v.mp, v.conds, shape, session)
+        run_session(v.mp, v.conds, shape, session)
 
     open_from(0)
 
 
 def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, rollout: int) -> Any:
-    from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes.training_run import flow_shift, grouped_velocity, index_conds
+    from comfyui_srpo.nodes.vae_decoder import VAEDecoder
     from comfyui_srpo.srpo_core.training import PromptItem, SRPOTrainer, TrainConfig
     from comfyui_srpo.srpo_core.training.memory import bf16_native, resolve_training_dtype
 
@@ -157,7 +158,7 @@ def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, r
         latent_shape=v.world.latent_shape,
         gradient_checkpointing=True,
     )
-    decoder = bridge.VAEDecoder.for_training(
+    decoder = VAEDecoder.for_training(
         v.world.vae,
         v.mp.get_model_object("latent_format"),
         checkpointing=True,

@@ -111,7 +111,7 @@ class ToyBench:
             return
         import_comfy()
         import_pack()
-        for name in ("trainer", "rewards", "prompts", "toyworld", "preview", "comfy_training"):
+        for name in ("trainer", "rewards", "prompts", "toyworld", "preview", "guider"):
             self.modules[name] = importlib.import_module(f"comfyui_srpo.nodes.{name}")
         config = importlib.import_module("comfyui_srpo.toyworld.runtime.config")
         self.world = self.modules["toyworld"].load_toyworld(config.default_assets_dir())
@@ -259,7 +259,7 @@ class ToyBench:
         if key in self.recovery:
             return self.recovery[key]
         self.load()
-        bridge, preview = self.modules["comfy_training"], self.modules["preview"]
+        guider, preview = self.modules["guider"], self.modules["preview"]
         captions = importlib.import_module("comfyui_srpo.toyworld.build.captions")
         data = importlib.import_module("comfyui_srpo.toyworld.build.data")
         scenes = data.sample_scenes(seed, RECOVERY_SAMPLES)
@@ -284,7 +284,7 @@ class ToyBench:
                     values.append(float((panels[name] - x0[i : i + 1]).pow(2).mean()))
 
         with torch.inference_mode(False):
-            bridge.run_session(self.model, conds, (1, *x0.shape[1:]), session)
+            guider.run_session(self.model, conds, (1, *x0.shape[1:]), session)
         ratio = statistics.fmean(errors["one-step"]) / statistics.fmean(errors["direct-align"])
         self.recovery[key] = ratio
         return ratio

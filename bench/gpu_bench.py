@@ -155,10 +155,10 @@ def stock_train_step(world: Any, prepared: Any, config: BenchConfig) -> float:
     back-propagate through Flux's inference-tensor RMSNorm scales; the trainer does the same).
     """
     from comfy_extras.nodes_train import TrainLoraNode
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.adapters import replace_inference_parameters
 
     model = world.model.clone()
-    bridge.replace_inference_parameters(model)
+    replace_inference_parameters(model)
     cfg = prepared.settings.config
     latents = [{"samples": torch.randn(1, *cfg.latent_shape)} for _ in range(2)]
 
@@ -182,8 +182,9 @@ def stock_train_step(world: Any, prepared: Any, config: BenchConfig) -> float:
 def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
     """Inside the trainer's session: rollout per step (G1), micro-step vs bare parts (G2),
     micro-step + update (G9), one SRPO step: FLOPs, time and peak memory."""
-    from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes import training_run as node
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
+    from comfyui_srpo.nodes.guider import run_session
     from comfyui_srpo.srpo_core.training.data import bind_cond, online_x0
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
     from comfyui_srpo.srpo_core.training.step import (
@@ -205,7 +206,7 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
         diffusion_model = prepared.mp.model.diffusion_model
         with (
             prepared.adapters.session(),  # the activation-form LoRA hooks, as the trainer does
-            bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
+            block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
         ):
             batch = loop.draw_batch()
             model = bind_cond(loop.model, batch.cond)
@@ -242,7 +243,7 @@ def trainer_measures(prepared: Any, config: BenchConfig) -> dict[str, float]:
                 out["srpo_step_s"] = median_seconds(loop.train_step, device, config.repeats, 0)
             out["peak_gb"] = peak.peak_bytes / GB
 
-    bridge.run_session(prepared.mp, prepared.conds, (1, *cfg.latent_shape), session)
+    run_session(prepared.mp, prepared.conds, (1, *cfg.latent_shape), session)
     return out
 
 
@@ -279,8 +280,8 @@ def capped_step(config: BenchConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"cap_gb": config.cap_gb if capped else None, "base": "fp8_e4m3fn"}
 
     def session(velocity: Any, dev: torch.device) -> None:
-        from comfyui_srpo.nodes import comfy_training as bridge
         from comfyui_srpo.nodes import training_run as node
+        from comfyui_srpo.nodes.block_wrappers import block_checkpointing
         from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
 
         prepared.reward.model.to(dev)
@@ -292,17 +293,17 @@ def capped_step(config: BenchConfig) -> dict[str, Any]:
         )  # fmt: skip
         with (
             prepared.adapters.session(),
-            bridge.block_checkpointing(prepared.mp.model.diffusion_model, True),
+            block_checkpointing(prepared.mp.model.diffusion_model, True),
             PeakMemory(dev) as peak,
         ):
             loop.train_step()
         result["peak_gb"] = peak.peak_bytes / GB
 
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
 
     cfg = prepared.settings.config
     try:
-        bridge.run_session(prepared.mp, prepared.conds, (1, *cfg.latent_shape), session)
+        run_session(prepared.mp, prepared.conds, (1, *cfg.latent_shape), session)
         result["oom"] = False
     except torch.cuda.OutOfMemoryError as error:
         result.update(oom=True, error=str(error).splitlines()[0])

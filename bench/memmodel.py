@@ -2,7 +2,7 @@
 
 One :class:`ModelRun` builds FLUX.1-dev, the FLUX VAE and a ViT-H-14 reward as fake tensors
 (:mod:`bench.world`), sets up training exactly as the Direct-Align Trainer node does
-(``nodes.training_run.build_settings`` from the node's inputs, ``comfy_training.attach_adapters``,
+(``nodes.training_run.build_settings`` from the node's inputs, ``adapters.attach_adapters``,
 ``replace_inference_parameters``, ``VAEDecoder.for_training``, ``block_checkpointing``,
 ``run_session`` through ComfyUI's sampling preparation), then runs the pieces of
 ``SRPOTrainer.train_step`` in its order: ``draw_batch`` (the no-grad rollout), ``run_plan``
@@ -256,15 +256,16 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
     ``node_inputs`` override the trainer node's inputs of :func:`trainer_kwargs`.
     """
     import node_helpers
-    from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes import training_run
+    from comfyui_srpo.nodes.adapters import attach_adapters, replace_inference_parameters
+    from comfyui_srpo.nodes.vae_decoder import VAEDecoder
     from comfyui_srpo.srpo_core.rewards import ControlWordReward
     from comfyui_srpo.srpo_core.training import PromptItem
 
     kwargs = {**trainer_kwargs(run), **node_inputs}
     settings = training_run.build_settings(world.model, world.vae, None, kwargs)
     mp = world.model.clone()
-    adapters = bridge.attach_adapters(
+    adapters = attach_adapters(
         mp,
         algorithm=settings.algorithm,
         rank=settings.rank,
@@ -272,7 +273,7 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
         seed=settings.config.seed,
         form=settings.memory.lora_form,
     )
-    bridge.replace_inference_parameters(mp)
+    replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
     use_sdpa(mp)
     conds = [
@@ -281,7 +282,7 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
         )
     ]
     items = [PromptItem("a photo of a cat", 0)]
-    decoder = bridge.VAEDecoder.for_training(
+    decoder = VAEDecoder.for_training(
         world.vae,
         mp.get_model_object("latent_format"),
         checkpointing=settings.memory.decoder_checkpointing,
@@ -337,8 +338,9 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     """Inside ComfyUI's sampling setup, run the pieces of ``SRPOTrainer.train_step`` in its
     order, each as a tracked phase (``tracker.peaks``, ``tracker.flops``); returns the bytes
     resident when the step began (weights, trainable parameters, inputs)."""
-    from comfyui_srpo.nodes import comfy_training as bridge
     from comfyui_srpo.nodes import training_run as node
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
+    from comfyui_srpo.nodes.guider import run_session
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
     from comfyui_srpo.srpo_core.training.step import clip_gradients, plan_micro_steps
     from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -364,7 +366,7 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
         diffusion_model = prepared.mp.model.diffusion_model
         with (
             prepared.adapters.session(),
-            bridge.block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
+            block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
             cuda_autocast_fp32_ops(),
         ):
             loop.optimizer.zero_grad(set_to_none=True)
@@ -383,7 +385,7 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
 
     shape = (cfg.batch_size, *cfg.latent_shape)
     with tracker:  # also answers the data-dependent scalars of ComfyUI's sampling setup
-        bridge.run_session(prepared.mp, prepared.conds, shape, session)
+        run_session(prepared.mp, prepared.conds, shape, session)
     return resident[0]
 
 

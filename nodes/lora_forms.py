@@ -9,8 +9,12 @@ faster forms, with identical results up to rounding and the same LORA_MODEL stat
   weight's dtype and, with grad off, cached by the adapter's parameter versions, so a no-grad
   rollout merges each layer once instead of once per Euler step.
 - :class:`ActivationLora` (form "activations"): the layer's forward becomes
-  ``y = W x + b + s B (A x) + diff_b``; no merged weight, no full weight gradient, and ``W`` is
+  ``y = layer(x) + s B (A x) + diff_b``; no merged weight, no full weight gradient, and ``W`` is
   kept in its own dtype for backward (fp8 stays fp8).
+
+Both follow one rule: the base output is the layer's own forward (its op class's scale,
+dequantization and weight functions included, :mod:`.linear_math`) and the LoRA adds
+``s B (A x)`` to it, which is what ComfyUI's LoRA loaders give the saved file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .linear_math import effective_weight_bias, layer_output, mergeable, own_forward
 
 
 def lora_scale(adapter: Any) -> float:
@@ -50,17 +56,26 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-class WeightDtypeLora:
-    """Weight wrapper ``w -> w + s * up @ down`` computed in ``w``'s dtype; cached without grad.
+MATH_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""Weight dtypes a merge is computed in directly; others (fp8) merge in float32 and round back."""
 
+
+class WeightDtypeLora:
+    """Weight wrapper ``w -> w + s * up @ down / u`` computed in ``w``'s dtype; cached without grad.
+
+    ``u`` is the factor the layer's forward applies to its wrapped weight (``scale_weight`` of a
+    ``scaled_fp8_ops`` Linear, :func:`.linear_math.unit_scale`; None: 1), so the layer's output
+    gains exactly ``s * up @ down``, as with ComfyUI's own LoRA loading. An fp8 ``w`` (a forward
+    that multiplies in fp8 hands the wrapper its fp8 weight) merges in float32 and is rounded back.
     The cache key is ``(dtype, device, shape, up._version, down._version)``: an optimiser step
     changes the versions, so a stale merged weight is never used. :meth:`clear` drops the cache
     (call it after each rollout so the merged weights do not stay resident).
     """
 
-    def __init__(self, adapter: Any) -> None:
+    def __init__(self, adapter: Any, unit: float | None = None) -> None:
         self.adapter = adapter
         self.scale = lora_scale(adapter)
+        self.unit = unit
         self._key: tuple[Any, ...] | None = None
         self._merged: Tensor | None = None
         self.caching = False
@@ -74,10 +89,13 @@ class WeightDtypeLora:
         key = self._version_key(w) if caching else None
         if caching and key == self._key and self._merged is not None:
             return self._merged
-        up = self.adapter.lora_up.weight.to(w.dtype)
-        down = self.adapter.lora_down.weight.to(w.dtype)
-        merged = torch.addmm(w.reshape(up.shape[0], -1), up, down, alpha=self.scale)
-        merged = merged.reshape(w.shape)
+        dtype = w.dtype if w.dtype in MATH_DTYPES else torch.float32
+        up = self.adapter.lora_up.weight.to(dtype)
+        down = self.adapter.lora_down.weight.to(dtype)
+        if self.unit is not None:
+            up = up / self.unit
+        merged = torch.addmm(w.to(dtype).reshape(up.shape[0], -1), up, down, alpha=self.scale)
+        merged = merged.reshape(w.shape).to(w.dtype)
         if caching:
             self._key, self._merged = key, merged
         return merged
@@ -93,33 +111,12 @@ class WeightDtypeLora:
         return int(self.adapter.move_to(device))
 
 
-class FrozenLinear(torch.autograd.Function):
-    """``y = x W^T + b`` for a frozen ``W`` (any dtype, e.g. fp8 or an inference tensor).
-
-    ``W`` is kept as is (not cast, not saved through autograd's saved-tensor mechanism, which
-    refuses inference tensors) and cast to the gradient's dtype in backward, which computes only
-    ``dL/dx = dL/dy W``: no weight gradient.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.weight = weight
-        dtype = compute_dtype(x)
-        w = weight.to(device=x.device, dtype=dtype)
-        b = None if bias is None else bias.to(device=x.device, dtype=dtype)
-        return F.linear(x, w, b)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        w = ctx.weight.to(device=grad.device, dtype=grad.dtype)
-        return grad @ w, None, None
-
-
 class ActivationLora:
-    """Replacement forward of a Linear: ``y = W x + b + s * up(down(x)) (+ diff_b)``.
+    """Replacement forward of a Linear: ``y = layer(x) + s * up(down(x)) (+ diff_b)``.
 
-    Weight functions other adapters put on the module (and ComfyUI's low-VRAM patches) are
-    honoured through ``comfy.ops.cast_bias_weight``.
+    ``layer(x)`` is the layer's own forward (:func:`.linear_math.layer_output`), so its op class's
+    scale, dequantization and weight functions (other adapters, ComfyUI's low-VRAM patches) apply
+    exactly as without the LoRA.
     """
 
     def __init__(self, module: torch.nn.Module, adapter: Any, bias_diff: Tensor | None = None):
@@ -128,25 +125,13 @@ class ActivationLora:
         self.scale = lora_scale(adapter)
         self.bias_diff = bias_diff
 
-    def base(self, x: Tensor) -> Tensor:
-        m = self.module
-        if getattr(m, "weight_function", None) or getattr(m, "bias_function", None):
-            weight, bias = comfy.ops.cast_bias_weight(m, x)
-        else:
-            weight, bias = m.weight, m.bias
-        if not torch.is_grad_enabled():
-            dtype = compute_dtype(x)
-            return F.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))
-        return FrozenLinear.apply(x, weight, bias)
-
     def __call__(self, x: Tensor) -> Tensor:
-        """``y = W x + b + s * up(down(x)) (+ diff_b)``; x (..., in) -> y (..., out).
+        """``y = layer(x) + s * up(down(x)) (+ diff_b)``; x (..., in) -> y (..., out).
 
         The low-rank term is fused into one ``addmm`` (scale and sum inside the GEMM), in place
         when no graph is recorded (the no-grad rollout), so it adds no elementwise passes.
         """
-        comfy.ops.run_every_op()
-        y = self.base(x)
+        y = layer_output(self.module, x)
         dtype = y.dtype
         down = self.adapter.lora_down.weight.to(dtype)
         up = self.adapter.lora_up.weight.to(dtype)
@@ -181,25 +166,27 @@ def activation_forms(forms: list[ActivationLora]) -> Iterator[None]:
 class RolloutLinear:
     """Replacement forward of a weight-wrapped Linear for one no-grad rollout.
 
-    ``y = x W'^T + b'`` with ``W' = f_n(...f_1(W))`` and ``b'`` (the weight after every weight
-    function ComfyUI put on the layer: a merged LoRA ``W + s up @ down``, LoHa, a diff) built once
-    per compute dtype by ``comfy.ops.cast_bias_weight`` and reused at every Euler step. ComfyUI's
-    own path copies ``W`` and reapplies the functions at every call; the stock sampler instead
-    patches merged weights in once, which this matches. Only valid while the weights cannot
-    change: with grad enabled it falls back to the layer's own forward.
+    ``y = x W_eff^T + b'`` with ``W_eff`` the layer's effective weight after every weight function
+    ComfyUI put on it (a merged LoRA, LoHa, a diff) and its op class's scale or dequantization
+    (:func:`.linear_math.effective_weight_bias`), built once per compute dtype and reused at every
+    Euler step. ComfyUI's own path copies ``W`` and reapplies the functions at every call; the
+    stock sampler instead patches merged weights in once, which this matches. Layers whose forward
+    is not a weight product (fp8 matrix multiply, unknown op classes) and any call with grad
+    enabled use the layer's own forward.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.module = module
+        self.cacheable = mergeable(module)
         self._cached: tuple[Tensor, Tensor | None] | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
-            return type(self.module).forward(self.module, x)
+        if torch.is_grad_enabled() or not self.cacheable:
+            return own_forward(self.module, x)
         comfy.ops.run_every_op()
         dtype = compute_dtype(x)
         if self._cached is None or self._cached[0].dtype != dtype:
-            self._cached = comfy.ops.cast_bias_weight(self.module, x, dtype=dtype)
+            self._cached = effective_weight_bias(self.module, dtype, x.device)
         weight, bias = self._cached
         return F.linear(x, weight, bias)
 

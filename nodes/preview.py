@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from ..srpo_core.direct_align import direct_align, one_step_x0, x_t
 from ..srpo_core.schedules import TrainingInterval
 from . import checks
-from . import comfy_training as bridge
+from .guider import run_session
 from .types import CATEGORY
 
 PANELS = ("clean", "noisy", "one-step", "direct-align")
@@ -100,7 +100,7 @@ class SRPODirectAlignPreview(io.ComfyNode):
             with torch.no_grad():
                 panels.update(recover(v, x0, eps, sigma, span))
 
-        bridge.run_session(model, [positive], tuple(x0.shape), session)
+        run_session(model, [positive], tuple(x0.shape), session)
         decoded = [vae.decode(model.model.process_latent_out(panels[name])) for name in PANELS]
         return io.NodeOutput(torch.cat(decoded, dim=2))
 

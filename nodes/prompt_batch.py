@@ -1,6 +1,6 @@
 """One model call for a batch whose samples have different prompts.
 
-The trainer's guider holds one processed conditioning per prompt (``comfy_training.COND_KEY``). A
+The trainer's guider holds one processed conditioning per prompt (``guider.COND_KEY``). A
 batch whose samples use prompts ``i_1..i_B`` runs as one ``sampling_function`` call with a
 *combined* cond entry: its ``model_conds`` hold, for each key (Flux: ``c_crossattn``, ``y``,
 ``guidance``), the per-sample conditionings concatenated along the batch dimension in the batch's

@@ -1,8 +1,9 @@
 """Direct-Align Trainer and Inversion Regularizer nodes (DESIGN.md 3.2, 3.4, 4).
 
 The trainer only translates node inputs into a ``srpo_core.training.TrainConfig``, builds the
-model/decoder/reward callables with :mod:`.comfy_training`, runs ``srpo_core.training.train`` and
-wraps the results (MODEL with the adapters applied, LORA_MODEL, LOSS_MAP, previews, steps).
+model/decoder/reward callables with :mod:`.adapters`, :mod:`.guider` and :mod:`.vae_decoder`,
+runs ``srpo_core.training.train`` and wraps the results (MODEL with the adapters applied,
+LORA_MODEL, LOSS_MAP, previews, steps).
 """
 
 from __future__ import annotations

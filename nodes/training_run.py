@@ -34,8 +34,10 @@ from ..srpo_core.training.memory import (
     resolve_training_dtype,
 )
 from . import checks, resume
-from . import comfy_training as bridge
 from . import memory as comfy_memory
+from .adapters import AdapterSet, attach_adapters, replace_inference_parameters
+from .block_wrappers import block_checkpointing
+from .guider import run_session
 from .live import (
     LiveReport,
     default_checkpoint_name,
@@ -48,6 +50,7 @@ from .prompts import PromptSet
 from .resume import checkpoint_path
 from .run_export import export_run_file
 from .training_settings import TrainingSettings, block_mode
+from .vae_decoder import VAEDecoder
 from .validation import ValidationSettings, Validator
 
 log = logging.getLogger(__name__)
@@ -232,7 +235,7 @@ def run_training(
     existing_lora: dict[str, torch.Tensor] | None,
     progress: Progress,
     validation: ValidationSettings | None = None,
-) -> tuple[Any, bridge.AdapterSet, TrainResult, Validator | None]:
+) -> tuple[Any, AdapterSet, TrainResult, Validator | None]:
     """Clone the model, attach adapters, train with srpo_core inside ComfyUI's sampling setup
     (validation prompts, if any, follow the training prompts in the conditioning list).
 
@@ -241,7 +244,7 @@ def run_training(
     """
     cfg, mem = settings.config, settings.memory
     mp = model.clone()
-    adapters = bridge.attach_adapters(
+    adapters = attach_adapters(
         mp,
         algorithm=settings.algorithm,
         rank=settings.rank,
@@ -255,7 +258,7 @@ def run_training(
     )
     if notes:
         log.warning("SRPO existing_lora: %s", "; ".join(notes))
-    bridge.replace_inference_parameters(mp)
+    replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
     validation_conds = validation.prompts.conds if validation else []
     conds = [
@@ -263,7 +266,7 @@ def run_training(
         for c in [*prompts.conds, *validation_conds]
     ]
     items = [PromptItem(text, i) for i, text in enumerate(prompts.texts)]
-    decoder = bridge.VAEDecoder.for_training(
+    decoder = VAEDecoder.for_training(
         vae,
         mp.get_model_object("latent_format"),
         checkpointing=mem.decoder_checkpointing,
@@ -303,7 +306,7 @@ def run_training(
             offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
         with (
             adapters.session(),
-            bridge.block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),
+            block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),
         ):
             result = train(
                 cfg,
@@ -331,7 +334,7 @@ def run_training(
     )
     try:
         with comfy_memory.loaded_for_training(mp, helpers, extra):
-            bridge.run_session(mp, conds, shape, session)
+            run_session(mp, conds, shape, session)
     finally:
         adapters.finish(mp)
     return mp, adapters, outcome[0], validator

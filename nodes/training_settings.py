@@ -22,7 +22,7 @@ from ..srpo_core.training.memory import (
     SAVE_DTYPES,
     TRAINING_DTYPES,
 )
-from . import comfy_training as bridge
+from .adapters import ADAPTER_ALGORITHMS
 from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
 _INTERVAL = TrainingInterval()
@@ -156,7 +156,7 @@ def settings_inputs() -> list[Any]:
         return io.Combo.Input(name, options=list(options), **common(name))
 
     return [
-        choice("algorithm", bridge.ADAPTER_ALGORITHMS),
+        choice("algorithm", ADAPTER_ALGORITHMS),
         integer("grad_accum", 1, MAX_GRAD_ACCUM),
         integer("micro_batch", 0, MAX_MICRO_BATCH),
         integer("micro_steps", 1, MAX_MICRO_STEPS),

@@ -20,32 +20,57 @@ used, whatever the block later does to its inputs in place. Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import dataclasses
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils import _pytree as pytree
 
 BLOCK_MODES = ("checkpoint", "clone")
 """How transformer blocks keep what backward needs: recompute, or keep activations."""
 
 
-def clone_tensors(values: Any) -> Any:
-    """``values`` (tensors in tuples, lists, dicts) with every tensor cloned."""
+def map_tensors(fn: Callable[[torch.Tensor], Any], values: Any) -> Any:
+    """``values`` with every tensor ``t`` replaced by ``fn(t)``, in a fixed depth-first order,
+    through tuples (named ones too), lists, dicts and dataclass instances (e.g. the modulation
+    outputs FLUX.2 computes once and hands to every block); anything else is kept as is."""
     if isinstance(values, torch.Tensor):
-        return values.clone()
+        return fn(values)
+    if isinstance(values, tuple) and hasattr(values, "_fields"):
+        return type(values)(*(map_tensors(fn, v) for v in values))
     if isinstance(values, tuple | list):
-        return type(values)(clone_tensors(v) for v in values)
+        return type(values)(map_tensors(fn, v) for v in values)
     if isinstance(values, dict):
-        return {k: clone_tensors(v) for k, v in values.items()}
+        return {k: map_tensors(fn, v) for k, v in values.items()}
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        changes = {
+            f.name: map_tensors(fn, getattr(values, f.name))
+            for f in dataclasses.fields(values)
+            if f.init
+        }
+        return dataclasses.replace(values, **changes)
     return values
 
 
-def _tensors(values: Any) -> Iterator[torch.Tensor]:
-    return (v for v in pytree.tree_leaves(values) if isinstance(v, torch.Tensor))
+def clone_tensors(values: Any) -> Any:
+    """``values`` (tensors in tuples, lists, dicts, dataclasses) with every tensor cloned."""
+    return map_tensors(torch.Tensor.clone, values)
+
+
+def _tensors(values: Any) -> list[torch.Tensor]:
+    """The tensors of ``values`` in :func:`map_tensors` order."""
+    found: list[torch.Tensor] = []
+    map_tensors(found.append, values)
+    return found
+
+
+def _with_tensors(values: Any, tensors: tuple[Any, ...]) -> Any:
+    """``values`` with its tensors replaced, in :func:`map_tensors` order, by ``tensors``."""
+    replacements = iter(tensors)
+    return map_tensors(lambda _: next(replacements), values)
 
 
 def snapshot_saved(inputs: Any) -> AbstractContextManager[None]:
@@ -88,7 +113,8 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
 
     Reentrant checkpointing recomputes under plain autograd, where the snapshot hooks apply (the
     non-reentrant kind owns the saved-tensor hooks during recomputation). Its inputs are the
-    flattened ``(args, kwargs)``, so tensors inside kwargs carry gradients too. Without any input
+    tensors of ``(args, kwargs)`` (:func:`map_tensors`), so tensors inside kwargs and dataclasses
+    carry gradients too. Without any input
     that requires grad a reentrant checkpoint would cut the block's parameters off from the loss,
     so such a call keeps its activations instead ("clone").
     """
@@ -96,12 +122,12 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in leaves):
+        leaves = _tensors((args, kwargs))
+        if not any(v.requires_grad for v in leaves):
             return _kept(forward, args, kwargs)
 
         def run(*flat: Any) -> Any:
-            inner_args, inner_kwargs = pytree.tree_unflatten(list(flat), spec)
+            inner_args, inner_kwargs = _with_tensors((args, kwargs), flat)
             return _kept(forward, inner_args, inner_kwargs)
 
         return torch.utils.checkpoint.checkpoint(run, *leaves, use_reentrant=True)

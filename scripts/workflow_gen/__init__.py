@@ -18,10 +18,12 @@ from collections.abc import Callable
 from scripts.workflow_gen.flux import srpo_finetune_flux, srpo_sample_flux
 from scripts.workflow_gen.graph import WorkflowSpec
 from scripts.workflow_gen.toyworld import srpo_finetune_toyworld
+from scripts.workflow_gen.zimage import srpo_finetune_zimage
 
 WORKFLOWS: tuple[Callable[[], WorkflowSpec], ...] = (
     srpo_sample_flux,
     srpo_finetune_flux,
     srpo_finetune_toyworld,
+    srpo_finetune_zimage,
 )
 """Every shipped workflow, in the order they are built."""

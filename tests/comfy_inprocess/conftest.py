@@ -103,11 +103,11 @@ def trainable_clone(tiny_flux: Any, form: str, seed: int = 3, std: float = 0.1) 
     """A clone of ``tiny_flux`` with rank-4 fp32 LoRA adapters in ``form``, every trainable
     tensor set to seeded ``randn * std`` (non-zero, so every adapter has a gradient), and the
     remaining inference parameters replaced: ``(model_patcher, adapters)``."""
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.adapters import attach_adapters, replace_inference_parameters
 
     mp = tiny_flux.clone()
-    adapters = bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
-    bridge.replace_inference_parameters(mp)
+    adapters = attach_adapters(mp, algorithm="LoRA", rank=4, dtype=torch.float32, form=form)
+    replace_inference_parameters(mp)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in adapters.parameters():

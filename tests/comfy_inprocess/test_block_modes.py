@@ -46,7 +46,7 @@ def _lora_grads(
     tiny_flux: Any, cond: Any, form: str, wrap: Callable[[Any], AbstractContextManager[Any]]
 ) -> dict[str, torch.Tensor]:
     """LoRA gradients of ``mean(v^2)`` with non-zero adapters, blocks wrapped by ``wrap(dm)``."""
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
 
     mp, adapters = trainable_clone(tiny_flux, form)
     x = torch.randn(LATENT, generator=torch.Generator().manual_seed(4))
@@ -56,16 +56,16 @@ def _lora_grads(
             velocity(x, torch.full((LATENT[0],), SIGMA), 0).square().mean().backward()
 
     with torch.inference_mode(False), torch.enable_grad():
-        bridge.run_session(mp, [cond], LATENT, session)
+        run_session(mp, [cond], LATENT, session)
     return {k: p.grad.clone() for k, p in adapters.state.items() if p.grad is not None}
 
 
 def _blocks(wrapper: Callable[[Any], Any]) -> Callable[[Any], AbstractContextManager[Any]]:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import transformer_blocks
 
     class Wrapped:
         def __init__(self, dm: Any) -> None:
-            self.blocks = bridge.transformer_blocks(dm)
+            self.blocks = transformer_blocks(dm)
 
         def __enter__(self) -> None:
             for block in self.blocks:
@@ -94,7 +94,7 @@ def test_without_a_block_wrapper_backward_stops_with_the_in_place_error(
 def test_checkpoint_and_clone_give_the_gradients_of_an_out_of_place_flux(
     pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str
 ) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
 
     def reference(dm: Any) -> AbstractContextManager[Any]:
         return OutOfPlaceAdds()
@@ -103,8 +103,8 @@ def test_checkpoint_and_clone_give_the_gradients_of_an_out_of_place_flux(
         name: _lora_grads(tiny_flux, flux_cond(1), form, wrap)
         for name, wrap in {
             "reference": reference,
-            "checkpoint": lambda dm: bridge.block_checkpointing(dm, "checkpoint"),
-            "clone": lambda dm: bridge.block_checkpointing(dm, "clone"),
+            "checkpoint": lambda dm: block_checkpointing(dm, "checkpoint"),
+            "clone": lambda dm: block_checkpointing(dm, "clone"),
             "former": _blocks(former_checkpoint),
         }.items()
     }

@@ -13,9 +13,9 @@ ADAMW_STEPS = 5
 
 
 def _attach(pack: ModuleType, mp: Any, dtype: torch.dtype, form: str) -> Any:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.adapters import attach_adapters
 
-    return bridge.attach_adapters(mp, algorithm="LoRA", rank=4, dtype=dtype, form=form)
+    return attach_adapters(mp, algorithm="LoRA", rank=4, dtype=dtype, form=form)
 
 
 def _down_weights(adapters: Any) -> list[torch.Tensor]:
@@ -65,24 +65,26 @@ def _set_nonzero(adapters: Any, seed: int) -> None:
 
 
 def _velocity_and_grads(pack: ModuleType, tiny_flux: Any, form: str, cond: Any) -> Any:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.adapters import replace_inference_parameters
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
+    from comfyui_srpo.nodes.guider import run_session
 
     mp = tiny_flux.clone()
     adapters = _attach(pack, mp, torch.float32, form)
-    bridge.replace_inference_parameters(mp)
+    replace_inference_parameters(mp)
     _set_nonzero(adapters, seed=3)
     x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(4))
     out: dict[str, Any] = {}
 
     def session(velocity: Any, device: torch.device) -> None:
-        with adapters.session(), bridge.block_checkpointing(mp.model.diffusion_model):
+        with adapters.session(), block_checkpointing(mp.model.diffusion_model):
             v = velocity(x, torch.full((2,), 0.7), 0)
             v.square().mean().backward()
         out["v"] = v.detach()
         out["grads"] = {k: p.grad.clone() for k, p in adapters.state.items() if p.grad is not None}
 
     with torch.inference_mode(False), torch.enable_grad():
-        bridge.run_session(mp, [cond], (2, 16, 8, 8), session)
+        run_session(mp, [cond], (2, 16, 8, 8), session)
     return out
 
 
@@ -162,7 +164,7 @@ def test_lora_model_is_saved_in_the_chosen_dtype(
 def _stock_velocity(tiny_flux: Any, lora: dict[str, torch.Tensor], cond: Any, x: Any) -> Any:
     """The reference: ComfyUI's LoraModelLoader patches the LoRA in, then the same velocity."""
     from comfy_extras.nodes_train import LoraModelLoader
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
 
     mp = LoraModelLoader.execute(tiny_flux.clone(), lora, 1.0).args[0]
     out: dict[str, Any] = {}
@@ -171,7 +173,7 @@ def _stock_velocity(tiny_flux: Any, lora: dict[str, torch.Tensor], cond: Any, x:
         out["v"] = velocity(x, torch.full((len(x),), 0.7), 0)
 
     with torch.inference_mode():
-        bridge.run_session(mp, [cond], tuple(x.shape), session)
+        run_session(mp, [cond], tuple(x.shape), session)
     return out["v"]
 
 
@@ -180,11 +182,12 @@ def test_rollout_forward_matches_the_stock_loaded_lora_and_merges_once(
     pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str, monkeypatch: Any
 ) -> None:
     import comfy.ops
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.adapters import replace_inference_parameters
+    from comfyui_srpo.nodes.guider import run_session
 
     mp = tiny_flux.clone()
     adapters = _attach(pack, mp, torch.float32, form)
-    bridge.replace_inference_parameters(mp)
+    replace_inference_parameters(mp)
     _set_nonzero(adapters, seed=5)
     x = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(6))
     casts = {"n": 0}
@@ -206,7 +209,7 @@ def test_rollout_forward_matches_the_stock_loaded_lora_and_merges_once(
             monkeypatch.setattr(comfy.ops, "cast_bias_weight", real_cast)
 
     with torch.inference_mode(False):
-        bridge.run_session(mp, [flux_cond(2)], (2, 16, 8, 8), session)
+        run_session(mp, [flux_cond(2)], (2, 16, 8, 8), session)
     lora = {k: v.detach().clone() for k, v in adapters.state.items()}
     stock = _stock_velocity(tiny_flux, lora, flux_cond(2), x)
     assert float((stock - _stock_velocity(tiny_flux, {}, flux_cond(2), x)).abs().max()) > 1e-3

@@ -48,9 +48,9 @@ def _counted(module: torch.nn.Module) -> Iterator[list[int]]:
 
 
 def _in_session(mp: Any, conds: list[Any], body: Callable[[Any], None]) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
 
-    bridge.run_session(mp, conds, (len(INDICES), *LATENT), lambda velocity, _: body(velocity))
+    run_session(mp, conds, (len(INDICES), *LATENT), lambda velocity, _: body(velocity))
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +151,7 @@ def test_prompt_groups_and_batch_order_put_rows_back(pack: ModuleType) -> None:
 def test_lora_gradients_of_the_one_call_equal_those_of_the_per_prompt_calls(
     pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str
 ) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import block_checkpointing
     from comfyui_srpo.nodes.prompt_batch import per_prompt_velocity
 
     mp, adapters = trainable_clone(tiny_flux, form)
@@ -163,7 +163,7 @@ def test_lora_gradients_of_the_one_call_equal_those_of_the_per_prompt_calls(
             "one": lambda: velocity(x, sigma, INDICES),
             "grouped": lambda: per_prompt_velocity(velocity, x, sigma, INDICES),
         }
-        with adapters.session(), bridge.block_checkpointing(mp.model.diffusion_model):
+        with adapters.session(), block_checkpointing(mp.model.diffusion_model):
             for name, run in runs.items():
                 run().square().mean().backward()
                 grads[name] = {

@@ -49,13 +49,13 @@ def single_tile_pixels(size: int, factor: int) -> torch.Tensor:
 def test_taesd_decodes_alike_tiled_and_gradients_reach_the_latent(
     pack: ModuleType, tiny_vae: Any
 ) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.vae_decoder import VAEDecoder
 
     latent = torch.randn(1, 16, 40, 40, generator=torch.Generator().manual_seed(0))
     whole, whole_grad = decode_with_grad(
-        bridge.VAEDecoder.for_training(tiny_vae, IDENTITY_FORMAT, checkpointing=True), latent
+        VAEDecoder.for_training(tiny_vae, IDENTITY_FORMAT, checkpointing=True), latent
     )
-    tiled_decoder = bridge.VAEDecoder.for_training(
+    tiled_decoder = VAEDecoder.for_training(
         tiny_vae, IDENTITY_FORMAT, checkpointing=True, tile=TILE
     )
     sizes: list[tuple[int, ...]] = []
@@ -112,13 +112,13 @@ def test_block_checkpointing_inside_checkpointed_tiles_keeps_the_result(
     image and gradient as the tiles without them. (GroupNorm and the mid-block attention see
     one tile at a time, so a tiled FLUX-layout decode is not the whole decode, as in ComfyUI's
     own tiled decode.)"""
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.vae_decoder import VAEDecoder
 
     vae = kl_vae()
     latent = torch.randn(1, 16, 36, 36, generator=torch.Generator().manual_seed(1))
     runs = [
         decode_with_grad(
-            bridge.VAEDecoder.for_training(
+            VAEDecoder.for_training(
                 vae, IDENTITY_FORMAT, checkpointing=blocks, autocast=False, tile=TILE
             ),
             latent,

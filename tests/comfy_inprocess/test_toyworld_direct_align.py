@@ -12,7 +12,7 @@ SEED = 3
 
 
 def test_direct_align_recovers_early_timesteps_better_than_one_step(pack: ModuleType) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.guider import run_session
     from comfyui_srpo.nodes.preview import recover
     from comfyui_srpo.nodes.toyworld import load_toyworld
     from comfyui_srpo.srpo_core.schedules import TrainingInterval
@@ -39,7 +39,7 @@ def test_direct_align_recovers_early_timesteps_better_than_one_step(pack: Module
             for name in errors:
                 errors[name].append(float((panels[name] - x0[i : i + 1]).pow(2).mean()))
 
-    bridge.run_session(model, conds, (1, *x0.shape[1:]), session)
+    run_session(model, conds, (1, *x0.shape[1:]), session)
     one, aligned = (torch.tensor(errors[k]).mean().sqrt() for k in ("one-step", "direct-align"))
     ratio = float(one / aligned)
     print(f"\nsigma {SIGMA}: latent RMSE one-step {one:.4f}, Direct-Align {aligned:.4f}")

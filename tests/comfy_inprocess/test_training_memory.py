@@ -112,13 +112,14 @@ def test_previews_are_kept_small_uint8_and_bounded(pack: ModuleType) -> None:
 def test_decoder_checkpointing_and_autocast_off_keep_the_gradient(
     pack: ModuleType, tiny_vae: Any
 ) -> None:
-    from comfyui_srpo.nodes import comfy_training as bridge
+    from comfyui_srpo.nodes.block_wrappers import decoder_blocks
+    from comfyui_srpo.nodes.vae_decoder import VAEDecoder
 
     fmt = type("Identity", (), {"process_out": staticmethod(lambda z: z)})()
     latent = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     grads = []
     for checkpointing, autocast in ((False, True), (True, True), (True, False)):
-        decoder = bridge.VAEDecoder.for_training(
+        decoder = VAEDecoder.for_training(
             tiny_vae, fmt, checkpointing=checkpointing, autocast=autocast
         )
         z = latent.clone().requires_grad_(True)
@@ -126,7 +127,7 @@ def test_decoder_checkpointing_and_autocast_off_keep_the_gradient(
             image = decoder(z)
         image.square().mean().backward()
         grads.append(z.grad)
-    assert bridge.decoder_blocks(decoder.module), "TAESD blocks found"
+    assert decoder_blocks(decoder.module), "TAESD blocks found"
     torch.testing.assert_close(grads[1], grads[0])  # checkpointing: same bf16 result
     assert float((grads[2] - grads[0]).abs().max()) > 0  # autocast off: computed in fp32
     torch.testing.assert_close(grads[2], grads[0], rtol=0.1, atol=1e-3)

@@ -152,7 +152,7 @@ def test_backprop_through_flux_needs_and_gets_the_block_patch(comfy: None) -> No
         velocity(model, x, sigma, context, pooled).square().sum().backward()
     dm = model.diffusion_model
     dm.zero_grad(set_to_none=True)
-    with pack_module("nodes.comfy_training").block_checkpointing(dm) as blocks:
+    with pack_module("nodes.block_wrappers").block_checkpointing(dm) as blocks:
         velocity(model, x, sigma, context, pooled).square().sum().backward()
     assert blocks == FLUX_CONFIG["depth"] + FLUX_CONFIG["depth_single_blocks"]
     for name in (

@@ -48,6 +48,13 @@ GROUPS = {
         "Training results",
         "Before / after",
     ],
+    "srpo_finetune_zimage": [
+        "Models",
+        "Prompts and reward",
+        "Training",
+        "Training results",
+        "Before / after",
+    ],
     "srpo_finetune_toyworld": [
         "Models",
         "Prompts and reward",

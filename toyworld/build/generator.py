@@ -120,7 +120,7 @@ def train_generator(
     """Flow-matching training of Flux + text encoder on (latent, caption) pairs, in place."""
     dm: nn.Module = model.diffusion_model
     # ComfyUI's Flux blocks add residuals in place: checkpoint each block with cloned inputs.
-    with pack_module("nodes.comfy_training").block_checkpointing(dm):
+    with pack_module("nodes.block_wrappers").block_checkpointing(dm):
         params = [*dm.parameters(), *encoder.parameters()]
         optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         rng = rng_for(cfg.caption_seed)

@@ -1,0 +1,149 @@
+"""The Z-Image Turbo fine-tune workflow: SRPO LoRA training of the 6 B Lumina2-family model.
+
+File names are those of ComfyUI's own Z-Image Turbo template (Comfy-Org/z_image_turbo): put
+them in ComfyUI's model folders: diffusion_models (z_image_turbo_bf16), text_encoders
+(qwen_3_4b), vae (ae, the FLUX.1 VAE), srpo_rewards (HPS_v2.1_compressed.pt).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
+from scripts.workflow_gen.flux import (
+    HPS_NOTE,
+    NOTE_HEIGHT,
+    NOTE_WIDTH,
+    PROMPT_HEIGHT,
+    PROMPT_SET_HEIGHT,
+    SAMPLE_PROMPT,
+    SEED,
+    TRAIN_PROMPTS,
+    TRAIN_SIZE,
+    WORDS_HEIGHT,
+    hps_reward_model,
+)
+from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
+
+ZIMAGE_UNET = "z_image_turbo_bf16.safetensors"
+ZIMAGE_TEXT_ENCODER = "qwen_3_4b.safetensors"
+ZIMAGE_VAE = "ae.safetensors"
+"""Z-Image decodes with the FLUX.1 VAE (16-channel latent)."""
+CLIP_TYPE = "lumina2"
+"""CLIPLoader type of ComfyUI's Z-Image template (the Qwen3-4B encoder is detected by its
+weights)."""
+
+REPO = "https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files"
+FILES = {
+    ZIMAGE_UNET: ModelFile(
+        ZIMAGE_UNET, f"{REPO}/diffusion_models/{ZIMAGE_UNET}", "diffusion_models"
+    ),
+    ZIMAGE_TEXT_ENCODER: ModelFile(
+        ZIMAGE_TEXT_ENCODER, f"{REPO}/text_encoders/{ZIMAGE_TEXT_ENCODER}", "text_encoders"
+    ),
+    ZIMAGE_VAE: ModelFile(ZIMAGE_VAE, f"{REPO}/vae/{ZIMAGE_VAE}", "vae"),
+}
+"""Where each model file comes from and the ComfyUI models/ folder it goes in."""
+TRAIN_NOTE = (
+    """Model files go in ComfyUI/models/<folder>/ (sizes approximate), all from \
+huggingface.co/Comfy-Org/z_image_turbo (split_files/):
+- z_image_turbo_bf16.safetensors -> diffusion_models/ (12 GB)
+- qwen_3_4b.safetensors -> text_encoders/ (8 GB)
+- ae.safetensors -> vae/ (0.3 GB)
+"""
+    + HPS_NOTE
+    + """
+Z-Image has no distilled guidance: the trainer's guidance widget is ignored. Memory of SRPO \
+training on Z-Image: not yet measured (the 6 B model's bf16 weights alone are 12 GB). Out of \
+memory: lower width/height, or pick weight_dtype fp8 in Load Diffusion Model."""
+)
+
+SAMPLER: dict[str, Value] = {
+    "steps": 9,
+    "cfg": 1.0,
+    "sampler_name": "euler",
+    "scheduler": "simple",
+}
+"""Z-Image Turbo samples in about 9 steps without classifier-free guidance."""
+IMAGE_SIZE = 1024
+
+
+class ZImageModels(NamedTuple):
+    """The outputs of the three Z-Image loaders."""
+
+    model: Out
+    clip: Out
+    vae: Out
+
+
+def zimage_loaders(wf: WorkflowSpec) -> ZImageModels:
+    """UNETLoader + CLIPLoader (Qwen3-4B, lumina2) + VAELoader for Z-Image Turbo."""
+    unet = wf.add("UNETLoader", unet_name=ZIMAGE_UNET, weight_dtype="default")
+    unet.loads(wf, FILES[ZIMAGE_UNET])
+    clip = wf.add("CLIPLoader", clip_name=ZIMAGE_TEXT_ENCODER, type=CLIP_TYPE, device="default")
+    clip.loads(wf, FILES[ZIMAGE_TEXT_ENCODER])
+    vae = wf.add("VAELoader", vae_name=ZIMAGE_VAE)
+    vae.loads(wf, FILES[ZIMAGE_VAE])
+    return ZImageModels(unet.out("MODEL"), clip.out("CLIP"), vae.out("VAE"))
+
+
+def zimage_sampling(wf: WorkflowSpec, models: ZImageModels) -> Sampling:
+    """The sample prompt's conditioning (negative zeroed: cfg 1) and a 1024 x 1024 latent."""
+    encoded = wf.add("CLIPTextEncode", text=SAMPLE_PROMPT, clip=models.clip)
+    encoded = encoded.sized(wf, PROMPT_HEIGHT)
+    negative = wf.add("ConditioningZeroOut", conditioning=encoded.out())
+    latent = wf.add("EmptySD3LatentImage", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=1)
+    settings = {"seed": SEED, "denoise": 1.0, **SAMPLER}
+    return Sampling(encoded.out(), negative.out(), latent.out(), models.vae, settings)
+
+
+def srpo_finetune_zimage() -> WorkflowSpec:
+    """SRPO LoRA fine-tuning of Z-Image Turbo with HPSv2.1 and control words, before/after."""
+    wf = WorkflowSpec(
+        "srpo_finetune_zimage",
+        "SRPO: fine-tune Z-Image Turbo",
+        "Direct-Align + control-word reward (HPSv2.1) trains a Z-Image LoRA; before and after.",
+    )
+    with wf.group("Models", 0):
+        models = zimage_loaders(wf)
+        reward_model = hps_reward_model(wf)
+        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
+    with wf.group("Prompts and reward", 1):
+        reward = wf.add("SRPOControlWordReward", reward_model=reward_model, mode="cfg")
+        reward = reward.sized(wf, WORDS_HEIGHT)
+        prompts = wf.add("SRPOPromptSet", clip=models.clip, prompts="\n".join(TRAIN_PROMPTS))
+        prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
+        regularizer = wf.add("SRPOInversionRegularizer")
+    with wf.group("Training", 2):
+        trainer = wf.add(
+            "SRPODirectAlignTrainer",
+            model=models.model,
+            vae=models.vae,
+            prompts=prompts.out(),
+            reward=reward.out(),
+            regularizer=regularizer.out(),
+            steps=200,
+            learning_rate=1e-4,
+            rank=16,
+            width=TRAIN_SIZE,
+            height=TRAIN_SIZE,
+            seed=SEED,
+        )
+    with wf.group("Training results", 3):
+        wf.add(
+            "SaveLoRA",
+            lora=trainer.out("lora"),
+            prefix="loras/srpo_zimage",
+            steps=trainer.out("steps"),
+        )
+        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_zimage_loss")
+        wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
+        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
+    with wf.group("Before / after", 4):
+        sampling = zimage_sampling(wf, models)
+    sides = (
+        Side("before", models.model, "srpo_zimage_before"),
+        Side("after", trainer.out("model"), "srpo_zimage_after"),
+    )
+    side_by_side(wf, "Before / after", 5, sides, sampling, Scoring(reward_model, SAMPLE_PROMPT))
+    return wf
