@@ -87,7 +87,7 @@ def fp8_matmul(module: torch.nn.Module, ndim: int | None = None) -> bool:
         return False
     if op == FP8:
         return not module.training
-    cast = type(module).forward_comfy_cast_weights
+    cast = getattr(type(module), "forward_comfy_cast_weights")  # noqa: B009 (comfy op classes)
     return bool(_closure_value(cast, "fp8_matrix_mult"))
 
 
@@ -101,7 +101,8 @@ def unit_scale(module: torch.nn.Module) -> Tensor | None:
     """The factor the layer's forward applies to its (wrapped) weight: ``scale_weight`` for
     ``scaled_fp8_ops``, else None. A weight wrapper adds ``delta / unit_scale``."""
     if kind(module) == SCALED:
-        scale: Tensor = module.scale_weight
+        scale = module.scale_weight
+        assert isinstance(scale, Tensor)
         return scale
     return None
 
@@ -187,6 +188,7 @@ def check_supported(name: str, module: torch.nn.Module, probed: set[type]) -> No
     if kind(module) != GENERIC or type(module) in probed:
         return
     weight = module.weight
+    assert isinstance(weight, Tensor)
     out_features, in_features = int(weight.shape[0]), int(weight.shape[1])
     x = torch.randn(PROBE_ROWS, in_features, device=weight.device).requires_grad_(True)
     try:
