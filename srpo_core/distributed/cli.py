@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,6 @@ from .dcp import full_state, save_export
 from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
 from .parallel import (
     World,
-    check_divisible,
     init_world,
     is_distributed,
     mean_over_ranks,
@@ -26,29 +28,13 @@ from .parallel import (
     world_size_from_env,
     wrap_ddp,
 )
+from .preflight import preflight, resume_settings
 from .progress import Progress
-from .runfile import RunFile, dumps, load
+from .runfile import RunFile, dumps, load, with_world_size
 from .trainer import ShardedTrainer, ShardPlan
 
-REQUIRED_PATHS = ("transformer", "vae", "reward", "prompts")
 LORA_FILE = "srpo_lora.safetensors"
 FULL_FILE = "srpo_transformer.safetensors"
-
-
-def check_paths(run: RunFile) -> None:
-    """Every model path set and existing, before anything is loaded."""
-    paths = run.paths
-    problems = []
-    for name in REQUIRED_PATHS:
-        value = getattr(paths, name)
-        if not value:
-            problems.append(f"paths.{name} is empty")
-        elif not Path(value).exists():
-            problems.append(f"paths.{name} = {value!r} does not exist")
-    if paths.transformer_config and not Path(paths.transformer_config).is_file():
-        problems.append(f"paths.transformer_config = {paths.transformer_config!r} does not exist")
-    if problems:
-        raise FileNotFoundError("the run file's paths need fixing: " + "; ".join(problems))
 
 
 @dataclass
@@ -133,11 +119,29 @@ def report(progress: Progress, world: World) -> StepCallback:
     return callback
 
 
+def checked_run(path: str) -> RunFile:
+    """The run file with paths resolved and the global batch of this world size, after every
+    check of :mod:`.preflight` (nothing is loaded or written before)."""
+    world_size = world_size_from_env()
+    run = with_world_size(load(path), world_size)
+    preflight(run, world_size)
+    return run
+
+
+def announce(run: RunFile) -> None:
+    """Rank 0 names the absolute output folder and the global batch before anything loads."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = Path(run.paths.output_dir).resolve()
+        sys.stderr.write(
+            f"srpo_core.train: output folder {out} (global batch {run.train.batch_size} over"
+            f" {world_size_from_env()} process(es))\n"
+        )
+
+
 def run_from_file(path: str) -> Path:
     """Check the run file, train on this rank, export; returns the exported file's path."""
-    run = load(path)
-    check_paths(run)
-    check_divisible(run.train.batch_size, world_size_from_env())
+    run = checked_run(path)
+    announce(run)
     world = init_world()
     try:
         torch.manual_seed(run.train.seed)  # identical model init (LoRA A) on every rank
@@ -149,6 +153,8 @@ def run_from_file(path: str) -> Path:
             run.paths.output_dir,
             run.parallel.checkpoint_every,
             frozen_base=run.parallel.mode == "lora",
+            keep_checkpoints=run.parallel.keep_checkpoints,
+            run_json=json.dumps(resume_settings(run), sort_keys=True),
         )
         trainer = ShardedTrainer(
             plan,

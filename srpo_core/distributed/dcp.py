@@ -33,6 +33,7 @@ from .parallel import barrier, is_distributed
 LATEST = "latest"
 META = "meta.json"
 FORMAT_VERSION = 1
+STEP_PREFIX = "step-"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class CheckpointMeta:
     config_json: str
     world_size: int
     format_version: int = FORMAT_VERSION
+    run_json: str = ""
+    """JSON of the run settings the tensors depend on besides [train] (LoRA rank, reward words;
+    :func:`srpo_core.distributed.preflight.resume_settings`); empty in older checkpoints."""
 
 
 def checkpoint_root(output_dir: str) -> Path:
@@ -75,10 +79,12 @@ def save_sharded(
     *,
     frozen_base: bool,
     is_main: bool,
+    keep: int = 0,
 ) -> Path:
-    """Write one checkpoint atomically (module docstring); all ranks call it."""
+    """Write one checkpoint atomically (module docstring); all ranks call it. ``keep > 0``:
+    afterwards only the newest ``keep`` checkpoints remain."""
     root = checkpoint_root(output_dir)
-    name = f"step-{meta.step:06d}"
+    name = f"{STEP_PREFIX}{meta.step:06d}"
     tmp, final = root / f".{name}.tmp", root / name
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,8 +98,27 @@ def save_sharded(
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         atomic_write(root / LATEST, lambda f: _write_text(f, name))
+        prune(root, keep, name)
     barrier()
     return final
+
+
+def checkpoint_folders(root: Path) -> list[Path]:
+    """Complete checkpoints (``step-N`` with a meta.json), oldest first."""
+    found = [p for p in root.glob(f"{STEP_PREFIX}*") if (p / META).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def prune(root: Path, keep: int, latest: str) -> list[Path]:
+    """Delete all but ``keep`` complete checkpoints (nothing when ``keep`` is 0): the one named
+    ``latest`` and the newest others; returns the deleted folders."""
+    if keep <= 0:
+        return []
+    others = [p for p in checkpoint_folders(root) if p.name != latest]
+    old = others[: max(0, len(others) - (keep - 1))]
+    for folder in old:
+        shutil.rmtree(folder, ignore_errors=True)
+    return old
 
 
 def _write_text(f: IO[bytes], text: str) -> None:

@@ -61,7 +61,8 @@ def local_samples(batch_size: int, world: World) -> tuple[int, int]:
             f"train.batch_size {batch_size} is the global batch and must be divisible by the "
             f"number of processes ({world.size}): use a batch of "
             f"{max(world.size, batch_size // world.size * world.size)} or "
-            f"{(batch_size // world.size + 1) * world.size}, or another --nproc_per_node"
+            f"{(batch_size // world.size + 1) * world.size}, or another --nproc_per_node, or set"
+            " [parallel] batch_per_process = 1 (one sample per process)"
         )
     per_rank = batch_size // world.size
     return world.rank * per_rank, per_rank

@@ -27,6 +27,8 @@ STRATEGIES = ("ddp", "fsdp")
 DTYPES = ("fp32", "bf16")
 DEFAULT_PROVIDER = "srpo_core.distributed.diffusers_provider:load_components"
 DEFAULT_LORA_RANK = 16
+DEFAULT_KEEP = 2
+"""Checkpoints kept by default (the newest and the one before, in case it is damaged)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,21 @@ class ParallelConfig:
         default=50,
         metadata={"help": "Save a sharded checkpoint every N steps (0: only at the end)."},
     )
+    keep_checkpoints: int = field(
+        default=DEFAULT_KEEP,
+        metadata={
+            "help": "Keep only the newest N checkpoints in output_dir/checkpoints (0: keep all;"
+            " a full FLUX checkpoint is about 143 GB)."
+        },
+    )
+    batch_per_process: int = field(
+        default=0,
+        metadata={
+            "help": "0: [train] batch_size is the global batch (the number of processes must"
+            " divide it; the same run at any world size). N > 0: the global batch is N x the"
+            " number of processes ([train] batch_size is replaced), so any world size starts."
+        },
+    )
     export_dtype: str = field(
         default="bf16",
         metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
@@ -150,6 +167,8 @@ class ParallelConfig:
             )
         if self.lora_rank < 1 or self.checkpoint_every < 0:
             raise ValueError("lora_rank must be >= 1 and checkpoint_every >= 0")
+        if self.keep_checkpoints < 0 or self.batch_per_process < 0:
+            raise ValueError("keep_checkpoints and batch_per_process must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -185,7 +204,8 @@ SECTIONS: dict[str, str] = {
     "parallel": "LoRA or full fine-tuning, DDP or FSDP2, checkpoints and export.",
     "log": "Rank-0 progress reporting.",
     "train": "Engine settings (srpo_core.training.TrainConfig). batch_size is the GLOBAL batch:"
-    " it must be divisible by the number of processes. checkpoint_path and checkpoint_every are"
+    " it must be divisible by the number of processes (unless [parallel] batch_per_process is"
+    " set). checkpoint_path and checkpoint_every are"
     " unused here (the CLI writes sharded checkpoints to paths.output_dir, see [parallel]);"
     " gradient_checkpointing recomputes each transformer block in backward.",
     "reward": "Control-word reward (srpo_core.rewards.ControlWordRewardConfig): words, mode and"
@@ -197,6 +217,20 @@ HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
 format = "{FORMAT}"
 version = {VERSION}
 """
+
+
+def default_run_file() -> RunFile:
+    """What ``--print-default-config`` writes: the defaults, with one sample per process so the
+    file starts at any world size."""
+    return RunFile(parallel=ParallelConfig(batch_per_process=1))
+
+
+def with_world_size(run: RunFile, world_size: int) -> RunFile:
+    """``run`` with ``[train] batch_size`` the global batch of ``world_size`` processes."""
+    per = run.parallel.batch_per_process
+    if per == 0:
+        return run
+    return replace(run, train=replace(run.train, batch_size=per * world_size))
 
 
 def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from ..training import SRPOTrainer, StepMetrics, TrainConfig
+from ..training.checkpoint import CheckpointMismatchError
 from ..training.config import config_hash, config_json
 from ..training.data import Batch
 from .dcp import (
@@ -41,13 +43,16 @@ from .parallel import (
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The global config, this rank's samples and where checkpoints go."""
+    """The global config, this rank's samples, where checkpoints go and how many stay;
+    ``run_json``: the settings a resume must keep besides [train] (``meta.json``)."""
 
     config: TrainConfig
     world: World
     output_dir: str
     checkpoint_every: int
     frozen_base: bool
+    keep_checkpoints: int = 0
+    run_json: str = ""
 
 
 def local_config(config: TrainConfig, world: World) -> TrainConfig:
@@ -61,6 +66,14 @@ def local_config(config: TrainConfig, world: World) -> TrainConfig:
         checkpoint_path=None,
         checkpoint_every=0,
     )
+
+
+def first_cause(error: BaseException) -> str:
+    """One line for a load error: DCP wraps each rank's exception (with its traceback)."""
+    if isinstance(error, CheckpointException) and error.failures:
+        error = next(iter(error.failures.values()))[0]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 class ShardedTrainer(SRPOTrainer):
@@ -104,6 +117,7 @@ class ShardedTrainer(SRPOTrainer):
             config_hash=config_hash(self.plan.config),
             config_json=config_json(self.plan.config),
             world_size=self.plan.world.size,
+            run_json=self.plan.run_json,
         )
         path = save_sharded(
             self.plan.output_dir,
@@ -113,6 +127,7 @@ class ShardedTrainer(SRPOTrainer):
             meta,
             frozen_base=self.plan.frozen_base,
             is_main=self.plan.world.is_main,
+            keep=self.plan.keep_checkpoints,
         )
         return str(path)
 
@@ -125,9 +140,15 @@ class ShardedTrainer(SRPOTrainer):
         template = torch.zeros(
             (self.plan.config.batch_size, self.streams[0].get_state().numel()), dtype=torch.uint8
         )
-        states = load_sharded(
-            folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
-        )
+        try:
+            states = load_sharded(
+                folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
+            )
+        except (RuntimeError, KeyError, CheckpointException) as e:  # DCP's shape/key errors
+            raise CheckpointMismatchError(
+                f"checkpoint {folder} does not fit this model ({first_cause(e)}): same"
+                " [parallel] mode and lora_rank? Or use another paths.output_dir."
+            ) from e
         for k, g in enumerate(self.streams):
             g.set_state(states[self.first_sample + k].clone())  # a view would not do
         self.step, self.consecutive_skips = meta.step, meta.consecutive_skips
