@@ -23,8 +23,16 @@ STEPS = 3
 RESUME_AT = 2
 PROCESSES = 2
 TORCHRUN_TIMEOUT_S = 600
-RTOL, ATOL = 1e-4, 1e-6
-"""Two ranks reduce gradients in another order than one process: float rounding only."""
+GRAD_RTOL = 1e-5
+"""max |g1 - g2| <= GRAD_RTOL * max |g| for the step-0 gradients. Two ranks sum the per-sample
+gradients in another order than one process: each element differs by a few float32 roundings of
+the largest summand (2**-24 ~ 6e-8 each, measured 1.9e-9 absolute), far inside 1e-5 * max |g|."""
+UPDATE_RTOL = 1e-4
+"""||u1 - u2|| / ||u1|| <= UPDATE_RTOL for the whole update u (change from the starting weights).
+AdamW's per-element normalisation g / (sqrt(v) + eps) turns that rounding into up to ~1e-3 x lr
+on elements whose gradient sits near eps (measured 1.3e-3 x lr on a few of ~1 M elements), so
+per-element comparisons of AdamW outputs are noise; the update as a whole (norm ~ lr sqrt(N))
+moves by orders of magnitude less than 1e-4 of itself."""
 
 
 def make_run(folder: Path, mode: str, strategy: str, provider: str | None = None) -> Path:
@@ -62,7 +70,27 @@ def torchrun(run_file: Path, processes: int) -> None:
 
 
 def history(run_file: Path, rank: int = 0) -> list[torch.Tensor]:
+    """Flat trainable parameters: before the first step, then after every step."""
     return torch.load(run_file.parent / "out" / f"params-rank{rank}.pt", weights_only=True)
+
+
+def gradients(run_file: Path, rank: int = 0) -> list[torch.Tensor]:
+    """Flat clipped gradients each step applied."""
+    return torch.load(run_file.parent / "out" / f"grads-rank{rank}.pt", weights_only=True)
+
+
+def update_error(start: torch.Tensor, one: torch.Tensor, two: torch.Tensor) -> float:
+    """``||u1 - u2|| / ||u1||`` with ``u = after - start`` (float64)."""
+    u1, u2 = (one.double() - start.double()), (two.double() - start.double())
+    return float((u1 - u2).norm() / u1.norm())
+
+
+def export_error(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], update: float) -> float:
+    """``||a - b|| / ||u||`` over every exported tensor: the exports re-lay out the trained
+    parameters, so their difference is bounded by the difference of the updates."""
+    assert a.keys() == b.keys()
+    diff = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a) ** 0.5
+    return diff / update
 
 
 def exported(run_file: Path) -> dict[str, torch.Tensor]:
@@ -83,7 +111,7 @@ def two_rank_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 def test_ranks_hold_identical_parameters_after_every_step(two_rank_run: Path) -> None:
     ranks = [history(two_rank_run, r) for r in range(PROCESSES)]
-    assert len(ranks[0]) == STEPS
+    assert len(ranks[0]) == STEPS + 1
     for step, (a, b) in enumerate(zip(*ranks, strict=True)):
         assert torch.equal(a, b), f"ranks differ after step {step}"
     assert not torch.equal(ranks[0][0], ranks[0][-1]), "training did not change the parameters"
@@ -96,19 +124,18 @@ def test_two_processes_equal_one_with_the_same_global_batch(
     shutil.copytree(two_rank_run.parent, single, ignore=shutil.ignore_patterns("out"))
     torch.set_num_threads(1)
     rank_probe.main(str(single / "run.toml"))
-    for step, (one, two) in enumerate(
-        zip(history(single / "run.toml"), history(two_rank_run), strict=True)
-    ):
-        torch.testing.assert_close(one, two, rtol=RTOL, atol=ATOL, msg=f"step {step}")
-    worst = max(
-        float((o - t).abs().max())
-        for o, t in zip(history(single / "run.toml"), history(two_rank_run), strict=True)
-    )
-    print(f"\n{two_rank_run.parent.name}: max |1 process - 2 processes| = {worst:.2e}")
-    a, b = exported(single / "run.toml"), exported(two_rank_run)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL)
+    one, two = history(single / "run.toml"), history(two_rank_run)
+    assert torch.equal(one[0], two[0]), "both runs must start from the same weights"
+    g1, g2 = gradients(single / "run.toml")[0], gradients(two_rank_run)[0]
+    grad_error = float((g1 - g2).abs().max() / g1.abs().max())
+    assert grad_error <= GRAD_RTOL, f"step-0 gradients differ by {grad_error:.2e} of max |g|"
+    errors = [update_error(one[0], a, b) for a, b in zip(one[1:], two[1:], strict=True)]
+    print(f"\n{two_rank_run.parent.name}: step-0 grad {grad_error:.1e}, updates {errors}")
+    for step, error in enumerate(errors):
+        assert error <= UPDATE_RTOL, f"step {step}: updates differ by {error:.2e} of the update"
+    total = float((one[-1].double() - one[0].double()).norm())
+    error = export_error(exported(single / "run.toml"), exported(two_rank_run), total)
+    assert error <= UPDATE_RTOL, f"exports differ by {error:.2e} of the update"
 
 
 def test_resume_at_another_world_size_reaches_the_same_parameters(
@@ -123,12 +150,14 @@ def test_resume_at_another_world_size_reaches_the_same_parameters(
         (resumed / "out" / name).unlink(missing_ok=True)
     torch.set_num_threads(1)
     rank_probe.main(str(resumed / "run.toml"))
-    after = history(resumed / "run.toml")
-    assert len(after) == STEPS - RESUME_AT
-    torch.testing.assert_close(after[-1], history(two_rank_run)[-1], rtol=RTOL, atol=ATOL)
-    a, b = exported(resumed / "run.toml"), exported(two_rank_run)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL)
+    after, full = history(resumed / "run.toml"), history(two_rank_run)
+    assert len(after) == STEPS - RESUME_AT + 1
+    assert torch.equal(after[0], full[RESUME_AT]), "resume must restore the saved weights exactly"
+    error = update_error(full[0], full[-1], after[-1])
+    assert error <= UPDATE_RTOL, f"resumed run's update differs by {error:.2e}"
+    total = float((full[-1].double() - full[0].double()).norm())
+    error = export_error(exported(resumed / "run.toml"), exported(two_rank_run), total)
+    assert error <= UPDATE_RTOL, f"exports differ by {error:.2e} of the update"
 
 
 @pytest.mark.parametrize("mode,strategy", [("lora", "ddp"), ("full", "fsdp")])
@@ -141,7 +170,7 @@ def test_a_non_finite_reward_on_one_rank_skips_the_step_on_every_rank(
     ranks = [history(run_file, r) for r in range(PROCESSES)]
     for step, (a, b) in enumerate(zip(*ranks, strict=True)):
         assert torch.equal(a, b), f"ranks differ after step {step}"
-    steps = ranks[0]
+    steps = ranks[0][1:]
     assert len(steps) == STEPS
     assert torch.equal(steps[0], steps[1]), "step 1 must be skipped"
     assert not torch.equal(steps[1], steps[2]), "step 2 must train again"
