@@ -5,7 +5,7 @@ every rank torchrun starts, then exports the result as one safetensors file. See
 section "Beyond one GPU".
 
 Exit status: 0 done, 2 bad input (one paragraph on stderr, printed by rank 0 only since every
-rank checks the same inputs, no traceback), anything else an unexpected error.
+rank agrees on the inputs, no traceback), anything else an unexpected error.
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ PARAGRAPH_WIDTH = 100
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m srpo_core.train", description="Train SRPO from a run file."
+        prog="python -m srpo_core.train",
+        description="Train SRPO from a run file. Subcommands: encode-prompts (a text file of"
+        " prompts -> the prompts file; see encode-prompts --help), make-tiny-run FOLDER (a tiny"
+        " random world and its run file, to try the command on a CPU).",
     )
     parser.add_argument("--config", help="The run file (TOML).")
     parser.add_argument(
@@ -38,12 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def bad_input_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "fix your input" (their messages say what to fix)."""
-    from .distributed.preflight import InputError
-    from .distributed.tomlconf import RunFileError
-    from .training.checkpoint import CheckpointMismatchError
-    from .weights import WeightsMismatchError
+    from .distributed.preflight import input_errors
 
-    return (InputError, RunFileError, CheckpointMismatchError, WeightsMismatchError, ImportError)
+    return input_errors()
 
 
 def paragraph(error: BaseException) -> str:
@@ -59,7 +59,35 @@ def report_bad_input(error: BaseException) -> int:
     return BAD_INPUT
 
 
+SUBCOMMANDS = ("encode-prompts", "make-tiny-run")
+
+
+def subcommand(name: str, argv: Sequence[str]) -> int:
+    """``encode-prompts ...`` (:mod:`.distributed.encode_prompts`) or ``make-tiny-run FOLDER``
+    (:mod:`.distributed.tiny_run`)."""
+    try:
+        if name == "encode-prompts":
+            from .distributed.encode_prompts import main as encode_main
+
+            sys.stdout.write(encode_main(argv) + "\n")
+        else:
+            from .distributed.tiny_run import make_tiny_run
+
+            if len(argv) != 1:
+                sys.stderr.write("usage: python -m srpo_core.train make-tiny-run FOLDER\n")
+                return BAD_INPUT
+            path = make_tiny_run(argv[0]).resolve()
+            sys.stdout.write(f"wrote {path}; train it with: python -m srpo_core.train --config"
+                             f" {path}\n")  # fmt: skip
+    except bad_input_types() as e:
+        return report_bad_input(e)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return subcommand(argv[0], argv[1:])
     args = parse_args(argv)
     if args.print_default_config:
         sys.stdout.write(dumps(default_run_file()))
@@ -76,5 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``srpo-train`` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,30 +4,38 @@ A bad input (a missing path, a pickle or a truncated file where a safetensors fi
 conditioning cache of another format, a batch the processes cannot split, a checkpoint written
 with another LoRA rank or other reward words) raises :class:`InputError` with one sentence that
 says what to fix; the command prints it as one paragraph and exits with status 2
-(:mod:`srpo_core.train`). Every rank runs the same checks on the same files.
+(:mod:`srpo_core.train`). Every rank runs the checks on the files it sees, and the ranks agree
+(:func:`agreed`): one rank's bad input stops all of them, and rank 0 prints it once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
+import torch.distributed as dist
 from safetensors import safe_open
 
 from ..training.checkpoint import CheckpointMismatchError
 from ..training.config import config_hash, config_json
+from ..weights import WeightsMismatchError
 from .components import load_provider
 from .conditioning import FORMAT as CONDITIONING_FORMAT
 from .conditioning import VERSION as CONDITIONING_VERSION
 from .dcp import check_meta, latest_checkpoint, read_meta
-from .parallel import check_divisible
+from .parallel import check_divisible, is_distributed
 from .runfile import RunFile
+from .tomlconf import RunFileError
 
 REQUIRED_PATHS = ("transformer", "vae", "reward", "prompts")
 RESUME_FIXED = ("mode", "lora_rank", "lora_alpha")
 """[parallel] settings a checkpoint cannot change (its tensors depend on them)."""
+
+
+T = TypeVar("T")
 
 
 class InputError(ValueError):
@@ -138,12 +146,54 @@ def check_resume(run: RunFile) -> None:
             )
 
 
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean "fix your input" (their messages say what to fix)."""
+    return (InputError, RunFileError, CheckpointMismatchError, WeightsMismatchError, ImportError)
+
+
+def combine(failed: list[tuple[int, str]], world_size: int) -> str:
+    """One message for the ranks' messages: as it is when every rank says the same, else
+    ``"rank 1: ...; ranks 2, 3: ..."``."""
+    by_message: dict[str, list[int]] = {}
+    for rank, message in failed:
+        by_message.setdefault(message, []).append(rank)
+    if len(by_message) == 1 and len(failed) == world_size:
+        return failed[0][1]
+    parts = []
+    for message, ranks in by_message.items():
+        label = "rank" if len(ranks) == 1 else "ranks"
+        parts.append(f"{label} {', '.join(map(str, ranks))}: {message}")
+    return "; ".join(parts)
+
+
+def agreed(check: Callable[[], T]) -> T:
+    """``check()`` on every rank; when it raised a bad input on any rank, every rank raises one
+    InputError naming each rank's message, so the command stops everywhere and rank 0 prints it
+    once (a rank that failed alone would otherwise leave the others waiting)."""
+    error: BaseException | None = None
+    result: T | None = None
+    try:
+        result = check()
+    except input_errors() as e:
+        error = e
+    if not is_distributed():
+        if error is not None:
+            raise error
+        return cast(T, result)
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else str(error))
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        raise InputError(combine(failed, len(messages))) from error
+    return cast(T, result)
+
+
 def preflight(run: RunFile, world_size: int) -> None:
     """All checks above, the batch split and the provider's import (module docstring)."""
     check_paths(run)
     check_files(run)
     try:
-        check_divisible(run.train.batch_size, world_size)
+        check_divisible(run.train.batch_size, world_size)  # also checked before the group forms
         load_provider(run.model.provider)
     except ValueError as e:
         raise InputError(str(e)) from None

@@ -27,6 +27,7 @@ STRATEGIES = ("ddp", "fsdp")
 DTYPES = ("fp32", "bf16")
 DEFAULT_PROVIDER = "srpo_core.distributed.diffusers_provider:load_components"
 DEFAULT_LORA_RANK = 16
+DEFAULT_TIMEOUT_MINUTES = 30.0
 DEFAULT_KEEP = 2
 """Checkpoints kept by default (the newest and the one before, in case it is damaged)."""
 
@@ -149,6 +150,21 @@ class ParallelConfig:
             " number of processes ([train] batch_size is replaced), so any world size starts."
         },
     )
+    rollout_gathered: bool = field(
+        default=True,
+        metadata={
+            "help": "FSDP: gather each block once per no-grad rollout and keep it until the"
+            " rollout ends (one all-gather per block instead of one per Euler step; needs the"
+            " gathered model's memory, 23.8 GB bf16 for FLUX.1-dev). false: gather per step."
+        },
+    )
+    timeout_minutes: float = field(
+        default=DEFAULT_TIMEOUT_MINUTES,
+        metadata={
+            "help": "How long a collective (all-reduce, all-gather, barrier) waits for the"
+            " other ranks before the run stops with an error instead of hanging."
+        },
+    )
     export_dtype: str = field(
         default="bf16",
         metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
@@ -169,6 +185,39 @@ class ParallelConfig:
             raise ValueError("lora_rank must be >= 1 and checkpoint_every >= 0")
         if self.keep_checkpoints < 0 or self.batch_per_process < 0:
             raise ValueError("keep_checkpoints and batch_per_process must be >= 0")
+        if not self.timeout_minutes > 0:
+            raise ValueError("timeout_minutes must be > 0")
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Learning-rate schedule and optimiser implementation (around [train] lr)."""
+
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Steps of linear warm-up from lr / warmup_steps to lr (0: none)."},
+    )
+    schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "After warm-up: 'constant' (lr), or 'cosine' (from lr down to"
+            " min_lr_ratio x lr at the last step)."
+        },
+    )
+    min_lr_ratio: float = field(
+        default=0.0, metadata={"help": "Final lr of the cosine schedule, as a share of lr."}
+    )
+    fused_adamw: bool = field(
+        default=True, metadata={"help": "Fused AdamW kernels on CUDA (ignored on the CPU)."}
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -189,6 +238,7 @@ class RunFile:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
@@ -202,6 +252,7 @@ SECTIONS: dict[str, str] = {
     "paths": "Model, prompt and output paths (relative paths are relative to this file).",
     "model": "How the models are built.",
     "parallel": "LoRA or full fine-tuning, DDP or FSDP2, checkpoints and export.",
+    "optim": "Learning-rate schedule ([train] lr is the peak) and the AdamW implementation.",
     "log": "Rank-0 progress reporting.",
     "train": "Engine settings (srpo_core.training.TrainConfig). batch_size is the GLOBAL batch:"
     " it must be divisible by the number of processes (unless [parallel] batch_per_process is"

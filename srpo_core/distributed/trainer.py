@@ -11,7 +11,7 @@ Checkpoints go through :mod:`.dcp` instead of the single-file checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from .dcp import (
     read_meta,
     save_sharded,
 )
+from .guard_split import split_guard_samples
 from .parallel import (
     AgreedFiniteReward,
     World,
@@ -39,6 +40,8 @@ from .parallel import (
     local_samples,
     sample_streams,
 )
+from .runfile import OptimConfig
+from .schedule import adamw, lr_factor, set_lr
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ShardPlan:
     frozen_base: bool
     keep_checkpoints: int = 0
     run_json: str = ""
+    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 def local_config(config: TrainConfig, world: World) -> TrainConfig:
@@ -87,10 +91,24 @@ class ShardedTrainer(SRPOTrainer):
             kwargs["reward"] = AgreedFiniteReward(kwargs["reward"], plan.world.device)
         super().__init__(local_config(plan.config, plan.world), **kwargs)
         self.plan, self.module = plan, module
+        if plan.optim.fused_adamw and self.device.type == "cuda":
+            self.optimizer = adamw(self.params, self.config, fused=True)
         first, count = local_samples(plan.config.batch_size, plan.world)
         self.first_sample = first
         self.streams = sample_streams(plan.config.seed, first, count)
         self._cursor = 0
+
+    def train_step(self) -> StepMetrics:
+        """One update at the scheduled learning rate (:mod:`.schedule`)."""
+        total = self.plan.config.steps
+        set_lr(self.optimizer, self.plan.config.lr * lr_factor(self.step, total, self.plan.optim))
+        return super().train_step()
+
+    def guard_samples(self) -> tuple[Tensor, Tensor]:
+        """The guard's samples, split over the ranks when distributed (:mod:`.guard_split`)."""
+        if not is_distributed():
+            return super().guard_samples()
+        return split_guard_samples(self, self.plan.world.size, self.plan.world.rank)
 
     def draw_batch(self) -> Batch:
         """The next local sample's batch, from its own stream (also used for its plan)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from srpo_core.distributed.runfile import ParallelConfig
+from srpo_core.distributed.runfile import ModelConfig, ParallelConfig
 from srpo_core.rewards import ControlWordRewardConfig
 from srpo_core.rewards.control_reward import ControlWords
 from tests.distributed.tinyworld import REPO, build
@@ -159,3 +159,25 @@ def test_the_command_runs_from_another_folder(tiny: Path, tmp_path: Path) -> Non
     """A bad input seen from a folder outside the pack (the module is found via PYTHONPATH)."""
     run_file = copy_world(tiny, tmp_path / "w", lambda t: t.replace("version = 1", "version = 7"))
     assert_bad_input(train(run_file, cwd=tmp_path), "version 7")
+
+
+def test_a_bad_input_on_one_rank_stops_every_rank_and_is_printed_once(
+    tiny: Path, tmp_path: Path
+) -> None:
+    from tests.distributed.bad_rank_provider import MESSAGE
+
+    provider = "tests.distributed.bad_rank_provider:load_components"
+    run_file = copy_world(
+        tiny,
+        tmp_path / "w",
+        lambda t: t.replace(json.dumps(ModelConfig().provider), f'"{provider}"'),
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "srpo_core.train", "--config", str(run_file)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode != 0
+    flat = " ".join(done.stderr.split())
+    assert flat.count(MESSAGE) == 1, done.stderr[-4000:]
+    assert f"error: rank 1: {MESSAGE}" in flat
+    assert "exitcode : 2" in flat, "every rank ends with the bad-input status"
