@@ -172,6 +172,7 @@ def run_from_file(path: str) -> Path:
             keep_checkpoints=run.parallel.keep_checkpoints,
             run_json=json.dumps(resume_settings(run), sort_keys=True),
             optim=run.optim,
+            async_checkpoints=run.parallel.async_checkpoints,
         )
         trainer = ShardedTrainer(
             plan,

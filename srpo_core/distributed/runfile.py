@@ -142,6 +142,14 @@ class ParallelConfig:
             " a full FLUX checkpoint is about 143 GB)."
         },
     )
+    async_checkpoints: bool = field(
+        default=True,
+        metadata={
+            "help": "Write checkpoints in the background (torch.distributed.checkpoint's"
+            " async_save) while training goes on; the state is copied to host memory at the"
+            " step. false: training waits for the files."
+        },
+    )
     batch_per_process: int = field(
         default=0,
         metadata={

@@ -19,17 +19,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.checkpoint.api import CheckpointException
 
-from ..training import SRPOTrainer, StepMetrics, TrainConfig
+from ..training import SRPOTrainer, StepMetrics, TrainConfig, TrainResult
 from ..training.checkpoint import CheckpointMismatchError
 from ..training.config import config_hash, config_json
 from ..training.data import Batch
 from .dcp import (
+    NO_GROUP,
     CheckpointMeta,
+    PendingSave,
     check_meta,
+    finish_save,
     latest_checkpoint,
     load_sharded,
     read_meta,
-    save_sharded,
+    start_save,
 )
 from .guard_split import split_guard_samples
 from .parallel import (
@@ -57,6 +60,7 @@ class ShardPlan:
     keep_checkpoints: int = 0
     run_json: str = ""
     optim: OptimConfig = field(default_factory=OptimConfig)
+    async_checkpoints: bool = False
 
 
 def local_config(config: TrainConfig, world: World) -> TrainConfig:
@@ -97,6 +101,8 @@ class ShardedTrainer(SRPOTrainer):
         self.first_sample = first
         self.streams = sample_streams(plan.config.seed, first, count)
         self._cursor = 0
+        self.pending: PendingSave | None = None
+        self._cpu_group: Any = None
 
     def train_step(self) -> StepMetrics:
         """One update at the scheduled learning rate (:mod:`.schedule`)."""
@@ -129,6 +135,9 @@ class ShardedTrainer(SRPOTrainer):
         return torch.cat([p.cpu() for p in parts])
 
     def save(self) -> str | None:
+        """Finish the previous checkpoint, then start this one (in the background when
+        ``plan.async_checkpoints``); the path it will have once finished."""
+        self.finish_pending_save()
         meta = CheckpointMeta(
             step=self.step,
             consecutive_skips=self.consecutive_skips,
@@ -137,7 +146,7 @@ class ShardedTrainer(SRPOTrainer):
             world_size=self.plan.world.size,
             run_json=self.plan.run_json,
         )
-        path = save_sharded(
+        self.pending = start_save(
             self.plan.output_dir,
             self.module,
             self.optimizer,
@@ -146,8 +155,31 @@ class ShardedTrainer(SRPOTrainer):
             frozen_base=self.plan.frozen_base,
             is_main=self.plan.world.is_main,
             keep=self.plan.keep_checkpoints,
+            async_group=self._async_group() if self.plan.async_checkpoints else None,
         )
-        return str(path)
+        return str(self.pending.final)
+
+    def finish_pending_save(self) -> None:
+        """Complete a checkpoint still being written (all ranks)."""
+        if self.pending is not None:
+            finish_save(self.pending)
+            self.pending = None
+
+    def _async_group(self) -> Any:
+        """A CPU (gloo) group for the background writers' collectives, made once: they must not
+        share NCCL's stream with training."""
+        if not is_distributed():
+            return NO_GROUP
+        if self._cpu_group is None:
+            self._cpu_group = dist.new_group(backend="gloo")
+        return self._cpu_group
+
+    def run(self, *args: Any, **kwargs: Any) -> TrainResult:
+        """The engine's run; the last checkpoint is complete when it returns (or raises)."""
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.finish_pending_save()
 
     def resume(self) -> int | None:
         folder = latest_checkpoint(self.plan.output_dir)
