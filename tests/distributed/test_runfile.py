@@ -146,3 +146,11 @@ def test_missing_diffusers_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(importlib, "import_module", no_diffusers)
     with pytest.raises(ImportError, match="pip install diffusers"):
         diffusers_provider.import_diffusers()
+
+
+def test_rank_messages_combine_into_one() -> None:
+    from srpo_core.distributed.preflight import combine
+
+    assert combine([(0, "bad"), (1, "bad")], 2) == "bad"
+    assert combine([(1, "bad")], 2) == "rank 1: bad"
+    assert combine([(0, "a"), (2, "b"), (3, "a")], 4) == "ranks 0, 3: a; rank 2: b"
