@@ -3,10 +3,12 @@
 Lives outside ``srpo_core`` (the engine never imports ComfyUI). Select it in the run file with
 ``[model] provider = "srpo_comfy_provider:load_components"`` and point ``SRPO_COMFYUI_DIR`` at a
 ComfyUI folder. The transformer is ``comfy.ldm.flux.model.Flux`` with the weights in BFL/ComfyUI
-layout, loaded strictly; its config comes from ``paths.transformer_config`` (ComfyUI's
-``unet_config``, JSON) or ComfyUI's own detection. The VAE, reward and prompts load as in the
-default provider. Full weights export in ComfyUI layout (Load SRPO Weights reads it), LoRA as
-``diffusion_model.<module>.lora_{A,B}.weight`` (ComfyUI's LoRA loaders read it).
+layout, built on the meta device and checked strictly against the file's header, each rank then
+reading only its own shards (as in the default provider); its config comes from
+``paths.transformer_config`` (ComfyUI's ``unet_config``, JSON) or ComfyUI's own detection.
+The VAE, reward and prompts load as in the default provider. Full weights export in ComfyUI
+layout (Load SRPO Weights reads it), LoRA as ``diffusion_model.<module>.lora_{A,B}.weight``
+(ComfyUI's LoRA loaders read it).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import importlib
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from srpo_core.distributed.components import Components
@@ -32,7 +34,8 @@ from srpo_core.distributed.diffusers_provider import (
     load_vae,
 )
 from srpo_core.distributed.runfile import RunFile
-from srpo_core.flux_layout import is_diffusers_layout
+from srpo_core.distributed.shard_load import MetaWeights, SafetensorsRows
+from srpo_core.flux_layout import Source, is_diffusers_layout
 from srpo_core.inplace_blocks import block_forward
 from srpo_core.rewards import ControlWordReward
 
@@ -62,18 +65,28 @@ def import_comfy() -> Any:
     return importlib.import_module("comfy")
 
 
-def _strip(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+def meta_state(reader: SafetensorsRows) -> tuple[str, dict[str, Tensor]]:
+    """The file's prefix and its tensors as meta tensors (shapes only, for ComfyUI's
+    detection and the strict check); nothing is read."""
+    keys = list(reader.entries)
+    prefix = next((p for p in PREFIXES if keys and all(k.startswith(p) for k in keys)), "")
+    state = {
+        k[len(prefix) :]: torch.empty(e.shape, dtype=e.dtype, device="meta")
+        for k, e in reader.entries.items()
+    }
+    return prefix, state
 
 
-def load_flux(path: str, config_path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """``comfy.ldm.flux.model.Flux`` with the checkpoint's weights (BFL layout), strict."""
+def load_flux(
+    path: str, config_path: str, dtype: torch.dtype, device: torch.device
+) -> tuple[nn.Module, MetaWeights]:
+    """``comfy.ldm.flux.model.Flux`` on the meta device, checked strictly against the file's
+    header (BFL layout), and where its weights are: each rank reads its own shards after
+    wrapping (srpo_core/distributed/shard_load.py). ``device`` is unused (kept for callers)."""
     import_comfy()
     supported = importlib.import_module("comfy.supported_models")
-    state = _strip(load_file(path))
+    reader = SafetensorsRows(path)
+    prefix, state = meta_state(reader)
     if is_diffusers_layout(list(state)):
         raise ValueError(
             f"{path} is in diffusers layout: use the default provider (diffusers) for it"
@@ -83,11 +96,11 @@ def load_flux(path: str, config_path: str, dtype: torch.dtype, device: torch.dev
     else:
         detection = importlib.import_module("comfy.model_detection")
         unet_config = detection.detect_unet_config(state, "")
-    model = supported.Flux(dict(unet_config)).get_model({}, device=device)
-    flux: nn.Module = model.diffusion_model
+    model = supported.Flux(dict(unet_config)).get_model({}, device=torch.device("meta"))
+    flux: nn.Module = model.diffusion_model.to(dtype)
     check_state(flux, state, path)
-    flux.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return flux.to(device=device, dtype=dtype)
+    sources = {k: Source(prefix + k) for k in state}
+    return flux, MetaWeights(reader, sources, "")
 
 
 def wrap_blocks(flux: nn.Module, recompute: bool) -> None:
@@ -122,7 +135,7 @@ class ComfyFluxVelocity(nn.Module):
 def load_components(run: RunFile, device: torch.device) -> Components:
     """ComfyUI Flux, diffusers VAE decoder, control-word reward, cached prompts."""
     paths = run.paths
-    flux = load_flux(paths.transformer, paths.transformer_config, base_dtype(run), device)
+    flux, weights = load_flux(paths.transformer, paths.transformer_config, base_dtype(run), device)
     vae = load_vae(paths.vae).to(device)
     clip = load_reward_model(paths.reward, run.model.reward_arch, device)
     blocks = [*flux.double_blocks, *flux.single_blocks]  # type: ignore[union-attr]
@@ -139,4 +152,5 @@ def load_components(run: RunFile, device: torch.device) -> Components:
         enable_checkpointing=lambda: None,  # wrap_blocks already recomputes when asked to
         lora_blocks=BLOCKS,
         lora_export_prefix="diffusion_model.",
+        weights=replace(weights, prefix="diffusion_model."),
     )

@@ -16,7 +16,9 @@ random text embeddings, built on the device: nothing is downloaded. Measures, in
 - one SRPO step (25-step rollout + micro-step + update): time vs its FLOP floor at the measured
   matmul rate (target <= 1.2), and peak memory;
 - in a child process capped at 22 GB (``set_per_process_memory_fraction``): one SRPO step with fp8
-  base weights at 720 x 720, which must not run out of memory.
+  base weights at 720 x 720, which must not run out of memory;
+- the command line under torchrun with one process on tiny models (:mod:`bench.cli_run`): the
+  CUDA/NCCL path of ``python -m srpo_core.train`` whenever a GPU is lent.
 
 Writes ``results.json`` and ``results.md`` into ``--out``.
 """
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .cli_run import cli_torchrun, summary
 from .gpu_measures import (
     PeakMemory,
     StepClock,
@@ -352,6 +355,8 @@ def markdown(config: BenchConfig, device_name: str, raw: dict[str, Any], ratios:
         (f"fp8 base under {config.cap_gb:.0f} GB cap",
          "OOM" if cap.get("oom") else f"ok, peak {_gb_or_na(cap.get('peak_gb', 0), config)}",
          "no OOM"),
+        (f"command line, torchrun 1 process ({'NCCL' if config.device == 'cuda' else 'gloo'})",
+         summary(raw["cli_torchrun"]), "ok"),
     ]  # fmt: skip
     head = (
         f"{config.shapes_name}, {config.resolution}x{config.resolution}, rank {config.rank},"
@@ -384,6 +389,7 @@ def benchmark(config: BenchConfig, out: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     raw["capped"] = run_capped_child(config, out)
+    raw["cli_torchrun"] = cli_torchrun(out / "cli")
     ratios = derived(raw)
     name = device_name(config.device)
     result = {"config": asdict(config), "device": name, "raw": raw, "ratios": ratios}

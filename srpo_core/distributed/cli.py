@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -11,13 +15,14 @@ from torch import nn
 
 from ..training import StepMetrics
 from ..training.config import config_hash
-from ..training.loop import StepCallback
+from ..training.loop import RolloutContext, StepCallback
 from .components import Components, load_provider
 from .dcp import full_state, save_export
 from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
 from .parallel import (
     World,
     check_divisible,
+    gathered_once,
     init_world,
     is_distributed,
     mean_over_ranks,
@@ -26,29 +31,14 @@ from .parallel import (
     world_size_from_env,
     wrap_ddp,
 )
+from .preflight import InputError, agreed, preflight, resume_settings
 from .progress import Progress
-from .runfile import RunFile, dumps, load
+from .runfile import RunFile, dumps, load, with_world_size
+from .shard_load import materialize
 from .trainer import ShardedTrainer, ShardPlan
 
-REQUIRED_PATHS = ("transformer", "vae", "reward", "prompts")
 LORA_FILE = "srpo_lora.safetensors"
 FULL_FILE = "srpo_transformer.safetensors"
-
-
-def check_paths(run: RunFile) -> None:
-    """Every model path set and existing, before anything is loaded."""
-    paths = run.paths
-    problems = []
-    for name in REQUIRED_PATHS:
-        value = getattr(paths, name)
-        if not value:
-            problems.append(f"paths.{name} is empty")
-        elif not Path(value).exists():
-            problems.append(f"paths.{name} = {value!r} does not exist")
-    if paths.transformer_config and not Path(paths.transformer_config).is_file():
-        problems.append(f"paths.transformer_config = {paths.transformer_config!r} does not exist")
-    if problems:
-        raise FileNotFoundError("the run file's paths need fixing: " + "; ".join(problems))
 
 
 @dataclass
@@ -62,7 +52,8 @@ class Prepared:
 
 
 def prepare_model(run: RunFile, parts: Components, world: World) -> Prepared:
-    """LoRA or full parameters, checkpointing, then DDP or FSDP2 (module docstrings)."""
+    """LoRA or full parameters, checkpointing, FSDP2, then the weights read into each rank's
+    shards (a provider's meta parameters, :mod:`.shard_load`), then DDP (module docstrings)."""
     module = parts.velocity
     transformer = module.get_submodule(parts.model_prefix.rstrip("."))
     lora = run.parallel.mode == "lora"
@@ -73,16 +64,23 @@ def prepare_model(run: RunFile, parts: Components, world: World) -> Prepared:
         transformer.requires_grad_(True)
     if run.train.gradient_checkpointing and parts.enable_checkpointing is not None:
         parts.enable_checkpointing()
-    model = module
     if run.parallel.strategy == "fsdp" and is_distributed():
         p = run.parallel
-        module = model = shard_fsdp(module, parts.blocks, world, p.param_dtype, p.reduce_dtype)
-    elif run.parallel.strategy == "ddp":
-        model = wrap_ddp(module, world)
+        module = shard_fsdp(module, parts.blocks, world, p.param_dtype, p.reduce_dtype)
+    if parts.weights is not None:
+        materialize(module, world.device, parts.weights)
+    model = wrap_ddp(module, world) if run.parallel.strategy == "ddp" else module
     params = (
         lora_parameters(module) if lora else [p for p in module.parameters() if p.requires_grad]
     )
     return Prepared(module, model, params)
+
+
+def rollout_context(run: RunFile, blocks: list[nn.Module]) -> RolloutContext | None:
+    """Gather FSDP blocks once per rollout when [parallel] rollout_gathered (else per step)."""
+    if run.parallel.strategy != "fsdp" or not run.parallel.rollout_gathered:
+        return None
+    return lambda: gathered_once(blocks)
 
 
 def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, world: World) -> Path:
@@ -133,15 +131,37 @@ def report(progress: Progress, world: World) -> StepCallback:
     return callback
 
 
+def load_for_world(path: str) -> RunFile:
+    """The run file with paths resolved and the global batch of this world size, checked to
+    split over the processes. Every rank reads the same file, so each raises the same error."""
+    world_size = world_size_from_env()
+    run = with_world_size(load(path), world_size)
+    try:
+        check_divisible(run.train.batch_size, world_size)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return run
+
+
+def announce(run: RunFile) -> None:
+    """Rank 0 names the absolute output folder and the global batch before anything loads."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = Path(run.paths.output_dir).resolve()
+        sys.stderr.write(
+            f"srpo_core.train: output folder {out} (global batch {run.train.batch_size} over"
+            f" {world_size_from_env()} process(es))\n"
+        )
+
+
 def run_from_file(path: str) -> Path:
     """Check the run file, train on this rank, export; returns the exported file's path."""
-    run = load(path)
-    check_paths(run)
-    check_divisible(run.train.batch_size, world_size_from_env())
-    world = init_world()
+    run = load_for_world(path)
+    world = init_world(timedelta(minutes=run.parallel.timeout_minutes))
     try:
+        agreed(lambda: preflight(run, world.size))
+        announce(run)
         torch.manual_seed(run.train.seed)  # identical model init (LoRA A) on every rank
-        parts = load_provider(run.model.provider)(run, world.device)
+        parts = agreed(lambda: load_provider(run.model.provider)(run, world.device))
         prepared = prepare_model(run, parts, world)
         plan = ShardPlan(
             run.train,
@@ -149,6 +169,10 @@ def run_from_file(path: str) -> Path:
             run.paths.output_dir,
             run.parallel.checkpoint_every,
             frozen_base=run.parallel.mode == "lora",
+            keep_checkpoints=run.parallel.keep_checkpoints,
+            run_json=json.dumps(resume_settings(run), sort_keys=True),
+            optim=run.optim,
+            async_checkpoints=run.parallel.async_checkpoints,
         )
         trainer = ShardedTrainer(
             plan,
@@ -159,6 +183,7 @@ def run_from_file(path: str) -> Path:
             params=prepared.params,
             prompts=parts.prompts,
             collate_cond=parts.collate,
+            rollout_context=rollout_context(run, parts.blocks),
         )
         start = time.perf_counter()
         with Progress(run, world) as progress:

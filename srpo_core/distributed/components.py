@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..protocols import Decoder, RewardFn
 from ..training import PromptItem
 from ..training.data import CondCollate, cat_conds
+from .shard_load import MetaWeights
 
 if TYPE_CHECKING:
     from .runfile import RunFile
@@ -32,8 +33,10 @@ class Components:
     parameters are what is trained or LoRA-adapted); blocks: the transformer blocks, the units of
     FSDP sharding and activation checkpointing; model_prefix: the transformer's name inside
     ``velocity`` (``"transformer."``); enable_checkpointing: turns on per-block activation
-    checkpointing (the model library's own); lora_blocks: name parts of the modules whose
-    linear layers get LoRA adapters; lora_export_prefix: key prefix of the exported LoRA (one
+    checkpointing (the model library's own); weights: set when the transformer's parameters are
+    on the meta device, to be read from the file shard by shard after wrapping
+    (:mod:`.shard_load`; None: the provider loaded them); lora_blocks: name parts of the modules
+    whose linear layers get LoRA adapters; lora_export_prefix: key prefix of the exported LoRA (one
     that ComfyUI's LoRA loaders read for this layout); to_export: full transformer state dict
     (without the prefix) -> the tensors of the exported full-weights file.
     """
@@ -49,6 +52,7 @@ class Components:
     enable_checkpointing: Callable[[], None] | None = None
     lora_blocks: tuple[str, ...] = ("transformer_blocks.",)
     lora_export_prefix: str = "transformer."
+    weights: MetaWeights | None = None
 
 
 Provider = Callable[["RunFile", torch.device], Components]

@@ -1,7 +1,9 @@
 """Default model provider: diffusers' ``FluxTransformer2DModel`` and VAE, an open_clip reward.
 
-The transformer weights may be in BFL/ComfyUI or diffusers layout (:mod:`srpo_core.flux_layout`);
-loading is strict (every key present, none extra, shapes equal) and happens before training.
+The transformer weights may be in BFL/ComfyUI or diffusers layout (:mod:`srpo_core.flux_layout`).
+The transformer is built on the meta device and checked strictly against the file's header
+(every key present, none extra, shapes equal); its weights are read after LoRA and FSDP2 wrap it,
+each rank reading only its own shard (:mod:`.shard_load`).
 diffusers is an optional dependency: without it this provider stops with a clear message.
 """
 
@@ -9,19 +11,20 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..flux_layout import bfl_to_diffusers, diffusers_from_bfl, is_diffusers_layout
+from ..flux_layout import Source, diffusers_from_bfl, is_diffusers_layout
 from ..rewards import ClipReward, ControlWordReward, load_open_clip_reward
 from ..weights import WeightsMismatchError
 from .components import Components
 from .conditioning import collate_pairs, load_conditioning
 from .flux_velocity import FluxVelocity
+from .shard_load import MetaWeights, SafetensorsRows, check_sources
 
 if TYPE_CHECKING:
     from .runfile import RunFile
@@ -75,11 +78,49 @@ def bfl_key_map(config: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _strip(state: dict[str, Tensor]) -> dict[str, Tensor]:
+def file_prefix(keys: list[str]) -> str:
+    """The prefix every key of the file carries (one of :data:`KNOWN_PREFIXES`), or ''."""
     for prefix in KNOWN_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+        if keys and all(k.startswith(prefix) for k in keys):
+            return prefix
+    return ""
+
+
+def file_sources(model: nn.Module, path: str, config: dict[str, Any]) -> MetaWeights:
+    """Where each parameter of the diffusers ``model`` is in the file (either layout), checked
+    strictly against the file's header: every key present, none extra, shapes equal."""
+    reader = SafetensorsRows(path)
+    keys = list(reader.entries)
+    prefix = file_prefix(keys)
+    stripped = [k[len(prefix) :] for k in keys]
+    if is_diffusers_layout(stripped):
+        sources = {k: Source(prefix + k) for k in stripped}
+    else:
+        sources = {k: replace(s, key=prefix + s.key) for k, s in bfl_key_map(config).items()}
+    problems = check_sources(model, sources, reader.entries)
+    used = {s.key for s in sources.values()}
+    names = {n for n, _ in model.named_parameters()}
+    extra = sorted(set(keys) - used) + sorted(k for k in sources if k not in names)
+    if problems or extra:
+        raise WeightsMismatchError(
+            f"{path} does not match the transformer config: {problems[:MAX_LISTED]} "
+            f"({len(problems)} problems), unexpected {extra[:MAX_LISTED]} ({len(extra)}). "
+            "Check paths.transformer_config."
+        )
+    return MetaWeights(reader, sources, "")
+
+
+def meta_transformer(
+    path: str, config_path: str, dtype: torch.dtype
+) -> tuple[nn.Module, MetaWeights]:
+    """FluxTransformer2DModel on the meta device in ``dtype`` and where its weights are; no
+    tensor is read here (:mod:`.shard_load` reads each rank's rows after wrapping)."""
+    diffusers = import_diffusers()
+    config = transformer_config(config_path)
+    with torch.device("meta"):
+        model = diffusers.FluxTransformer2DModel.from_config(config)
+    result: nn.Module = nn.Module.to(model, dtype)  # no data to cast (diffusers' .to warns)
+    return result, file_sources(result, path, config)
 
 
 def check_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -98,28 +139,6 @@ def check_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None
             f"({len(missing)}), unexpected {extra[:MAX_LISTED]} ({len(extra)}), shapes "
             f"{shapes[:MAX_LISTED]} ({len(shapes)}). Check paths.transformer_config."
         )
-
-
-def load_transformer(path: str, config_path: str, dtype: torch.dtype) -> nn.Module:
-    """FluxTransformer2DModel with the checkpoint's weights (either layout), strict."""
-    diffusers = import_diffusers()
-    config = transformer_config(config_path)
-    with torch.device("meta"):
-        model = diffusers.FluxTransformer2DModel.from_config(config)
-    state = _strip(load_file(path))
-    if not is_diffusers_layout(list(state)):
-        key_map = bfl_key_map(config)
-        missing = sorted({s.key for s in key_map.values()} - set(state))
-        if missing:
-            raise WeightsMismatchError(
-                f"{path} (BFL layout) lacks {missing[:MAX_LISTED]} ({len(missing)} keys) for "
-                "this transformer config: check paths.transformer_config"
-            )
-        state = bfl_to_diffusers(state, key_map)
-    check_state(model, state, path)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    result: nn.Module = model
-    return result
 
 
 class VAEDecoder(nn.Module):
@@ -166,8 +185,10 @@ def base_dtype(run: RunFile) -> torch.dtype:
 def load_components(run: RunFile, device: torch.device) -> Components:
     """Transformer, VAE decoder, control-word reward and cached prompts."""
     paths = run.paths
-    transformer = load_transformer(paths.transformer, paths.transformer_config, base_dtype(run))
-    velocity = FluxVelocity(transformer.to(device), guidance=run.model.guidance)
+    transformer, weights = meta_transformer(
+        paths.transformer, paths.transformer_config, base_dtype(run)
+    )
+    velocity = FluxVelocity(transformer, guidance=run.model.guidance)
     vae = load_vae(paths.vae).to(device)
     decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
     clip = load_reward_model(paths.reward, run.model.reward_arch, device)
@@ -181,4 +202,5 @@ def load_components(run: RunFile, device: torch.device) -> Components:
         prompts=load_conditioning(paths.prompts, device),
         collate=collate_pairs,
         enable_checkpointing=t.enable_gradient_checkpointing,
+        weights=replace(weights, prefix="transformer."),
     )

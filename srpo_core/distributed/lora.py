@@ -30,8 +30,9 @@ class LoRALinear(nn.Module):
             a = torch.rand(rank, base.in_features, generator=generator) * 2 * bound - bound
             self.lora_A.weight.copy_(a)
             self.lora_B.weight.zero_()
-        self.lora_A.to(base.weight.device)  # fp32 masters, whatever the base's dtype
-        self.lora_B.to(base.weight.device)
+        if not base.weight.is_meta:  # a meta base is materialised later, keeping these values
+            self.lora_A.to(base.weight.device)  # fp32 masters, whatever the base's dtype
+            self.lora_B.to(base.weight.device)
         self.rank, self.alpha = rank, alpha
 
     def forward(self, x: Tensor) -> Tensor:

@@ -27,6 +27,9 @@ STRATEGIES = ("ddp", "fsdp")
 DTYPES = ("fp32", "bf16")
 DEFAULT_PROVIDER = "srpo_core.distributed.diffusers_provider:load_components"
 DEFAULT_LORA_RANK = 16
+DEFAULT_TIMEOUT_MINUTES = 30.0
+DEFAULT_KEEP = 2
+"""Checkpoints kept by default (the newest and the one before, in case it is damaged)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,44 @@ class ParallelConfig:
         default=50,
         metadata={"help": "Save a sharded checkpoint every N steps (0: only at the end)."},
     )
+    keep_checkpoints: int = field(
+        default=DEFAULT_KEEP,
+        metadata={
+            "help": "Keep only the newest N checkpoints in output_dir/checkpoints (0: keep all;"
+            " a full FLUX checkpoint is about 143 GB)."
+        },
+    )
+    async_checkpoints: bool = field(
+        default=True,
+        metadata={
+            "help": "Write checkpoints in the background (torch.distributed.checkpoint's"
+            " async_save) while training goes on; the state is copied to host memory at the"
+            " step. false: training waits for the files."
+        },
+    )
+    batch_per_process: int = field(
+        default=0,
+        metadata={
+            "help": "0: [train] batch_size is the global batch (the number of processes must"
+            " divide it; the same run at any world size). N > 0: the global batch is N x the"
+            " number of processes ([train] batch_size is replaced), so any world size starts."
+        },
+    )
+    rollout_gathered: bool = field(
+        default=True,
+        metadata={
+            "help": "FSDP: gather each block once per no-grad rollout and keep it until the"
+            " rollout ends (one all-gather per block instead of one per Euler step; needs the"
+            " gathered model's memory, 23.8 GB bf16 for FLUX.1-dev). false: gather per step."
+        },
+    )
+    timeout_minutes: float = field(
+        default=DEFAULT_TIMEOUT_MINUTES,
+        metadata={
+            "help": "How long a collective (all-reduce, all-gather, barrier) waits for the"
+            " other ranks before the run stops with an error instead of hanging."
+        },
+    )
     export_dtype: str = field(
         default="bf16",
         metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
@@ -150,6 +191,41 @@ class ParallelConfig:
             )
         if self.lora_rank < 1 or self.checkpoint_every < 0:
             raise ValueError("lora_rank must be >= 1 and checkpoint_every >= 0")
+        if self.keep_checkpoints < 0 or self.batch_per_process < 0:
+            raise ValueError("keep_checkpoints and batch_per_process must be >= 0")
+        if not self.timeout_minutes > 0:
+            raise ValueError("timeout_minutes must be > 0")
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Learning-rate schedule and optimiser implementation (around [train] lr)."""
+
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Steps of linear warm-up from lr / warmup_steps to lr (0: none)."},
+    )
+    schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "After warm-up: 'constant' (lr), or 'cosine' (from lr down to"
+            " min_lr_ratio x lr at the last step)."
+        },
+    )
+    min_lr_ratio: float = field(
+        default=0.0, metadata={"help": "Final lr of the cosine schedule, as a share of lr."}
+    )
+    fused_adamw: bool = field(
+        default=True, metadata={"help": "Fused AdamW kernels on CUDA (ignored on the CPU)."}
+    )
+
+    def __post_init__(self) -> None:
+        _one_of("optim.schedule", self.schedule, SCHEDULES)
+        if self.warmup_steps < 0 or not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("warmup_steps must be >= 0 and min_lr_ratio in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -170,6 +246,7 @@ class RunFile:
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
@@ -183,9 +260,11 @@ SECTIONS: dict[str, str] = {
     "paths": "Model, prompt and output paths (relative paths are relative to this file).",
     "model": "How the models are built.",
     "parallel": "LoRA or full fine-tuning, DDP or FSDP2, checkpoints and export.",
+    "optim": "Learning-rate schedule ([train] lr is the peak) and the AdamW implementation.",
     "log": "Rank-0 progress reporting.",
     "train": "Engine settings (srpo_core.training.TrainConfig). batch_size is the GLOBAL batch:"
-    " it must be divisible by the number of processes. checkpoint_path and checkpoint_every are"
+    " it must be divisible by the number of processes (unless [parallel] batch_per_process is"
+    " set). checkpoint_path and checkpoint_every are"
     " unused here (the CLI writes sharded checkpoints to paths.output_dir, see [parallel]);"
     " gradient_checkpointing recomputes each transformer block in backward.",
     "reward": "Control-word reward (srpo_core.rewards.ControlWordRewardConfig): words, mode and"
@@ -197,6 +276,20 @@ HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
 format = "{FORMAT}"
 version = {VERSION}
 """
+
+
+def default_run_file() -> RunFile:
+    """What ``--print-default-config`` writes: the defaults, with one sample per process so the
+    file starts at any world size."""
+    return RunFile(parallel=ParallelConfig(batch_per_process=1))
+
+
+def with_world_size(run: RunFile, world_size: int) -> RunFile:
+    """``run`` with ``[train] batch_size`` the global batch of ``world_size`` processes."""
+    per = run.parallel.batch_per_process
+    if per == 0:
+        return run
+    return replace(run, train=replace(run.train, batch_size=per * world_size))
 
 
 def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:

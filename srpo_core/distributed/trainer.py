@@ -11,24 +11,30 @@ Checkpoints go through :mod:`.dcp` instead of the single-file checkpoint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 
-from ..training import SRPOTrainer, StepMetrics, TrainConfig
+from ..training import SRPOTrainer, StepMetrics, TrainConfig, TrainResult
+from ..training.checkpoint import CheckpointMismatchError
 from ..training.config import config_hash, config_json
 from ..training.data import Batch
 from .dcp import (
+    NO_GROUP,
     CheckpointMeta,
+    PendingSave,
     check_meta,
+    finish_save,
     latest_checkpoint,
     load_sharded,
     read_meta,
-    save_sharded,
+    start_save,
 )
+from .guard_split import split_guard_samples
 from .parallel import (
     AgreedFiniteReward,
     World,
@@ -37,17 +43,24 @@ from .parallel import (
     local_samples,
     sample_streams,
 )
+from .runfile import OptimConfig
+from .schedule import adamw, lr_factor, set_lr
 
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """The global config, this rank's samples and where checkpoints go."""
+    """The global config, this rank's samples, where checkpoints go and how many stay;
+    ``run_json``: the settings a resume must keep besides [train] (``meta.json``)."""
 
     config: TrainConfig
     world: World
     output_dir: str
     checkpoint_every: int
     frozen_base: bool
+    keep_checkpoints: int = 0
+    run_json: str = ""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    async_checkpoints: bool = False
 
 
 def local_config(config: TrainConfig, world: World) -> TrainConfig:
@@ -63,6 +76,14 @@ def local_config(config: TrainConfig, world: World) -> TrainConfig:
     )
 
 
+def first_cause(error: BaseException) -> str:
+    """One line for a load error: DCP wraps each rank's exception (with its traceback)."""
+    if isinstance(error, CheckpointException) and error.failures:
+        error = next(iter(error.failures.values()))[0]
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
 class ShardedTrainer(SRPOTrainer):
     """SRPOTrainer whose batches come from per-sample streams and that saves DCP checkpoints.
 
@@ -74,10 +95,26 @@ class ShardedTrainer(SRPOTrainer):
             kwargs["reward"] = AgreedFiniteReward(kwargs["reward"], plan.world.device)
         super().__init__(local_config(plan.config, plan.world), **kwargs)
         self.plan, self.module = plan, module
+        if plan.optim.fused_adamw and self.device.type == "cuda":
+            self.optimizer = adamw(self.params, self.config, fused=True)
         first, count = local_samples(plan.config.batch_size, plan.world)
         self.first_sample = first
         self.streams = sample_streams(plan.config.seed, first, count)
         self._cursor = 0
+        self.pending: PendingSave | None = None
+        self._cpu_group: Any = None
+
+    def train_step(self) -> StepMetrics:
+        """One update at the scheduled learning rate (:mod:`.schedule`)."""
+        total = self.plan.config.steps
+        set_lr(self.optimizer, self.plan.config.lr * lr_factor(self.step, total, self.plan.optim))
+        return super().train_step()
+
+    def guard_samples(self) -> tuple[Tensor, Tensor]:
+        """The guard's samples, split over the ranks when distributed (:mod:`.guard_split`)."""
+        if not is_distributed():
+            return super().guard_samples()
+        return split_guard_samples(self, self.plan.world.size, self.plan.world.rank)
 
     def draw_batch(self) -> Batch:
         """The next local sample's batch, from its own stream (also used for its plan)."""
@@ -98,14 +135,18 @@ class ShardedTrainer(SRPOTrainer):
         return torch.cat([p.cpu() for p in parts])
 
     def save(self) -> str | None:
+        """Finish the previous checkpoint, then start this one (in the background when
+        ``plan.async_checkpoints``); the path it will have once finished."""
+        self.finish_pending_save()
         meta = CheckpointMeta(
             step=self.step,
             consecutive_skips=self.consecutive_skips,
             config_hash=config_hash(self.plan.config),
             config_json=config_json(self.plan.config),
             world_size=self.plan.world.size,
+            run_json=self.plan.run_json,
         )
-        path = save_sharded(
+        self.pending = start_save(
             self.plan.output_dir,
             self.module,
             self.optimizer,
@@ -113,8 +154,32 @@ class ShardedTrainer(SRPOTrainer):
             meta,
             frozen_base=self.plan.frozen_base,
             is_main=self.plan.world.is_main,
+            keep=self.plan.keep_checkpoints,
+            async_group=self._async_group() if self.plan.async_checkpoints else None,
         )
-        return str(path)
+        return str(self.pending.final)
+
+    def finish_pending_save(self) -> None:
+        """Complete a checkpoint still being written (all ranks)."""
+        if self.pending is not None:
+            finish_save(self.pending)
+            self.pending = None
+
+    def _async_group(self) -> Any:
+        """A CPU (gloo) group for the background writers' collectives, made once: they must not
+        share NCCL's stream with training."""
+        if not is_distributed():
+            return NO_GROUP
+        if self._cpu_group is None:
+            self._cpu_group = dist.new_group(backend="gloo")
+        return self._cpu_group
+
+    def run(self, *args: Any, **kwargs: Any) -> TrainResult:
+        """The engine's run; the last checkpoint is complete when it returns (or raises)."""
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self.finish_pending_save()
 
     def resume(self) -> int | None:
         folder = latest_checkpoint(self.plan.output_dir)
@@ -125,9 +190,15 @@ class ShardedTrainer(SRPOTrainer):
         template = torch.zeros(
             (self.plan.config.batch_size, self.streams[0].get_state().numel()), dtype=torch.uint8
         )
-        states = load_sharded(
-            folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
-        )
+        try:
+            states = load_sharded(
+                folder, self.module, self.optimizer, template, frozen_base=self.plan.frozen_base
+            )
+        except (RuntimeError, KeyError, CheckpointException) as e:  # DCP's shape/key errors
+            raise CheckpointMismatchError(
+                f"checkpoint {folder} does not fit this model ({first_cause(e)}): same"
+                " [parallel] mode and lora_rank? Or use another paths.output_dir."
+            ) from e
         for k, g in enumerate(self.streams):
             g.set_state(states[self.first_sample + k].clone())  # a view would not do
         self.step, self.consecutive_skips = meta.step, meta.consecutive_skips

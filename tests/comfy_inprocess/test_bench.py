@@ -114,6 +114,8 @@ def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> 
     table = (tmp_path / "results.md").read_text()
     for row in ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor"):
         assert row in table
+    cli = result["raw"]["cli_torchrun"]
+    assert cli["exit"] == 0 and cli["exported"], cli["last_line"]
 
 
 def test_cpu_bench_measures_every_row_on_the_toy_world(pack: ModuleType) -> None:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from srpo_core.distributed.parallel import check_divisible
-from srpo_core.distributed.runfile import RunFile, dumps, loads, toml_reader
+from srpo_core.distributed.runfile import (
+    RunFile,
+    default_run_file,
+    dumps,
+    loads,
+    toml_reader,
+    with_world_size,
+)
 from srpo_core.distributed.tomlconf import RunFileError
 from srpo_core.train import main
 from srpo_core.training import TrainConfig
@@ -42,7 +49,15 @@ def test_none_nested_tuples_and_changed_values_survive() -> None:
 
 def test_print_default_config_is_a_valid_run_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--print-default-config"]) == 0
-    assert loads(capsys.readouterr().out) == RunFile()
+    assert loads(capsys.readouterr().out) == default_run_file()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_the_default_run_file_splits_at_any_world_size(world_size: int) -> None:
+    run = with_world_size(default_run_file(), world_size)
+    assert run.train.batch_size == world_size
+    check_divisible(run.train.batch_size, world_size)
+    assert with_world_size(RunFile(), world_size) == RunFile(), "0 keeps the global batch"
 
 
 @pytest.mark.parametrize(
@@ -71,7 +86,7 @@ def run_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli_error(run_file: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(["--config", str(run_file)]) == 1
+    assert main(["--config", str(run_file)]) == 2
     out = run_file.parent / "out"
     assert not out.exists(), "nothing may be written before the input is checked"
     return capsys.readouterr().err
@@ -131,3 +146,11 @@ def test_missing_diffusers_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(importlib, "import_module", no_diffusers)
     with pytest.raises(ImportError, match="pip install diffusers"):
         diffusers_provider.import_diffusers()
+
+
+def test_rank_messages_combine_into_one() -> None:
+    from srpo_core.distributed.preflight import combine
+
+    assert combine([(0, "bad"), (1, "bad")], 2) == "bad"
+    assert combine([(1, "bad")], 2) == "rank 1: bad"
+    assert combine([(0, "a"), (2, "b"), (3, "a")], 4) == "ranks 0, 3: a; rank 2: b"

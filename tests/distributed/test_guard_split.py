@@ -1,0 +1,67 @@
+"""The reward-hacking guard under torchrun: each of 2 gloo ranks rolls out half of the guard's
+samples, and both end with the same images as one process makes alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from srpo_core.distributed.guard_split import rank_indices
+from srpo_core.distributed.runfile import ParallelConfig
+from srpo_core.training.guard import GuardConfig
+from tests.distributed import guard_probe
+from tests.distributed.tinyworld import REPO, build
+
+SAMPLES = 4
+PROCESSES = 2
+TIMEOUT_S = 600
+IMAGE_ATOL = 1e-4
+"""Images in [0, 1] from the same weights and noise; only the batch composition differs (4
+samples vs 2 per call), which changes float32 summation order: ~1e-6 expected."""
+
+
+def test_rank_indices_cover_every_sample_once_and_wrap_evenly() -> None:
+    assert [rank_indices(4, 2, r) for r in range(2)] == [[0, 1], [2, 3]]
+    assert [rank_indices(5, 2, r) for r in range(2)] == [[0, 1, 2], [3, 4, 0]]
+    assert [rank_indices(2, 3, r) for r in range(3)] == [[0], [1], [0]]
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_guard_and_see_the_same_images(tmp_path: Path) -> None:
+    run_file = build(
+        tmp_path / "two",
+        parallel=ParallelConfig(param_dtype="fp32", export_dtype="fp32", checkpoint_every=0),
+        train_steps=1,
+        train_micro_steps=1,
+        train_rollout_steps=1,
+        train_guard=GuardConfig(samples=SAMPLES, every=1),
+    )
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={PROCESSES}", "-m", "tests.distributed.guard_probe",
+           "--config", str(run_file)]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    torch.set_num_threads(1)
+    guard_probe.main(str(tmp_path / "one" / "run.toml"))
+    one = torch.load(tmp_path / "one" / "out" / "guard-rank0.pt", weights_only=True)
+    ranks = [
+        torch.load(tmp_path / "two" / "out" / f"guard-rank{r}.pt", weights_only=True)
+        for r in range(PROCESSES)
+    ]
+    assert len(one) == len(ranks[0]) == 2, "the baseline and one check"
+    assert all(c["rolled"] == SAMPLES for c in one)
+    for checks in ranks:
+        assert all(c["rolled"] == SAMPLES // PROCESSES for c in checks), "half each"
+    for a, b in zip(*ranks, strict=True):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["rewards"], b["rewards"])
+    base_one, base_two = one[0]["images"], ranks[0][0]["images"]
+    assert base_one.shape == base_two.shape == (SAMPLES, *base_one.shape[1:])
+    torch.testing.assert_close(base_two, base_one, rtol=0, atol=IMAGE_ATOL)
