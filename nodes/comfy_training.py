@@ -31,7 +31,6 @@ from ..srpo_core.direct_align import velocity_from_denoised
 from ..srpo_core.inplace_blocks import BLOCK_MODES, block_forward
 from ..srpo_core.protocols import ConditionedVelocity
 from ..srpo_core.rewards import release_inference_tensors
-from ..srpo_core.tiling import tiled_decode
 from ..srpo_core.training.memory import DECODER_TILE_OVERLAP
 from .lora_forms import (
     ActivationLora,
@@ -41,6 +40,7 @@ from .lora_forms import (
     merged_cache,
 )
 from .prompt_batch import PromptBatcher, per_prompt_velocity
+from .vae_tiles import decode_in_tiles
 
 log = logging.getLogger(__name__)
 
@@ -421,7 +421,8 @@ class VAEDecoder:
     activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
     dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
     ``tile``: a latent larger than this per side is decoded in feathered tiles of at most this
-    size, each checkpointed as a whole (``srpo_core.tiling.tiled_decode``); 0: never tiled.
+    size, each checkpointed as a whole, with whole-image GroupNorm statistics on ComfyUI's KL
+    decoder (:mod:`.vae_tiles`); 0: never tiled.
     """
 
     module: Any
@@ -461,7 +462,7 @@ class VAEDecoder:
         with autocast:
             z = self.latent_format.process_out(latent).to(self.dtype)
             if self.tile and max(z.shape[-2:]) > self.tile:
-                image = tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
+                image = decode_in_tiles(self, z, DECODER_TILE_OVERLAP)
             else:
                 image = self.decode(z)
             return self.process_output(image)
@@ -470,6 +471,9 @@ class VAEDecoder:
         """The decoder module on VAE latents (a whole latent or one tile), float32 out; with
         ``checkpointing`` each block is checkpointed reentrantly (:mod:`srpo_core.inplace_blocks`),
         so inside a tile's checkpoint the tile's recomputation drops its block inputs again."""
-        blocks = decoder_blocks(self.module) if self.checkpointing else []
-        with checkpointed_forwards(blocks):
+        with self.checkpointed_blocks(self.module):
             return self.module.decode(z).float()
+
+    def checkpointed_blocks(self, part: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+        """Within the context the blocks of ``part`` are checkpointed if ``checkpointing``."""
+        return checkpointed_forwards(decoder_blocks(part) if self.checkpointing else [])

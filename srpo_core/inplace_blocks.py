@@ -29,6 +29,8 @@ import torch.utils.checkpoint
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree as pytree
 
+from .tile_norm import recompute_context
+
 BLOCK_MODES = ("checkpoint", "clone")
 """How transformer blocks keep what backward needs: recompute, or keep activations."""
 
@@ -90,7 +92,8 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     non-reentrant kind owns the saved-tensor hooks during recomputation). Its inputs are the
     flattened ``(args, kwargs)``, so tensors inside kwargs carry gradients too. Without any input
     that requires grad a reentrant checkpoint would cut the block's parameters off from the loss,
-    so such a call keeps its activations instead ("clone").
+    so such a call keeps its activations instead ("clone"). The recomputation runs with the
+    GroupNorm overrides of the forward re-installed (:func:`.tile_norm.recompute_context`).
     """
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -99,10 +102,12 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
         leaves, spec = pytree.tree_flatten((args, kwargs))
         if not any(isinstance(v, torch.Tensor) and v.requires_grad for v in leaves):
             return _kept(forward, args, kwargs)
+        context = recompute_context()
 
         def run(*flat: Any) -> Any:
             inner_args, inner_kwargs = pytree.tree_unflatten(list(flat), spec)
-            return _kept(forward, inner_args, inner_kwargs)
+            with context():
+                return _kept(forward, inner_args, inner_kwargs)
 
         return torch.utils.checkpoint.checkpoint(run, *leaves, use_reentrant=True)
 
