@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from ..srpo_core.rewards import release_inference_tensors
-from ..srpo_core.tiling import tiled_decode
 from ..srpo_core.training.memory import DECODER_TILE_OVERLAP
 from .block_wrappers import checkpointed_forwards, decoder_blocks
 from .guider import FRAME_AXIS, has_frame_axis
+from .vae_tiles import decode_in_tiles
 
 
 @dataclass
@@ -28,7 +28,8 @@ class VAEDecoder:
     activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
     dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
     ``tile``: a latent larger than this per side is decoded in feathered tiles of at most this
-    size, each checkpointed as a whole (``srpo_core.tiling.tiled_decode``); 0: never tiled.
+    size, each checkpointed as a whole, with whole-image GroupNorm statistics on ComfyUI's KL
+    decoder (:mod:`.vae_tiles`); 0: never tiled.
     ``frames``: the VAE decodes video latents (B, C, T, H, W) (the Wan 2.1 VAE of Qwen-Image):
     each image latent is decoded as one frame. Its blocks keep causal caches that they update in
     place, so recomputing a single block in backward would read a later cache: such a VAE is
@@ -82,7 +83,7 @@ class VAEDecoder:
         with autocast:
             z = process_out(self.latent_format, latent).to(self.dtype)
             if self.tile and max(z.shape[-2:]) > self.tile:
-                image = tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
+                image = decode_in_tiles(self, z, DECODER_TILE_OVERLAP)
             else:
                 image = self.decode(z)
             return self.process_output(image)
@@ -91,11 +92,14 @@ class VAEDecoder:
         """The decoder module on VAE latents (a whole latent or one tile), float32 out; with
         ``checkpointing`` each block is checkpointed reentrantly (:mod:`srpo_core.inplace_blocks`),
         so inside a tile's checkpoint the tile's recomputation drops its block inputs again."""
-        blocks = decoder_blocks(self.module) if self.checkpointing else []
-        with checkpointed_forwards(blocks):
+        with self.checkpointed_blocks(self.module):
             if self.frames:
                 return self.module.decode(z.unsqueeze(FRAME_AXIS)).squeeze(FRAME_AXIS).float()
             return self.module.decode(z).float()
+
+    def checkpointed_blocks(self, part: torch.nn.Module) -> contextlib.AbstractContextManager[int]:
+        """Within the context the blocks of ``part`` are checkpointed if ``checkpointing``."""
+        return checkpointed_forwards(decoder_blocks(part) if self.checkpointing else [])
 
 
 def with_normal_tensors(latent_format: Any) -> Any:

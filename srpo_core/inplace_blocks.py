@@ -29,6 +29,8 @@ import torch
 import torch.utils.checkpoint
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .tile_norm import recompute_context
+
 BLOCK_MODES = ("checkpoint", "clone")
 """How transformer blocks keep what backward needs: recompute, or keep activations."""
 
@@ -116,7 +118,8 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
     tensors of ``(args, kwargs)`` (:func:`map_tensors`), so tensors inside kwargs and dataclasses
     carry gradients too. Without any input
     that requires grad a reentrant checkpoint would cut the block's parameters off from the loss,
-    so such a call keeps its activations instead ("clone").
+    so such a call keeps its activations instead ("clone"). The recomputation runs with the
+    GroupNorm overrides of the forward re-installed (:func:`.tile_norm.recompute_context`).
     """
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -125,10 +128,12 @@ def checkpoint_forward(forward: Callable[..., Any]) -> Callable[..., Any]:
         leaves = _tensors((args, kwargs))
         if not any(v.requires_grad for v in leaves):
             return _kept(forward, args, kwargs)
+        context = recompute_context()
 
         def run(*flat: Any) -> Any:
             inner_args, inner_kwargs = _with_tensors((args, kwargs), flat)
-            return _kept(forward, inner_args, inner_kwargs)
+            with context():
+                return _kept(forward, inner_args, inner_kwargs)
 
         return torch.utils.checkpoint.checkpoint(run, *leaves, use_reentrant=True)
 

@@ -10,17 +10,23 @@ down, so the two sum to 1; the products therefore sum to 1 at every pixel of the
 Each tile's decode is checkpointed as a whole (:func:`tiled_decode`): the forward keeps only the
 latent tiles for backward, and backward recomputes and back-propagates one tile at a time, so
 the memory of the decode and its backward is that of one tile, not of the whole image.
+
+A decoder with GroupNorm layers normalises over the whole image; given those modules, a no-grad
+pass over the whole latent records their statistics and the tiles, still decoded with grad one at
+a time, are normalised with them (:mod:`srpo_core.tile_norm`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
+
+from .tile_norm import TileNorms, installed, recorded_statistics
 
 Span = tuple[int, int]
 """A half-open interval ``[start, stop)`` along one axis."""
@@ -89,6 +95,7 @@ def tiled_decode(
     overlap: int,
     *,
     checkpoint: bool = True,
+    norms: Sequence[torch.nn.GroupNorm] = (),
 ) -> Tensor:
     """``decode`` of latent (B, C, h, w) -> image (B, c, f h, f w), computed tile by tile.
 
@@ -98,6 +105,10 @@ def tiled_decode(
     :func:`feather_weights` on those. With grad enabled and ``checkpoint``, each tile's decode is
     a ``torch.utils.checkpoint`` (non-reentrant): only the latent tile is kept for backward.
     A latent within one tile is decoded in one call, unchanged.
+
+    ``norms``: GroupNorm modules of the decoder; when given, a no-grad ``decode(latent)`` of the
+    whole latent records their statistics and every tile is normalised with them as constants
+    (:mod:`srpo_core.tile_norm`). Without, each tile normalises with its own statistics.
     """
     if latent.ndim != 4:
         raise ValueError(f"tiled_decode needs a latent (B, C, h, w), got {tuple(latent.shape)}")
@@ -106,10 +117,12 @@ def tiled_decode(
     if len(rows) == len(cols) == 1:
         return decode(latent)
     tiles = [(i, j) for i in range(len(rows)) for j in range(len(cols))]
-    parts = [
-        _decode_tile(decode, latent[..., slice(*rows[i]), slice(*cols[j])], checkpoint)
-        for i, j in tiles
-    ]
+    crops = [latent[..., slice(*rows[i]), slice(*cols[j])] for i, j in tiles]
+    if norms:
+        with torch.no_grad():
+            stats = recorded_statistics(norms, lambda: decode(latent))
+        decode = normalised(decode, TileNorms(norms, stats))
+    parts = [_decode_tile(decode, crop, checkpoint) for crop in crops]
     first = parts[0]
     factor = _upscale_factor(first.shape[-2:], (rows[0][1] - rows[0][0], cols[0][1] - cols[0][0]))
     height, width = factor * h, factor * w
@@ -122,6 +135,17 @@ def tiled_decode(
         weight = wy[i, y0:y1, None] * wx[j, None, x0:x1]
         image = image + F.pad(part * weight, (x0, width - x1, y0, height - y1))
     return image
+
+
+def normalised(decode: Callable[[Tensor], Tensor], policy: TileNorms) -> Callable[[Tensor], Tensor]:
+    """``decode`` with ``policy`` installed on its GroupNorms for each call (a checkpoint's
+    recomputation included)."""
+
+    def run(z: Tensor) -> Tensor:
+        with installed(policy):
+            return decode(z)
+
+    return run
 
 
 def _decode_tile(decode: Callable[[Tensor], Tensor], z: Tensor, checkpoint: bool) -> Tensor:

@@ -3,6 +3,7 @@ residuals in place (srpo_core/inplace_blocks.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
@@ -114,3 +115,56 @@ def test_checkpoint_and_clone_give_the_gradients_of_an_out_of_place_flux(
     assert _max_relative(grads["clone"], grads["checkpoint"]) < 1e-5
     # the former wrapper's recomputation read the residual stream after its in-place add
     assert _max_relative(grads["former"], grads["reference"]) > 1e-2
+
+
+@pytest.mark.parametrize("form", ["activations", "merged"])
+def test_offloaded_blocks_give_the_same_lora_gradients_with_one_block_resident(
+    pack: ModuleType, tiny_flux: Any, flux_cond: Any, form: str
+) -> None:
+    """Block offloading (resident 1, the "device" the CPU: device copies are clones) under
+    checkpointing on ComfyUI's Flux: the same LoRA gradients, bit for bit, every block's
+    forward and recomputation run on a device copy."""
+    from comfyui_srpo.nodes import block_wrappers as bridge
+    from comfyui_srpo.nodes.offload import offloaded_blocks
+    from comfyui_srpo.srpo_core.offload import OffloadConfig
+
+    offloaders: list[Any] = []
+    on_host: list[str] = []
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        hosts = {t.data_ptr() for tensors in offloaders[0].host for t in tensors}
+        if module.weight.data_ptr() in hosts:
+            on_host.append(type(module).__name__)
+
+    class Offloaded:
+        def __init__(self, dm: Any) -> None:
+            self.stack = contextlib.ExitStack()
+            self.dm = dm
+
+        def __enter__(self) -> None:
+            offloader = self.stack.enter_context(
+                offloaded_blocks(
+                    self.dm, torch.device("cpu"), OffloadConfig(1, 0), lambda t, _: t.clone()
+                )
+            )
+            offloaders.append(offloader)
+            for block in bridge.transformer_blocks(self.dm):
+                for module in block.modules():
+                    if isinstance(module, torch.nn.Linear):
+                        handle = module.register_forward_pre_hook(check)
+                        self.stack.callback(handle.remove)
+            self.stack.enter_context(bridge.block_checkpointing(self.dm, "checkpoint"))
+
+        def __exit__(self, *exc: Any) -> None:
+            self.stack.close()
+
+    reference = _lora_grads(
+        tiny_flux, flux_cond(1), form, lambda dm: bridge.block_checkpointing(dm, "checkpoint")
+    )
+    offloaded = _lora_grads(tiny_flux, flux_cond(1), form, Offloaded)
+    assert reference.keys() == offloaded.keys() and reference
+    for name, grad in reference.items():
+        assert torch.equal(offloaded[name], grad), name
+    (offloader,) = offloaders
+    assert offloader.max_resident == 1 and offloader.moved_bytes > 0
+    assert not on_host, f"ran on a host copy: {on_host}"
