@@ -224,9 +224,9 @@ def srpo_finetune_flux() -> WorkflowSpec:
         )
     with wf.group("Training results", 3):
         wf.add(
-            "SaveLoRA",
+            "SRPOSaveLoRA",
             lora=trainer.out("lora"),
-            prefix="loras/srpo_flux",
+            prefix="srpo_flux",
             steps=trainer.out("steps"),
         )
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")

@@ -116,9 +116,9 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         )
     with wf.group("Training", COLUMNS["settings"]):
         wf.add(
-            "SaveLoRA",
+            "SRPOSaveLoRA",
             lora=trainer.out("lora"),
-            prefix="loras/srpo_toy",
+            prefix="srpo_toy",
             steps=trainer.out("steps"),
         )
         wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
