@@ -201,3 +201,31 @@ def test_results_survive_a_tab_switch(frontend: Frontend, comfy: ComfyServer) ->
         assert math.isfinite(float(number)) and caption.startswith("mean of"), score
     assert [s["shown"] for s in after["scores"]] == [s["shown"] for s in before["scores"]]
     screenshot(page, "editor_after_tab_switch.png", after["trainer"], zoom=0.6)
+
+
+LR_JS = """
+const node = window.app.graph.nodes.find((n) => n.type === "SRPODirectAlignTrainer");
+const widget = node.widgets.find((w) => w.name === "learning_rate");
+const shown = (value) => { widget.value = value; return widget._displayValue; };
+return { typed: shown(3e-4), small: shown(5e-7), minimum: shown(widget.options.min),
+         min: widget.options.min };
+"""
+
+
+def test_numbers_show_as_typed_and_a_minimum_rate_warns(
+    frontend: Frontend, comfy: ComfyServer
+) -> None:
+    """3e-4 reads 0.0003 (not 0.000300), 5e-7 is not rounded to the step; the minimum rate (a
+    typed 0 becomes it) reads as one that trains nothing, and the finished run says so."""
+    page = frontend
+    load(page, toy_workflow())
+    shown = page.driver.execute_script(LR_JS)
+    assert shown["typed"] == "0.0003" and shown["small"] == "5e-7", shown
+    assert shown["minimum"].startswith("1e-8") and "trains nothing" in shown["minimum"], shown
+    page.driver.execute_script(SET_JS, "SRPODirectAlignTrainer", {**TINY_RUN, "seed": 6161})
+    press_run(page)
+    wait_for_idle(comfy)
+    time.sleep(1.0)
+    run = page.driver.execute_script(SHOWN_JS)["run"]
+    assert run is not None and "WARNING" in run["text"] and "minimum" in run["text"], run
+    screenshot(page, "editor_lr_warning.png", page.driver.execute_script(SHOWN_JS)["trainer"])
