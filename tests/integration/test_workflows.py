@@ -37,23 +37,23 @@ SHIPPED = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EDITOR_ONLY = frozenset({"Note"})
+EDITOR_ONLY = frozenset({"MarkdownNote"})
 """Node types of the editor alone (text notes): in the UI workflow, never in the API prompt."""
 GROUPS = {
-    "srpo_sample_flux": ["Models", "Prompt and reward", "Base vs SRPO"],
+    "srpo_sample_flux": ["1. Models", "2. Prompt and reward", "3. Base vs SRPO"],
     "srpo_finetune_flux": [
-        "Models",
-        "Prompts and reward",
-        "Training",
-        "Training results",
-        "Before / after",
+        "1. Models",
+        "2. Prompts and reward",
+        "3. Training",
+        "4. Training results",
+        "5. Before / after",
     ],
     "srpo_finetune_toyworld": [
-        "Models",
-        "Prompts and reward",
-        "Training",
-        "Training results",
-        "Before / after",
+        "1. Models",
+        "2. Prompts and reward",
+        "3. Training",
+        "4. Training results",
+        "5. Before / after",
     ],
 }
 PNG_TEXT_CHUNKS = [b"prompt", b"workflow"]
@@ -247,7 +247,7 @@ def test_workflow_is_grouped_and_says_which_files_to_fetch(name: str) -> None:
     download (properties.models: name, huggingface.co url, folder) and named in the note."""
     ui, api = load(f"{name}.json"), load(f"api/{name}.json")
     assert [g["title"] for g in ui["groups"]] == GROUPS[name]
-    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note"]
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1
     ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
     for node_id, node in api.items():
