@@ -229,3 +229,34 @@ def test_numbers_show_as_typed_and_a_minimum_rate_warns(
     run = page.driver.execute_script(SHOWN_JS)["run"]
     assert run is not None and "WARNING" in run["text"] and "minimum" in run["text"], run
     screenshot(page, "editor_lr_warning.png", page.driver.execute_script(SHOWN_JS)["trainer"])
+
+
+PRESET_JS = """
+const node = window.app.graph.nodes.find((n) => n.type === "SRPOTrainingSettings");
+const widget = (name) => node.widgets.find((w) => w.name === name);
+const pick = (name, value) => { const w = widget(name); w.value = value; w.callback(value); };
+pick("preset", "16 GB");
+const picked = { preset: widget("preset").value, lora_dtype: widget("lora_dtype").value,
+                 decoder_tile: widget("decoder_tile").value,
+                 training_dtype: widget("training_dtype").value };
+pick("lora_dtype", "fp32");
+const words = window.app.graph.nodes.find((n) => n.type === "SRPOControlWordReward");
+return { picked, after: widget("preset").value,
+         legend: words.widgets.some((w) => w.name === "srpo_words_legend") };
+"""
+
+
+def test_a_preset_sets_the_settings_and_an_edit_returns_to_custom(frontend: Frontend) -> None:
+    """Picking "16 GB" on Training Settings sets the inputs it names (the values the server
+    would apply, from /object_info); changing one of them afterwards switches to "custom". The
+    Control-Word Reward carries its legend of the two word boxes."""
+    page = frontend
+    load(page, toy_workflow())
+    state = page.driver.execute_script(PRESET_JS)
+    assert state["picked"] == {
+        "preset": "16 GB",
+        "lora_dtype": "bf16",
+        "decoder_tile": 64,
+        "training_dtype": "bf16",
+    }, state
+    assert state["after"] == "custom" and state["legend"], state

@@ -356,3 +356,22 @@ def test_generator_refuses_descriptions_the_server_would_reject(
     for message, add in cases.items():
         with pytest.raises(WorkflowError, match=message):
             resolved(add)
+
+
+def test_templates_browser_gets_titles_and_descriptions(comfy: ComfyServer) -> None:
+    """The Templates browser lists the pack's workflows (/workflow_templates) and finds each
+    one's title and one-line description in the pack's translations (/i18n, the keys the 1.32
+    frontend looks up), not the raw file names."""
+    import requests
+
+    from scripts.workflow_gen.templates import PACK_FOLDER
+
+    listed = requests.get(f"{comfy.url}/workflow_templates", timeout=30).json()
+    assert sorted(listed[PACK_FOLDER]) == SHIPPED
+    english = requests.get(f"{comfy.url}/i18n", timeout=30).json()["en"]["templateWorkflows"]
+    specs = {spec.name: spec for spec in (describe() for describe in WORKFLOWS)}
+    for name in SHIPPED:
+        title = english["template"][PACK_FOLDER][name]
+        summary = english["templateDescription"][PACK_FOLDER][name]
+        assert title == specs[name].title and summary == specs[name].summary
+        assert name not in title and title.startswith("SRPO: ") and summary.endswith(".")
