@@ -174,16 +174,33 @@ class LiveReport:
         """One optimiser step done (``step`` counts from 1)."""
         self.emit("step", step=step, total=total, **metrics)
 
-    def start(self, step: int, total: int, checkpoint: str | None) -> None:
+    def start(
+        self,
+        step: int,
+        total: int,
+        checkpoint: str | None,
+        history: Mapping[str, list[float]] | None = None,
+    ) -> None:
+        """``history``: the losses and rewards of the steps already trained (``{"loss": [...],
+        "reward": [...]}``, step 1 first), from the checkpoint's files: a resumed run's chart
+        starts with them."""
         name = os.path.basename(checkpoint) if checkpoint else None
-        self.emit("start", step=step, total=total, checkpoint=name)
+        self.emit("start", step=step, total=total, checkpoint=name, history=dict(history or {}))
 
     def end(
-        self, phase: str, step: int | None, total: int, text: str, checkpoint: str | None
+        self,
+        phase: str,
+        step: int | None,
+        total: int,
+        text: str,
+        checkpoint: str | None,
+        warnings: list[str] | None = None,
     ) -> None:
-        """``phase``: "stopped" or "done"; ``text`` is what the node displays."""
+        """``phase``: "stopped" or "done"; ``text`` is what the node displays; ``warnings``:
+        sentences the node shows as a warning (a run that cannot have changed the model)."""
         name = os.path.basename(checkpoint) if checkpoint else None
-        self.emit(phase, step=step, total=total, text=text, checkpoint=name)
+        data = {"text": text, "checkpoint": name, "warnings": list(warnings or [])}
+        self.emit(phase, step=step, total=total, **data)
 
 
 def server_report() -> LiveReport:

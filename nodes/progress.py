@@ -66,6 +66,10 @@ class Progress:
         self.first_step: int | None = None
         """0-based index of the first step this run trained (None: none yet)."""
         self.losses: list[float] = []
+        self.rewards: list[float] = []
+        self.validation: list[tuple[int, float]] = []
+        self.lora_change: float | None = None
+        """Largest change of an adapter weight over this run (set by the training session)."""
         self.first: torch.Tensor | None = None
         self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
         self.guard_warnings: list[str] = []
@@ -79,6 +83,7 @@ class Progress:
         if self.first_step is None:
             self.first_step = m.step
         self.losses.append(m.loss)
+        self.rewards.append(m.reward)
         self.done = m.step + 1
         preview = None
         if m.preview is not None:
@@ -130,6 +135,7 @@ class Progress:
         row = torch.cat(images, dim=2)
         self.bar.update_absolute(step, self.total, ("JPEG", to_pil(row), PREVIEW_MAX_SIZE))
         self.report.emit("validation", step=step, total=self.total, reward=mean_reward)
+        self.validation.append((step, float(mean_reward)))
 
     def preview_batch(self) -> torch.Tensor:
         """IMAGE batch (N, H, W, 3) float in [0, 1] of the kept previews; one blank frame when

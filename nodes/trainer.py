@@ -35,6 +35,14 @@ from .progress import Progress, blank_image, guard_summary
 from .prompts import PromptSet
 from .resume import CHECKPOINT_DIR
 from .run_export import RUNS_DIR
+from .run_summary import (
+    LR_MINIMUM,
+    UI_KEY,
+    load_reward_history,
+    run_warnings,
+    save_reward_history,
+    ui_entry,
+)
 from .training_run import (
     GUARD_CHOICES,
     announce_stop,
@@ -133,7 +141,7 @@ def _trainer_inputs() -> list[Any]:
         io.Float.Input(
             "learning_rate",
             default=1e-4,
-            min=1e-8,
+            min=LR_MINIMUM,
             max=1.0,
             step=1e-6,
             tooltip=help_of(t, "lr", "LoRA: 1e-4 is a good start."),
@@ -306,7 +314,18 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             )
         progress = Progress(cfg.steps, report)
         previous = load_loss_history(cfg.checkpoint_path)
-        report.start(0, cfg.steps, cfg.checkpoint_path)
+        previous_rewards = load_reward_history(cfg.checkpoint_path)
+        report.start(
+            0, cfg.steps, cfg.checkpoint_path, {"loss": previous, "reward": previous_rewards}
+        )
+
+        def keep_history(checkpoint: str | None) -> list[float]:
+            history = merged_history(previous, progress.first_step, progress.losses)
+            save_loss_history(checkpoint, history)
+            rewards = merged_history(previous_rewards, progress.first_step, progress.rewards)
+            save_reward_history(checkpoint, rewards)
+            return history
+
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 mp, adapters, result, validator = run_training(
@@ -322,22 +341,32 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 )
                 lora = adapters.freeze(settings.memory.save_torch_dtype)
         except comfy.model_management.InterruptProcessingException:
-            history = merged_history(previous, progress.first_step, progress.losses)
-            save_loss_history(cfg.checkpoint_path, history)
+            keep_history(cfg.checkpoint_path)
             announce_stop(report, progress.done, cfg)
             raise
         if result.interrupted:
-            history = merged_history(previous, progress.first_step, progress.losses)
-            save_loss_history(cfg.checkpoint_path, history)
+            keep_history(cfg.checkpoint_path)
             announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
-        history = merged_history(previous, progress.first_step, progress.losses)
-        save_loss_history(result.checkpoint_path, history)
+        history = keep_history(result.checkpoint_path)
         text = finished_message(
             result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
         )
+        warnings = run_warnings(cfg.lr, progress.lora_change, len(progress.losses))
+        for warning in warnings:
+            log.warning("SRPO warning: %s", warning)
+            text += f" WARNING: {warning}."
         log.info(text)
-        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path)
+        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path, warnings)
+        summary = ui_entry(
+            history,
+            merged_history(previous_rewards, progress.first_step, progress.rewards),
+            cfg.steps,
+            text,
+            result.checkpoint_path,
+            warnings,
+            progress.validation,
+        )
         samples = validator.image_batch() if validator is not None else None
         return io.NodeOutput(
             mp,
@@ -347,6 +376,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             result.steps_done,
             samples if samples is not None else blank_image(),
             guard_summary(result),
+            ui={UI_KEY: [summary]},
         )
 
 

@@ -49,6 +49,7 @@ from .prompt_batch import per_prompt_velocity
 from .prompts import PromptSet
 from .resume import checkpoint_path
 from .run_export import export_run_file
+from .run_summary import largest_change, snapshot
 from .training_settings import TrainingSettings, block_mode
 from .vae_decoder import VAEDecoder
 from .validation import ValidationSettings, Validator
@@ -308,6 +309,7 @@ def run_training(
             adapters.session(),
             block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),
         ):
+            initial = snapshot(adapters.parameters())
             result = train(
                 cfg,
                 policy,
@@ -322,6 +324,7 @@ def run_training(
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
             )
+        progress.lora_change = largest_change(initial, adapters.parameters())
         outcome.append(result)
 
     shape = (cfg.batch_size, *cfg.latent_shape)

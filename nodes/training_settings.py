@@ -22,6 +22,7 @@ from ..srpo_core.training.memory import (
     SAVE_DTYPES,
     TRAINING_DTYPES,
 )
+from ..srpo_core.training.presets import CUSTOM, PRESETS, preset_values
 from .adapters import ADAPTER_ALGORITHMS
 from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
@@ -82,7 +83,12 @@ class TrainingSettings:
         },
     )
     threshold: float = field(
-        default=default_of(TrainConfig, "threshold"), metadata=_help(TrainConfig, "threshold")
+        default=default_of(TrainConfig, "threshold"),
+        metadata={
+            "help": "ReFL threshold: loss = relu(threshold - reward), so a sample whose reward"
+            " is already above it adds no gradient. A threshold above every reward (e.g. 100)"
+            " trains plain -reward."
+        },
     )
     max_grad_norm: float = field(
         default=default_of(TrainConfig, "max_grad_norm"),
@@ -180,6 +186,32 @@ def settings_inputs() -> list[Any]:
     ]
 
 
+PRESET_NODE_NAMES = {"dtype": "training_dtype"}
+"""Config field -> this node's input, where the names differ (the rest are the same)."""
+PRESETS_KEY = "srpo_presets"
+"""Extra entry of the preset input in /object_info: the presets' values by input name, for
+web/srpo_presets.js (which sets the widgets when a preset is picked)."""
+
+
+def preset_inputs(name: str) -> dict[str, object]:
+    """``{input name: value}`` that preset ``name`` sets on this node."""
+    return {PRESET_NODE_NAMES.get(k, k): v for k, v in preset_values(name).items()}
+
+
+def preset_input() -> Any:
+    """The ``preset`` combo, first on the node: picking one sets the inputs it names."""
+    preset = io.Combo.Input(
+        "preset",
+        options=list(PRESETS),
+        default=CUSTOM,
+        tooltip="Sets the inputs below to a named recipe when the prompt runs (the editor also"
+        " shows them); changing one of them switches back to custom. "
+        + " ".join(f"{name}: {p.help}" for name, p in PRESETS.items()),
+    )
+    preset.extra_dict = {PRESETS_KEY: {name: preset_inputs(name) for name in PRESETS}}
+    return preset
+
+
 def interval_problem(sigma_max: float, sigma_min: float, gt_ratio: float) -> str | None:
     """Why the training interval cannot be used (None when it can): TrainingInterval's rules."""
     try:
@@ -219,7 +251,7 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
             " threshold, clipping, dtypes, LoRA form, gradient and decoder checkpointing,"
             " decoder tiling, checkpoint interval. Without this node the trainer uses these same"
             " defaults.",
-            inputs=settings_inputs(),
+            inputs=[preset_input(), *settings_inputs()],
             outputs=[SRPOTrainingSettings.Output(display_name="settings")],
         )
 
@@ -231,6 +263,7 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
 
     @classmethod
     def execute(cls, **kw: Any) -> io.NodeOutput:
+        kw.update(preset_inputs(str(kw.pop("preset", CUSTOM))))
         mode = block_mode(kw["gradient_checkpointing"])
         return io.NodeOutput(TrainingSettings(**{**kw, "gradient_checkpointing": mode}))
 

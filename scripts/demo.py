@@ -6,7 +6,7 @@ progress, and collects everything into one folder:
 
     grid.png        before (top row) / after (bottom row) samples from the same seeds
     loss.png        the loss graph (stock Plot Loss Graph node)
-    lora.safetensors  the trained LoRA (stock Save LoRA Weights node)
+    lora.safetensors  the trained LoRA (Save LoRA (SRPO) node)
     summary.json    mean brightness, mean SRP reward ("bright" vs "dark") and the fraction of
                     saturated (blown-out or crushed) pixels before and after, the on-target gain,
                     and the trainer's reward-hacking guard report

@@ -4,6 +4,8 @@
 // negative, mode}] next to its text table. This extension gives the node a read-only display
 // at the bottom that shows the mean in a large font (the control words are the widgets above
 // it), so the before and after numbers of a workflow read at fit zoom beside their samples.
+// After a tab switch or a page reload the node is new: the display then reads the score from
+// ComfyUI's stored node outputs (app.nodeOutputs), as stock previews do.
 // The display is never serialised: workflows and queued prompts are the same without it.
 
 import { app } from "../../scripts/app.js";
@@ -28,6 +30,11 @@ function content(score) {
   return [fmt(score.mean), `mean of ${score.count} (${score.mode})`];
 }
 
+/** The score to show: the last one this node received, else its stored output. */
+function shownScore(node) {
+  return node.srpoScore ?? app.nodeOutputs?.[String(node.id)]?.[UI_KEY]?.[0] ?? null;
+}
+
 function displayWidget(node) {
   return {
     name: DISPLAY,
@@ -36,7 +43,8 @@ function displayWidget(node) {
     serialize: false,
     options: { serialize: false },
     draw(ctx, _node, width, y) {
-      const [number, caption] = content(node.srpoScore);
+      const score = shownScore(node);
+      const [number, caption] = content(score);
       const box = { x: MARGIN, y: y + 2, w: width - 2 * MARGIN, h: DISPLAY_HEIGHT - 4 };
       ctx.save();
       ctx.fillStyle = COLORS.box;
@@ -46,7 +54,7 @@ function displayWidget(node) {
       ctx.strokeRect(box.x, box.y, box.w, box.h);
       ctx.textBaseline = "middle";
       ctx.font = NUMBER_FONT;
-      ctx.fillStyle = node.srpoScore ? COLORS.number : COLORS.text;
+      ctx.fillStyle = score ? COLORS.number : COLORS.text;
       ctx.fillText(number, box.x + 8, box.y + box.h / 2);
       const right = box.x + 16 + ctx.measureText(number).width;
       ctx.font = CAPTION_FONT;
@@ -61,11 +69,15 @@ function displayWidget(node) {
     computeSize(width) {
       return [width, DISPLAY_HEIGHT];
     },
+    /** What the display shows now ([number, caption]): for tests and tooltips. */
+    shown() {
+      return content(shownScore(node));
+    },
   };
 }
 
 app.registerExtension({
-  name: "srpo.rewardScore",
+  name: "comfyui-srpo.rewardScore",
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return;
     const created = nodeType.prototype.onNodeCreated;

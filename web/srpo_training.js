@@ -7,6 +7,12 @@
 // This extension draws the loss and reward curves on the trainer node, gives the node room for
 // ComfyUI's own live preview (sent through the progress bar) at a readable size, and shows the
 // "stopped at step N/M, checkpoint ..., Run again resumes" text after an interrupt.
+// A resumed run's "start" message carries the losses and rewards of the steps before the resume
+// (from the checkpoint), so the chart shows the whole run. Save LoRA (SRPO) sends "saved" with the
+// file it wrote; the panel names it. At the end the trainer returns the whole run as its ui
+// output (srpo_training): when a workflow tab is reopened or the page reloaded, the panel redraws
+// from ComfyUI's stored node outputs, as stock previews do. A run that cannot have changed the
+// model (learning rate at its minimum, LoRA unchanged) shows its warning in orange.
 // The panel is a canvas widget that is never serialised: workflows and queued prompts are the
 // same with or without this extension.
 
@@ -19,6 +25,9 @@ const PANEL = "srpo_live_report";
 const PLOT_HEIGHT = 130;
 const TEXT_LINE = 15;
 const TEXT_LINES = 3;
+const UI_KEY = "srpo_training";
+const SAVED_UI_KEY = "srpo_lora";
+const LORA_OUTPUT = 1;
 const PANEL_HEIGHT = PLOT_HEIGHT + TEXT_LINE * TEXT_LINES + 12;
 const MARGIN = 10;
 const PREVIEW_MIN_HEIGHT = 256;
@@ -44,7 +53,43 @@ function emptyRun() {
     phase: "idle",
     text: "",
     checkpoint: null,
+    warnings: [],
+    saved: null,
   };
+}
+
+/** The run as the trainer's stored ui output (srpo_training) describes it, or null. */
+function storedRun(node) {
+  const stored = app.nodeOutputs?.[String(node.id)]?.[UI_KEY]?.[0];
+  if (!stored) return null;
+  const num = (values) => (values ?? []).map((v) => (typeof v === "number" ? v : Number.NaN));
+  return {
+    ...emptyRun(),
+    ...stored,
+    loss: num(stored.loss),
+    reward: num(stored.reward),
+    validation: num(stored.validation),
+    warnings: stored.warnings ?? [],
+    saved: null,
+  };
+}
+
+/** The file the Save LoRA (SRPO) fed by this trainer wrote, from its stored output. */
+function savedFile(node) {
+  const links = node.outputs?.[LORA_OUTPUT]?.links ?? [];
+  for (const id of links) {
+    const link = app.graph?.links?.[id] ?? app.graph?.links?.get?.(id);
+    const file = link && app.nodeOutputs?.[String(link.target_id)]?.[SAVED_UI_KEY]?.[0]?.file;
+    if (file) return file;
+  }
+  return null;
+}
+
+/** What the panel shows: the live run, else the stored outputs of the last run. */
+function shownRun(node) {
+  const live = node.srpoLive;
+  const run = live && (live.steps.length || live.text) ? live : storedRun(node) ?? live ?? emptyRun();
+  return { ...run, saved: run.saved ?? savedFile(node) };
 }
 
 function finite(values) {
@@ -134,8 +179,12 @@ function drawPanel(ctx, run, width, y) {
     const label = `validation ${validation.last.toFixed(4)}`;
     ctx.fillText(label, box.x + box.w - 6 - ctx.measureText(label).width, box.y + box.h - 15);
   }
-  ctx.fillStyle = run.phase === "stopped" ? COLORS.stop : COLORS.text;
-  const lines = wrap(ctx, statusText(run), box.w).slice(0, TEXT_LINES);
+  const warned = run.phase === "stopped" || run.warnings?.length;
+  ctx.fillStyle = warned ? COLORS.stop : COLORS.text;
+  const saved = run.saved ? `LoRA: output/loras/${run.saved}` : "";
+  const text = [statusText(run), ...(run.warnings ?? []).map((w) => `WARNING ${w}`)].join(" ");
+  const lines = wrap(ctx, text, box.w).slice(0, saved ? TEXT_LINES - 1 : TEXT_LINES);
+  if (saved) lines.push(...wrap(ctx, saved, box.w).slice(0, 1));
   lines.forEach((line, i) => ctx.fillText(line, box.x, box.y + box.h + 6 + i * TEXT_LINE));
   ctx.restore();
 }
@@ -148,10 +197,14 @@ function panelWidget(node) {
     serialize: false,
     options: { serialize: false },
     draw(ctx, _node, width, y) {
-      drawPanel(ctx, node.srpoLive, width, y);
+      drawPanel(ctx, shownRun(node), width, y);
     },
     computeSize(width) {
       return [width, PANEL_HEIGHT];
+    },
+    /** The run the panel shows now (live, else stored): for tests. */
+    shown() {
+      return shownRun(node);
     },
     computeLayoutSize() {
       return { minHeight: PANEL_HEIGHT, maxHeight: PANEL_HEIGHT, minWidth: MIN_WIDTH };
@@ -180,26 +233,48 @@ function onTraining(event) {
   const run = node.srpoLive;
   if (data.phase === "start") {
     Object.assign(run, emptyRun(), { total: data.total, phase: "running" });
+    const loss = data.history?.loss ?? [];
+    const reward = data.history?.reward ?? [];
+    run.steps = loss.map((_, i) => i + 1);
+    run.loss = loss.map((v) => v ?? Number.NaN);
+    run.reward = loss.map((_, i) => reward[i] ?? Number.NaN);
     app.canvas?.bringToFront(node); // the panel and the preview are drawn over any neighbour
   } else if (data.phase === "step") {
     run.total = data.total;
     run.phase = "running";
     run.text = "";
+    const kept = run.steps.findIndex((s) => s >= data.step);
+    if (kept >= 0) {
+      for (const key of ["steps", "loss", "reward"]) run[key].length = kept;
+    }
     run.steps.push(data.step);
     run.loss.push(data.loss ?? Number.NaN);
     run.reward.push(data.reward ?? Number.NaN);
   } else if (data.phase === "validation") {
     run.validationSteps.push(data.step);
     run.validation.push(data.reward ?? Number.NaN);
+  } else if (data.phase === "saved") {
+    run.saved = data.file;
   } else {
     Object.assign(run, { phase: data.phase, text: data.text, checkpoint: data.checkpoint });
+    run.warnings = data.warnings ?? [];
   }
   app.graph.setDirtyCanvas(true, true);
 }
 
 app.registerExtension({
-  name: "srpo.trainingReport",
+  name: "comfyui-srpo.trainingReport",
   setup() {
     api.addEventListener(EVENT, onTraining);
+  },
+  beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== TRAINER) return;
+    // A reopened tab or a reloaded page: stored outputs but no panel yet.
+    const draw = nodeType.prototype.onDrawForeground;
+    nodeType.prototype.onDrawForeground = function () {
+      const result = draw?.apply(this, arguments);
+      if (!this.widgets?.some((w) => w.name === PANEL) && storedRun(this)) ensurePanel(this);
+      return result;
+    };
   },
 });

@@ -37,6 +37,7 @@ from scripts.workflow_gen.graph import WorkflowError, WorkflowSpec
 from scripts.workflow_gen.nodedefs import NodeDef, parse_object_info
 from scripts.workflow_gen.picture import png_bytes, png_text, read_png, render_picture
 from scripts.workflow_gen.resolve import resolve
+from scripts.workflow_gen.templates import LOCALE_PATH, locale_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -109,9 +110,18 @@ def build_all(object_info: Mapping[str, Any]) -> list[Artifacts]:
     return [make_artifacts(describe(), defs) for describe in WORKFLOWS]
 
 
+def locale_file(out_dir: Path) -> tuple[Path, str]:
+    """Where the Templates browser's titles go (``locales/en/main.json`` beside ``out_dir``)
+    and what it holds."""
+    return out_dir.parent / LOCALE_PATH, locale_text([describe() for describe in WORKFLOWS])
+
+
 def write(artifacts: Sequence[Artifacts], out_dir: Path) -> list[Path]:
-    """Write every file under ``out_dir``; returns the paths written."""
-    written = []
+    """Write every file under ``out_dir`` (and the titles file beside it); returns the paths."""
+    locale, text = locale_file(out_dir)
+    locale.parent.mkdir(parents=True, exist_ok=True)
+    locale.write_text(text, encoding="utf-8")
+    written = [locale]
     for item in artifacts:
         for relative, text in item.json_files().items():
             path = out_dir / relative
@@ -171,6 +181,9 @@ def unexpected_files(artifacts: Sequence[Artifacts], out_dir: Path) -> list[str]
 def stale_files(artifacts: Sequence[Artifacts], out_dir: Path) -> list[str]:
     """One line per file under ``out_dir`` that ``build`` would change (empty: up to date)."""
     problems = []
+    locale, text = locale_file(out_dir)
+    if not locale.is_file() or locale.read_text(encoding="utf-8") != text:
+        problems.append(f"{LOCALE_PATH}: missing or differs")
     for item in artifacts:
         for relative, text in item.json_files().items():
             path = out_dir / relative

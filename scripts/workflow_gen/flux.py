@@ -21,25 +21,17 @@ SRPO_WEIGHTS = "srpo_flux1.safetensors"
 HPS_CHECKPOINT = "HPS_v2.1_compressed.pt"
 
 HF = "https://huggingface.co"
+FLUX_MIRROR = f"{HF}/Comfy-Org/flux1-dev/resolve/main"
+"""The ungated copy of FLUX.1-dev that ComfyUI's own FLUX templates link (the official
+black-forest-labs repository needs a login and a licence click)."""
+VAE_MIRROR = f"{HF}/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae"
+"""The FLUX VAE (ae.safetensors) where ComfyUI's own FLUX templates link it."""
+TEXT_ENCODERS = f"{HF}/comfyanonymous/flux_text_encoders/resolve/main"
 FILES = {
-    FLUX_UNET: ModelFile(
-        FLUX_UNET,
-        f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
-        "diffusion_models",
-    ),
-    FLUX_VAE: ModelFile(
-        FLUX_VAE, f"{HF}/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"
-    ),
-    FLUX_CLIP_L: ModelFile(
-        FLUX_CLIP_L,
-        f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
-        "text_encoders",
-    ),
-    FLUX_T5: ModelFile(
-        FLUX_T5,
-        f"{HF}/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors",
-        "text_encoders",
-    ),
+    FLUX_UNET: ModelFile(FLUX_UNET, f"{FLUX_MIRROR}/{FLUX_UNET}", "diffusion_models"),
+    FLUX_VAE: ModelFile(FLUX_VAE, f"{VAE_MIRROR}/{FLUX_VAE}", "vae"),
+    FLUX_CLIP_L: ModelFile(FLUX_CLIP_L, f"{TEXT_ENCODERS}/{FLUX_CLIP_L}", "text_encoders"),
+    FLUX_T5: ModelFile(FLUX_T5, f"{TEXT_ENCODERS}/{FLUX_T5}", "text_encoders"),
     SRPO_WEIGHTS: ModelFile(
         SRPO_WEIGHTS,
         f"{HF}/tencent/SRPO/resolve/main/diffusion_pytorch_model.safetensors",
@@ -51,39 +43,83 @@ FILES = {
 }
 """Where each model file comes from and the ComfyUI models/ folder it goes in (the loaders'
 ``properties.models``: the editor's missing-models dialog offers these downloads)."""
-FILES_NOTE = """Model files go in ComfyUI/models/<folder>/ (sizes approximate):
-- flux1-dev.safetensors -> diffusion_models/ (24 GB) and ae.safetensors -> vae/ (0.3 GB): \
-huggingface.co/black-forest-labs/FLUX.1-dev (accept its licence first)
-- clip_l.safetensors (0.25 GB) and t5xxl_fp16.safetensors (9.8 GB) -> text_encoders/: \
-huggingface.co/comfyanonymous/flux_text_encoders
+
+
+def link(name: str, label: str | None = None) -> str:
+    """A Markdown link to the download of FILES[name]."""
+    return f"[{label or name}]({FILES[name].url})"
+
+
+FLUX_FILES = f"""**FLUX.1-dev** (no login needed: the copies ComfyUI's own FLUX templates use)
+
+- {link(FLUX_UNET)} (24 GB) -> `diffusion_models/`
+- {link(FLUX_VAE)} (0.3 GB) -> `vae/`
+- {link(FLUX_CLIP_L)} (0.25 GB), {link(FLUX_T5)} (9.8 GB) -> `text_encoders/`
 """
-"""Lines without breaks inside: the note's text box wraps them to its width."""
-HPS_NOTE = """- HPS_v2.1_compressed.pt -> srpo_rewards/ (2 GB): huggingface.co/xswu/HPSv2
+HPS_FILES = f"""**Reward** (HPSv2.1)
+
+- {link(HPS_CHECKPOINT)} (2 GB) -> `srpo_rewards/`
 """
+SRPO_FILES = f"""**SRPO weights**
+
+- {link(SRPO_WEIGHTS, "diffusion_pytorch_model.safetensors")} of tencent/SRPO (24 GB), renamed \
+to `srpo_flux1.safetensors` -> `diffusion_models/`
+"""
+
+
+def folder_tree(extra: dict[str, list[str]]) -> str:
+    """The ComfyUI/models/ tree with the FLUX files and ``extra`` {folder: [files]}."""
+    folders = {
+        "diffusion_models": [FLUX_UNET],
+        "text_encoders": [FLUX_CLIP_L, FLUX_T5],
+        "vae": [FLUX_VAE],
+    }
+    for folder, files in extra.items():
+        folders[folder] = folders.get(folder, []) + files
+    lines = ["ComfyUI/", "└── models/"]
+    names = sorted(folders)
+    for i, folder in enumerate(names):
+        last = i == len(names) - 1
+        lines.append(f"    {'└──' if last else '├──'} {folder}/")
+        for j, file in enumerate(folders[folder]):
+            branch = "└──" if j == len(folders[folder]) - 1 else "├──"
+            lines.append(f"    {'    ' if last else '│   '}{branch} {file}")
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
 SAMPLE_NOTE = (
-    FILES_NOTE
-    + """- srpo_flux1.safetensors -> diffusion_models/ (24 GB): the file \
-diffusion_pytorch_model.safetensors of huggingface.co/tencent/SRPO, renamed
-"""
-    + HPS_NOTE
+    FLUX_FILES
+    + "\n"
+    + SRPO_FILES
+    + "\n"
+    + HPS_FILES
+    + "\n"
+    + folder_tree({"diffusion_models": [SRPO_WEIGHTS], "srpo_rewards": [HPS_CHECKPOINT]})
     + """
-Memory: FLUX.1-dev in bf16 needs about 24 GB of GPU memory; with less, pick weight_dtype \
+**Memory**: FLUX.1-dev in bf16 needs about 24 GB of GPU memory; with less, pick weight_dtype \
 fp8 in Load Diffusion Model (the SRPO weights are applied on top). The reward model (HPSv2.1, \
 for the two Reward Score numbers) adds about 2 GB."""
 )
 TRAIN_NOTE = (
-    FILES_NOTE
-    + HPS_NOTE
+    FLUX_FILES
+    + "\n"
+    + HPS_FILES
+    + "\n"
+    + folder_tree({"srpo_rewards": [HPS_CHECKPOINT]})
     + """
-Memory: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB (estimated by \
-a trace of this pack's training step, not measured on a GPU); fp8 base weights (Load \
-Diffusion Model) about 27 GB. Out of memory: lower width/height."""
+**Memory**: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB (estimated \
+by a trace of this pack's training step, not measured on a GPU); fp8 base weights (Load \
+Diffusion Model) about 27 GB. Out of memory: lower width/height.
+
+Each run's LoRA: `output/loras/srpo_flux_run<R>_step<S>.safetensors` (Save LoRA (SRPO); \
+LoraLoaderModelOnly lists it)."""
 )
 NOTE_HEIGHT = 330
 NOTE_WIDTH = 280
 """A wider note than the other nodes: fewer wrapped lines."""
-WORDS_HEIGHT = 250
-"""Control-Word Reward with the reference recipe's four and five words: every line visible."""
+WORDS_HEIGHT = 290
+"""Control-Word Reward with the reference recipe's four and five words: every line visible, and
+the legend saying which box is which (web/srpo_control_words.js)."""
 PROMPT_SET_HEIGHT = 240
 """Prompt Set with six training prompts of two wrapped lines each."""
 PROMPT_HEIGHT = 110
@@ -224,9 +260,9 @@ def srpo_finetune_flux() -> WorkflowSpec:
         )
     with wf.group("Training results", 3):
         wf.add(
-            "SaveLoRA",
+            "SRPOSaveLoRA",
             lora=trainer.out("lora"),
-            prefix="loras/srpo_flux",
+            prefix="srpo_flux",
             steps=trainer.out("steps"),
         )
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")

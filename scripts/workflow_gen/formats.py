@@ -147,7 +147,8 @@ def ui_node(
 
 
 def ui_groups(nodes: Sequence[ResolvedNode], boxes: dict[int, Box]) -> list[dict[str, Any]]:
-    """One LiteGraph group per named group, framing its nodes (title bars included)."""
+    """One LiteGraph group per named group, framing its nodes (title bars included), titled as
+    a numbered step ("1. Models", "2. Prompts and reward", ...) in the order groups first appear."""
     members: dict[str, list[Box]] = {}
     for node in nodes:
         if node.spec.place is not None and node.spec.place.group:
@@ -161,7 +162,7 @@ def ui_groups(nodes: Sequence[ResolvedNode], boxes: dict[int, Box]) -> list[dict
         groups.append(
             {
                 "id": index,
-                "title": title,
+                "title": f"{index}. {title}",
                 "bounding": [x0, y0, x1 - x0, y1 - y0],
                 "color": GROUP_COLOR,
                 "font_size": GROUP_FONT_SIZE,

@@ -34,8 +34,9 @@ class Out:
     output: int | str = 0
 
 
-NOTE_TYPE = "Note"
-"""The frontend's text note: a node of the editor only (never in the API prompt)."""
+NOTE_TYPE = "MarkdownNote"
+"""The frontend's Markdown note (as in ComfyUI's own templates: links clickable, code blocks for
+folder trees): a node of the editor only (never in the API prompt)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scripts.workflow_gen.nodedefs import InputDef
+from scripts.workflow_gen.nodedefs import PACK_ID, InputDef
 from scripts.workflow_gen.resolve import ResolvedNode
 
 TITLE_HEIGHT = 30
@@ -52,6 +52,13 @@ GROUP_GAP = GROUP_TITLE_HEIGHT + 2 * GROUP_PADDING + 16
 """Extra vertical space where the group changes within a column."""
 GROUPED_ROW_GAP = 12
 """Free space between stacked nodes of a grouped layout (tight: fit zoom on 1920x1080)."""
+BADGE_HEIGHT = 20
+"""The frontend's node badges ("comfyui-srpo", "[BETA]") sit on top of a node's title bar."""
+BADGED_ROW_GAP = BADGE_HEIGHT + 6
+"""Free space above a node that carries a badge: its badges clear the last widget row of the
+node above."""
+BETA_TYPES = frozenset({"LossGraphNode", "SaveLoRA", "TrainLoraNode"})
+"""ComfyUI's experimental nodes (the frontend badges them [BETA])."""
 GROUPED_COLUMN_GAP = 2 * GROUP_PADDING + 20
 """Horizontal space between columns of different groups (both frames sit in it)."""
 SAME_GROUP_COLUMN_GAP = 24
@@ -61,12 +68,16 @@ IMAGE_PREVIEW_HEIGHT = 220 + WIDGET_MARGIN
 RESULT_TYPES = frozenset({"PreviewImage", "SaveImage", "LossGraphNode"})
 """Node types that show images after a run: their saved height holds the preview, so they do
 not grow (and overlap the node below) when the images arrive."""
+WORDS_LEGEND_HEIGHT = 36
+"""web/srpo_control_words.js: LEGEND_HEIGHT, the legend saying which word box is which."""
 FRONTEND_WIDGET_HEIGHTS = {
     "PreviewAny": MULTILINE_HEIGHT,
     "SRPORewardScore": 40 + WIDGET_MARGIN,
+    "SRPOControlWordReward": WORDS_LEGEND_HEIGHT + WIDGET_MARGIN,
 }
 """Widgets a node type gets from the frontend, not from /object_info: Preview as Text's text
-box; Reward Score's mean display (web/srpo_reward_score.js: DISPLAY_HEIGHT)."""
+box; Reward Score's mean display (web/srpo_reward_score.js: DISPLAY_HEIGHT); the Control-Word
+Reward's legend of its two word boxes."""
 WIDE_TYPES = {"SRPODirectAlignTrainer": 400.0}
 """Node types drawn wider than NODE_WIDTH (the trainer's live panel wants 400, see web/)."""
 LIVE_REPORT_HEIGHT = 187 + WIDGET_MARGIN + 256
@@ -169,6 +180,8 @@ def grouped_layout(nodes: Sequence[ResolvedNode]) -> dict[int, Box]:
             assert place is not None
             if n and place.group != group:
                 y += GROUP_GAP
+            elif n and badged(node):
+                y += BADGED_ROW_GAP - GROUPED_ROW_GAP
             group = place.group
             box = Box(x, y, width, sizes[node.id][1], node.spec.collapsed)
             boxes[node.id] = box
@@ -176,6 +189,12 @@ def grouped_layout(nodes: Sequence[ResolvedNode]) -> dict[int, Box]:
         x += width
         previous = index
     return boxes
+
+
+def badged(node: ResolvedNode) -> bool:
+    """Whether the frontend draws badges above the node's title bar: this pack's nodes (the
+    "comfyui-srpo" source badge) and ComfyUI's experimental ones ([BETA])."""
+    return node.node_def.pack_id == PACK_ID or node.spec.class_type in BETA_TYPES
 
 
 def layout(nodes: Sequence[ResolvedNode]) -> dict[int, Box]:

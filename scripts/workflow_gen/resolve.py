@@ -20,7 +20,7 @@ from scripts.workflow_gen.nodedefs import (
 
 EDITOR_ONLY_DEFS = {
     NOTE_TYPE: NodeDef(
-        NOTE_TYPE, "Note", (InputDef("text", "STRING", False, {"multiline": True}),), ()
+        NOTE_TYPE, "Markdown Note", (InputDef("text", "STRING", False, {"multiline": True}),), ()
     ),
 }
 """Node types of the frontend alone (not in /object_info, never queued): the text note."""

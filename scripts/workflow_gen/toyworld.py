@@ -53,23 +53,26 @@ VALIDATE_EVERY = 10
 """Validation samples (fixed noise) after steps 10, 20 and 30."""
 
 
-NOTE = """Ships with the pack (15 MB): a 64x64 Flux, its text encoder, a VAE and a tiny \
-reward model that knows bright/dark, smooth/grainy and four colours. No download; runs on a \
-CPU in a few minutes.
+NOTE = """**Start here.** Ships with the pack (15 MB): a 64x64 Flux, its text encoder, a VAE \
+and a tiny reward model that knows bright/dark, smooth/grainy and four colours. No download; \
+runs on a CPU in a few minutes.
 
-Run: the trainer draws its loss and reward curves and the latest preview. Cancel keeps a \
-checkpoint; Run again resumes.
+1. **Run**: the trainer draws its loss and reward curves and the latest preview. **Cancel** \
+keeps a checkpoint; Run again resumes.
+2. **Before / after**: the same seed without and with the LoRA, each with its mean reward.
+3. The LoRA: `output/loras/srpo_toy_run<R>_step<S>.safetensors`, a new file every run.
 
-Before / after: the same seed without and with the LoRA, each with its mean reward."""
-"""Paragraphs without line breaks: the note's text box wraps them to its width."""
-NOTE_HEIGHT = 170
+[SRPO paper](https://arxiv.org/abs/2509.06942)"""
+"""Paragraphs without line breaks: the note wraps them to its width."""
+NOTE_HEIGHT = 250
 PROMPT_SET_HEIGHT = 122
 """Prompt Set with four one-line prompts: every line visible."""
 NOTE_WIDTH = 300
 """A wider note: fewer lines, and the first column holds nothing wider."""
 COLUMNS = {"models": 0, "settings": 1, "trainer": 2, "results": 3, "inputs": 4, "before": 5}
-"""Left to right: models, prompts and reward; training settings; the trainer; its results;
-the sampling inputs both sides share; the before and the after columns."""
+"""Left to right: models, prompts and reward; training settings; the trainer; its results (and
+its LoRA save); the sampling inputs both sides share, with the validation samples (before and
+after training); the before and the after columns."""
 SCORING = {"positive": POSITIVE, "negative": NEGATIVE, "mode": "srp"}
 """Reward Score of both sides: the pair the LoRA is trained with."""
 
@@ -95,11 +98,11 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
         )
         prompts = wf.add("SRPOPromptSet", clip=clip, prompts="\n".join(TRAIN_PROMPTS))
         prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
+    with wf.group("Training", COLUMNS["settings"]):
+        settings = wf.add("SRPOTrainingSettings", **SETTINGS)
         validation_prompts = wf.add(
             "SRPOPromptSet", "Validation prompts", clip=clip, prompts="\n".join(VALIDATION_PROMPTS)
         )
-    with wf.group("Training", COLUMNS["settings"]):
-        settings = wf.add("SRPOTrainingSettings", **SETTINGS)
         validation = wf.add(
             "SRPOValidation", prompts=validation_prompts.out(), every=VALIDATE_EVERY, seed=SEED
         )
@@ -114,24 +117,23 @@ def srpo_finetune_toyworld() -> WorkflowSpec:
             validation=validation.out(),
             **TRAIN,
         )
-    with wf.group("Training", COLUMNS["settings"]):
-        wf.add(
-            "SaveLoRA",
-            lora=trainer.out("lora"),
-            prefix="loras/srpo_toy",
-            steps=trainer.out("steps"),
-        )
-        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Training results", COLUMNS["results"]):
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="loss_graph")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
-        wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
+        wf.add(
+            "SRPOSaveLoRA",
+            lora=trainer.out("lora"),
+            prefix="srpo_toy",
+            steps=trainer.out("steps"),
+        )
+        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Before / after", COLUMNS["inputs"]):
         positive = wf.add("CLIPTextEncode", "Prompt", clip=clip, text=PROMPT)
         negative = wf.add("CLIPTextEncode", "Negative", clip=clip, text="")
         latent = wf.add(
             "EmptySD3LatentImage", "Latent", width=IMAGE_SIZE, height=IMAGE_SIZE, batch_size=SAMPLES
         )
+        wf.add("PreviewImage", "Validation samples", images=trainer.out("validation"))
     sampling = Sampling(
         positive.out(), negative.out(), latent.out(), vae, {"seed": SEED, "denoise": 1.0, **SAMPLER}
     )

@@ -142,6 +142,14 @@ return { zoom: margin * Math.min(width / Math.max(x1 - x0, 300), height / Math.m
 """
 
 
+FIT_VIEW_JS = """
+const done = arguments[0];
+window.app.extensionManager.command.execute("Comfy.Canvas.FitView").then(() => done(true),
+                                                                          (e) => done(String(e)));
+"""
+"""The editor's own "fit view" (the "." key): the screenshot test-artifacts/fit_<name>.png."""
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
@@ -320,13 +328,17 @@ def test_frontend_reports_a_missing_node_type(frontend: Frontend) -> None:
 def test_workflow_fits_a_1920x1080_window_readably(frontend: Frontend, name: str) -> None:
     """Fit view on a 1920x1080 window (nodes and groups, as the frontend fits them) draws the
     workflow at SHIPPED_FIT_ZOOM or more: above 60 %, where LiteGraph still draws widgets and
-    text, with a margin."""
+    text, with a margin. The fitted view goes to test-artifacts/fit_<name>.png."""
     frontend.load("json", load_json(f"{name}.json"), f"{name}.json")
     driver = frontend.driver
     driver.set_window_size(*FIT_WINDOW)
     try:
         time.sleep(SETTLE_S)
         fit = driver.execute_script(FIT_ZOOM_JS, FIT_MARGIN)
+        driver.execute_async_script(FIT_VIEW_JS)
+        time.sleep(SETTLE_S)
+        ARTIFACTS_DIR.mkdir(exist_ok=True)
+        assert driver.save_screenshot(str(ARTIFACTS_DIR / f"fit_{name}.png"))
     finally:
         driver.set_window_size(*WINDOW_SIZE)
     print(f"\n{name}: fit zoom {fit['zoom']:.3f} (graph {fit['bounds']}, canvas {fit['canvas']})")

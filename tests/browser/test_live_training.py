@@ -5,8 +5,10 @@ messages go to this page's websocket). While the trainer runs: the loss and rewa
 the panel on the trainer node, ComfyUI's own live preview sits below it at a readable size, and a
 screenshot of the canvas is kept. Then Cancel (the frontend's interrupt): the node says where it
 stopped and which checkpoint it left, though the workflow's checkpoint_name is empty. Run again:
-the trainer resumes from that step and finishes; the workflow's SRPO Validation (every 10 steps)
-reports its mean reward after step 10.
+the trainer resumes from that step and finishes, its chart showing the whole run (the steps
+before the cancel come from the checkpoint, with the losses seen live before it); the workflow's
+SRPO Validation (every 10 steps) reports its mean reward after step 10; the panel names the LoRA
+file Save LoRA (SRPO) wrote.
 
 After the run no two nodes overlap (outputs shown, the trainer's panel and preview included), and
 the Reward Score nodes below the "before" and "after" samples show finite mean rewards (drawn on
@@ -105,7 +107,7 @@ return {
   live: live && { steps: [...live.steps], loss: [...live.loss], reward: [...live.reward],
                   validationSteps: [...live.validationSteps],
                   total: live.total, phase: live.phase, text: live.text,
-                  checkpoint: live.checkpoint },
+                  checkpoint: live.checkpoint, saved: live.saved },
   widgets,
   size: [...node.size],
   previewHeight: preview ? (preview.computedHeight || 0) : 0,
@@ -262,7 +264,11 @@ def test_curves_preview_cancel_message_and_resume(frontend: Frontend, comfy: Com
     samplers = by_side(page.driver.execute_script(SCORES_JS, SCORE_NODE)["samplers"])
     screenshot(page, "live_training_before_after.png", samplers["before"]["id"])
     assert_reward_numbers_beside_samples(page, comfy)
-    assert done["live"]["steps"][0] == stopped_at + 1, done["live"]
-    assert done["live"]["steps"][-1] == STEPS
+    # The chart covers the whole run: the steps before the cancel come from the checkpoint.
+    assert done["live"]["steps"] == list(range(1, STEPS + 1)), done["live"]
+    before_cancel = stopped["live"]["loss"][:stopped_at]
+    assert done["live"]["loss"][:stopped_at] == pytest.approx(before_cancel, rel=1e-6), done
     assert f"resumed at step {stopped_at}" in done["live"]["text"], done["live"]["text"]
     assert done["live"]["validationSteps"] == [STEPS], "SRPO Validation (every 10) after step 10"
+    saved = page.driver.execute_script(STATE_JS, node_id)["live"]["saved"]
+    assert saved and (comfy.dirs.output / "loras" / saved).is_file(), saved

@@ -34,7 +34,7 @@ def prompt_with(checkpoint_name: str, lora_prefix: str) -> tuple[dict[str, Any],
     prompt = dict(json.loads(WORKFLOW.read_text(encoding="utf-8")))
     trainer_id = next(k for k, n in prompt.items() if n["class_type"] == "SRPODirectAlignTrainer")
     prompt[trainer_id]["inputs"].update(steps=STEPS, seed=SEED, checkpoint_name=checkpoint_name)
-    save = next(n for n in prompt.values() if n["class_type"] == "SaveLoRA")
+    save = next(n for n in prompt.values() if n["class_type"] == "SRPOSaveLoRA")
     save["inputs"]["prefix"] = f"loras/{lora_prefix}"
     return prompt, trainer_id
 

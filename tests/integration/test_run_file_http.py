@@ -65,7 +65,7 @@ def exported(comfy: ComfyServer) -> Path:
     prompt = {
         k: n
         for k, n in toy_prompt().items()
-        if n["class_type"] not in ("LossGraphNode", "SaveLoRA")  # nothing trained to plot/save
+        if n["class_type"] not in ("LossGraphNode", "SRPOSaveLoRA")  # nothing trained to plot/save
     }
     trainer = node(prompt, "SRPODirectAlignTrainer")["inputs"]
     trainer["export_run_file"], trainer["export_only"] = RUN_NAME, True

@@ -80,7 +80,7 @@ def train_and_sample(client: ComfyClient, positive: str, negative: str, tag: str
     for title in ("Save (before)", "Save (after)"):
         save = node(prompt, "SaveImage", title)["inputs"]
         save["filename_prefix"] = f"{tag}_{save['filename_prefix']}"
-    node(prompt, "SaveLoRA")["inputs"]["prefix"] = f"loras/{tag}"
+    node(prompt, "SRPOSaveLoRA")["inputs"]["prefix"] = f"loras/{tag}"
     result = client.run(prompt, timeout=RUN_TIMEOUT_S)
     before = images_of(client, result, f"{tag}_srpo_toy_before")
     after = images_of(client, result, f"{tag}_srpo_toy_after")

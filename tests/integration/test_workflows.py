@@ -37,16 +37,16 @@ SHIPPED = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EDITOR_ONLY = frozenset({"Note"})
+EDITOR_ONLY = frozenset({"MarkdownNote"})
 """Node types of the editor alone (text notes): in the UI workflow, never in the API prompt."""
 GROUPS = {
-    "srpo_sample_flux": ["Models", "Prompt and reward", "Base vs SRPO"],
+    "srpo_sample_flux": ["1. Models", "2. Prompt and reward", "3. Base vs SRPO"],
     "srpo_finetune_flux": [
-        "Models",
-        "Prompts and reward",
-        "Training",
-        "Training results",
-        "Before / after",
+        "1. Models",
+        "2. Prompts and reward",
+        "3. Training",
+        "4. Training results",
+        "5. Before / after",
     ],
     "srpo_finetune_zimage": [
         "Models",
@@ -56,11 +56,11 @@ GROUPS = {
         "Before / after",
     ],
     "srpo_finetune_toyworld": [
-        "Models",
-        "Prompts and reward",
-        "Training",
-        "Training results",
-        "Before / after",
+        "1. Models",
+        "2. Prompts and reward",
+        "3. Training",
+        "4. Training results",
+        "5. Before / after",
     ],
 }
 PNG_TEXT_CHUNKS = [b"prompt", b"workflow"]
@@ -254,7 +254,7 @@ def test_workflow_is_grouped_and_says_which_files_to_fetch(name: str) -> None:
     download (properties.models: name, huggingface.co url, folder) and named in the note."""
     ui, api = load(f"{name}.json"), load(f"api/{name}.json")
     assert [g["title"] for g in ui["groups"]] == GROUPS[name]
-    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note"]
+    notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
     assert len(notes) == 1
     ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
     for node_id, node in api.items():
@@ -363,3 +363,22 @@ def test_generator_refuses_descriptions_the_server_would_reject(
     for message, add in cases.items():
         with pytest.raises(WorkflowError, match=message):
             resolved(add)
+
+
+def test_templates_browser_gets_titles_and_descriptions(comfy: ComfyServer) -> None:
+    """The Templates browser lists the pack's workflows (/workflow_templates) and finds each
+    one's title and one-line description in the pack's translations (/i18n, the keys the 1.32
+    frontend looks up), not the raw file names."""
+    import requests
+
+    from scripts.workflow_gen.templates import PACK_FOLDER
+
+    listed = requests.get(f"{comfy.url}/workflow_templates", timeout=30).json()
+    assert sorted(listed[PACK_FOLDER]) == SHIPPED
+    english = requests.get(f"{comfy.url}/i18n", timeout=30).json()["en"]["templateWorkflows"]
+    specs = {spec.name: spec for spec in (describe() for describe in WORKFLOWS)}
+    for name in SHIPPED:
+        title = english["template"][PACK_FOLDER][name]
+        summary = english["templateDescription"][PACK_FOLDER][name]
+        assert title == specs[name].title and summary == specs[name].summary
+        assert name not in title and title.startswith("SRPO: ") and summary.endswith(".")

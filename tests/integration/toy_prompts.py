@@ -49,7 +49,7 @@ def node_id(prompt: dict[str, Any], class_type: str) -> str:
 
 _FULL = toy_workflow()
 TRAINER = node_id(_FULL, "SRPODirectAlignTrainer")
-SAVE = node_id(_FULL, "SaveLoRA")
+SAVE = node_id(_FULL, "SRPOSaveLoRA")
 REWARD = node_id(_FULL, "SRPOControlWordReward")
 PROMPTS = node_id(_FULL, "SRPOPromptSet")
 LOADER = node_id(_FULL, "SRPOToyWorldLoader")
