@@ -67,15 +67,8 @@ to `srpo_flux1.safetensors` -> `diffusion_models/`
 """
 
 
-def folder_tree(extra: dict[str, list[str]]) -> str:
-    """The ComfyUI/models/ tree with the FLUX files and ``extra`` {folder: [files]}."""
-    folders = {
-        "diffusion_models": [FLUX_UNET],
-        "text_encoders": [FLUX_CLIP_L, FLUX_T5],
-        "vae": [FLUX_VAE],
-    }
-    for folder, files in extra.items():
-        folders[folder] = folders.get(folder, []) + files
+def models_tree(folders: dict[str, list[str]]) -> str:
+    """The ComfyUI/models/ tree of ``folders`` {folder: [files]} as a fenced Markdown block."""
     lines = ["ComfyUI/", "└── models/"]
     names = sorted(folders)
     for i, folder in enumerate(names):
@@ -85,6 +78,18 @@ def folder_tree(extra: dict[str, list[str]]) -> str:
             branch = "└──" if j == len(folders[folder]) - 1 else "├──"
             lines.append(f"    {'    ' if last else '│   '}{branch} {file}")
     return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+def folder_tree(extra: dict[str, list[str]]) -> str:
+    """The ComfyUI/models/ tree with the FLUX files and ``extra`` {folder: [files]}."""
+    folders = {
+        "diffusion_models": [FLUX_UNET],
+        "text_encoders": [FLUX_CLIP_L, FLUX_T5],
+        "vae": [FLUX_VAE],
+    }
+    for folder, files in extra.items():
+        folders[folder] = folders.get(folder, []) + files
+    return models_tree(folders)
 
 
 SAMPLE_NOTE = (

@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
 from scripts.workflow_gen.flux import (
-    HPS_NOTE,
+    HPS_CHECKPOINT,
+    HPS_FILES,
     NOTE_HEIGHT,
     NOTE_WIDTH,
     PROMPT_HEIGHT,
@@ -22,6 +23,7 @@ from scripts.workflow_gen.flux import (
     TRAIN_SIZE,
     WORDS_HEIGHT,
     hps_reward_model,
+    models_tree,
 )
 from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
 
@@ -44,18 +46,41 @@ FILES = {
     ZIMAGE_VAE: ModelFile(ZIMAGE_VAE, f"{REPO}/vae/{ZIMAGE_VAE}", "vae"),
 }
 """Where each model file comes from and the ComfyUI models/ folder it goes in."""
-TRAIN_NOTE = (
-    """Model files go in ComfyUI/models/<folder>/ (sizes approximate), all from \
-huggingface.co/Comfy-Org/z_image_turbo (split_files/):
-- z_image_turbo_bf16.safetensors -> diffusion_models/ (12 GB)
-- qwen_3_4b.safetensors -> text_encoders/ (8 GB)
-- ae.safetensors -> vae/ (0.3 GB)
+
+
+def zimage_link(name: str) -> str:
+    """A Markdown link to the download of FILES[name]."""
+    return f"[{name}]({FILES[name].url})"
+
+
+ZIMAGE_FILES = f"""**Z-Image Turbo** (no login needed: Comfy-Org/z_image_turbo, split_files/)
+
+- {zimage_link(ZIMAGE_UNET)} (12 GB) -> `diffusion_models/`
+- {zimage_link(ZIMAGE_TEXT_ENCODER)} (8 GB) -> `text_encoders/`
+- {zimage_link(ZIMAGE_VAE)} (0.3 GB) -> `vae/`
 """
-    + HPS_NOTE
+FOLDERS = {
+    "diffusion_models": [ZIMAGE_UNET],
+    "srpo_rewards": [HPS_CHECKPOINT],
+    "text_encoders": [ZIMAGE_TEXT_ENCODER],
+    "vae": [ZIMAGE_VAE],
+}
+"""The ComfyUI/models/ folders this workflow reads."""
+
+
+TRAIN_NOTE = (
+    ZIMAGE_FILES
+    + "\n"
+    + HPS_FILES
+    + "\n"
+    + models_tree(FOLDERS)
     + """
-Z-Image has no distilled guidance: the trainer's guidance widget is ignored. Memory of SRPO \
-training on Z-Image: not yet measured (the 6 B model's bf16 weights alone are 12 GB). Out of \
-memory: lower width/height, or pick weight_dtype fp8 in Load Diffusion Model."""
+**Memory**: SRPO training on Z-Image is not yet measured (the 6 B model's bf16 weights alone are \
+12 GB). Out of memory: lower width/height, or pick weight_dtype fp8 in Load Diffusion Model. \
+Z-Image has no distilled guidance: the trainer's guidance setting is ignored.
+
+Each run's LoRA: `output/loras/srpo_zimage_run<R>_step<S>.safetensors` (Save LoRA (SRPO); \
+LoraLoaderModelOnly lists it)."""
 )
 
 SAMPLER: dict[str, Value] = {
@@ -131,9 +156,9 @@ def srpo_finetune_zimage() -> WorkflowSpec:
         )
     with wf.group("Training results", 3):
         wf.add(
-            "SaveLoRA",
+            "SRPOSaveLoRA",
             lora=trainer.out("lora"),
-            prefix="loras/srpo_zimage",
+            prefix="srpo_zimage",
             steps=trainer.out("steps"),
         )
         wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_zimage_loss")
