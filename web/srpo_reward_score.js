@@ -65,7 +65,7 @@ function displayWidget(node) {
 }
 
 app.registerExtension({
-  name: "srpo.rewardScore",
+  name: "comfyui-srpo.rewardScore",
   beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE) return;
     const created = nodeType.prototype.onNodeCreated;

@@ -198,7 +198,7 @@ function onTraining(event) {
 }
 
 app.registerExtension({
-  name: "srpo.trainingReport",
+  name: "comfyui-srpo.trainingReport",
   setup() {
     api.addEventListener(EVENT, onTraining);
   },
