@@ -16,7 +16,7 @@ from comfy_execution.utils import get_executing_context
 from PIL import Image
 
 from ..srpo_core.training import StepMetrics, TrainResult
-from .live import LiveReport
+from .live import HISTORY_KEYS, History, LiveReport, empty_history
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Progress:
         self.done: int | None = None
         self.first_step: int | None = None
         """0-based index of the first step this run trained (None: none yet)."""
-        self.losses: list[float] = []
+        self.history: History = empty_history()
+        """Per-step loss and rewards of the steps this run trained (the LOSS_MAP series)."""
         self.first: torch.Tensor | None = None
         self.recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(keep - 1, 1))
         self.guard_warnings: list[str] = []
@@ -78,7 +79,9 @@ class Progress:
     def __call__(self, m: StepMetrics) -> None:
         if self.first_step is None:
             self.first_step = m.step
-        self.losses.append(m.loss)
+        values = (m.loss, m.reward, m.reward_pos, m.reward_neg)
+        for key, value in zip(HISTORY_KEYS, values, strict=True):
+            self.history[key].append(value)
         self.done = m.step + 1
         preview = None
         if m.preview is not None:

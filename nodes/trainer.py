@@ -251,7 +251,11 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the LoRA applied."),
                 io.LoraModel.Output(display_name="lora", tooltip="For Save LoRA Weights."),
-                io.LossMap.Output(display_name="loss", tooltip="For Plot Loss Graph."),
+                io.LossMap.Output(
+                    display_name="loss",
+                    tooltip="For Plot Loss Graph: per step 'loss', and the denoise-branch"
+                    " 'reward' with its 'reward_pos' / 'reward_neg' terms.",
+                ),
                 io.Image.Output(
                     display_name="previews", tooltip="Recovered images during training."
                 ),
@@ -321,16 +325,16 @@ class SRPODirectAlignTrainer(io.ComfyNode):
                 )
                 lora = adapters.freeze(settings.memory.save_torch_dtype)
         except comfy.model_management.InterruptProcessingException:
-            history = merged_history(previous, progress.first_step, progress.losses)
+            history = merged_history(previous, progress.first_step, progress.history)
             save_loss_history(cfg.checkpoint_path, history)
             announce_stop(report, progress.done, cfg)
             raise
         if result.interrupted:
-            history = merged_history(previous, progress.first_step, progress.losses)
+            history = merged_history(previous, progress.first_step, progress.history)
             save_loss_history(cfg.checkpoint_path, history)
             announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
-        history = merged_history(previous, progress.first_step, progress.losses)
+        history = merged_history(previous, progress.first_step, progress.history)
         save_loss_history(result.checkpoint_path, history)
         text = finished_message(
             result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
@@ -341,7 +345,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         return io.NodeOutput(
             mp,
             lora,
-            {"loss": history},
+            history,
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -501,3 +502,41 @@ def test_rollout_context_wraps_each_online_rollout() -> None:
         rollout_context=rollout,
     )
     assert len(entered) == 6, "offline batches have no rollout"
+
+
+class RelativeBrightness:
+    """A difference reward shaped like srp: pos = mean brightness, neg = mean red channel;
+    ``total = pos - neg`` on the denoise branch and ``neg - pos`` (words swapped) on the
+    inversion branch, as the control-word reward does."""
+
+    def __call__(
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
+    ) -> RewardTerms:
+        pos, neg = images.mean(dim=(1, 2, 3)), images[:, 0].mean(dim=(1, 2))
+        total = pos - neg if branch == "denoise" else neg - pos
+        return RewardTerms(total=total, positive=pos, negative=neg)
+
+
+@pytest.mark.parametrize(
+    "reg",
+    [
+        RegularizerConfig(enabled=False),
+        RegularizerConfig(enabled=True, weight=0.5),
+        RegularizerConfig(enabled=True, weight=0.5, pairing="random", share=0.5),
+    ],
+    ids=["no-regulariser", "paired", "random"],
+)
+def test_reported_reward_is_the_denoise_score_recomputed_from_pos_and_neg(
+    reg: RegularizerConfig,
+) -> None:
+    """reward == pos - neg for every step (float32 means of (B,) values: |error| <= 1e-6), and it
+    does not cancel with the regulariser on (issue 19.1: the inversion branch's swapped score
+    used to be averaged in). A step with no denoise micro-step reports NaN for all three."""
+    _, result = run(config(steps=4, regularizer=reg), reward=RelativeBrightness())
+    finite = [m for m in result.history if math.isfinite(m.reward)]
+    assert finite
+    for m in result.history:
+        if math.isfinite(m.reward):
+            assert abs(m.reward - (m.reward_pos - m.reward_neg)) <= 1e-6
+        else:
+            assert math.isnan(m.reward_pos) and math.isnan(m.reward_neg)

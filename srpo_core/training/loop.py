@@ -68,7 +68,10 @@ class TrainingDivergedError(RuntimeError):
 @dataclass(frozen=True)
 class StepMetrics:
     """What one optimiser step reports. ``step`` is its 0-based index (the ``step`` the reward
-    saw); rewards are means over all samples and micro-steps; ``grad_norm`` is the pre-clip norm;
+    saw); ``reward``, ``reward_pos`` and ``reward_neg`` are means over the samples of the step's
+    denoise-branch micro-steps (the reward as configured, e.g. srp: ``pos - neg``; the inversion
+    branch trains the swapped score, which would cancel it), NaN for a step that trained the
+    inversion branch only (random pairing); ``grad_norm`` is the pre-clip norm;
     ``preview`` the first sample's decoded image (3, H, W) in [0, 1] every ``preview_every``."""
 
     step: int
@@ -434,19 +437,26 @@ def _check_inputs(trainer: SRPOTrainer) -> None:
 def _summarise(
     step: int, outcomes: list[MicroOutcome], grad_norm: float, seconds: float, finite: bool
 ) -> StepMetrics:
-    """Metrics of one step: summed (already averaged) loss, mean rewards, first preview."""
+    """Metrics of one step: summed (already averaged) loss, mean denoise-branch rewards (NaN
+    without a denoise micro-step), first preview."""
     previews = [o.image for o in outcomes if o.image is not None]
+    denoise = [o for o in outcomes if o.branch == "denoise"]
     return StepMetrics(
         step=step,
         loss=sum(o.loss for o in outcomes),
-        reward=float(torch.cat([o.reward for o in outcomes]).mean()),
-        reward_pos=float(torch.cat([o.reward_pos for o in outcomes]).mean()),
-        reward_neg=float(torch.cat([o.reward_neg for o in outcomes]).mean()),
+        reward=_mean([o.reward for o in denoise]),
+        reward_pos=_mean([o.reward_pos for o in denoise]),
+        reward_neg=_mean([o.reward_neg for o in denoise]),
         grad_norm=grad_norm,
         step_time_s=seconds,
         skipped=not finite,
         preview=previews[0] if previews else None,
     )
+
+
+def _mean(values: list[Tensor]) -> float:
+    """Mean of the concatenated (B,) tensors; NaN when there are none."""
+    return float(torch.cat(values).mean()) if values else math.nan
 
 
 def train(

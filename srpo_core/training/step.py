@@ -47,7 +47,11 @@ class MicroStep:
 
 @dataclass(frozen=True)
 class MicroOutcome:
-    """Detached results of one micro-step: loss (scalar), rewards (B,), preview image or None."""
+    """Detached results of one micro-step: loss (scalar), rewards (B,), preview image or None.
+
+    ``reward`` is the score the branch trained (on the inversion branch the reward with its
+    control words swapped); ``branch`` says which, so reports can keep to the denoise branch.
+    """
 
     loss: float
     reward: Tensor
@@ -55,6 +59,7 @@ class MicroOutcome:
     reward_neg: Tensor
     finite: bool
     image: Tensor | None
+    branch: Branch = "denoise"
 
 
 def inversion_count(n_micro: int, share: float, generator: torch.Generator) -> int:
@@ -179,6 +184,7 @@ def run_micro_step(
         reward_neg=terms.negative.detach().float(),
         finite=finite,
         image=image[0].detach().float().cpu() if keep_image else None,
+        branch=micro.branch,
     )
 
 
@@ -239,6 +245,7 @@ def merge_outcomes(parts: Sequence[MicroOutcome]) -> MicroOutcome:
         reward_neg=torch.cat([p.reward_neg for p in parts]),
         finite=all(p.finite for p in parts),
         image=parts[0].image,
+        branch=parts[0].branch,
     )
 
 

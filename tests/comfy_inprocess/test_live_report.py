@@ -111,3 +111,23 @@ def test_report_sends_to_the_queueing_client(live: ModuleType) -> None:
         "reward": 0.1,
     }
     assert sent[1][1]["checkpoint"] == "a.ckpt"
+
+
+def test_history_keeps_rewards_and_reads_an_older_loss_list(
+    live: ModuleType, tmp_path: Any
+) -> None:
+    """The file next to a checkpoint holds every LOSS_MAP series; an older file (a JSON list of
+    losses) reads with NaN rewards, and a resume splices both at its first step."""
+    import json
+    import math
+
+    checkpoint = str(tmp_path / "run.ckpt")
+    (tmp_path / "run.ckpt.losses.json").write_text(json.dumps([0.5, 0.4, 0.3]))
+    old = live.load_loss_history(checkpoint)
+    assert old["loss"] == [0.5, 0.4, 0.3] and all(math.isnan(v) for v in old["reward"])
+    new = {"loss": [0.2], "reward": [0.1], "reward_pos": [0.3], "reward_neg": [0.2]}
+    merged = live.merged_history(old, 2, new)
+    assert merged["loss"] == [0.5, 0.4, 0.2] and merged["reward"][2:] == [0.1]
+    live.save_loss_history(checkpoint, merged)
+    again = live.load_loss_history(checkpoint)
+    assert again["loss"] == merged["loss"] and again["reward_neg"][2] == 0.2

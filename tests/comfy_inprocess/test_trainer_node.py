@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from types import ModuleType
 from typing import Any
 
@@ -91,6 +92,10 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     assert report.startswith("reward-hacking guard: 0 checks")  # every 5 steps: baseline only
     assert steps == 3
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
+    # the denoise-branch reward and its terms per step (issue 19.1), finite: every step of the
+    # paired regulariser trains the denoise branch
+    assert all(len(loss[k]) == 3 for k in ("reward", "reward_pos", "reward_neg"))
+    assert all(math.isfinite(v) for k in ("reward", "reward_pos", "reward_neg") for v in loss[k])
     assert previews.shape == (3, 64, 64, 3)
     assert validation.shape == (1, 64, 64, 3) and float(validation.abs().sum()) == 0
     assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
@@ -156,7 +161,8 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     # history saved next to the checkpoint at the interrupt)
     assert steps == 4 and len(loss["loss"]) == 4
     history = tmp_path / "srpo_checkpoints" / "run1.ckpt.losses.json"
-    assert json.loads(history.read_text()) == loss["loss"]
+    saved = json.loads(history.read_text())
+    assert all(saved[k] == loss[k] for k in ("loss", "reward", "reward_pos", "reward_neg"))
     assert load_checkpoint(str(path)).step == 4
 
 
