@@ -256,6 +256,28 @@ def test_interrupt_in_the_guard_check_keeps_and_reports_the_finished_step(
     assert seen == [0, 1]
 
 
+def test_a_guard_check_cut_short_runs_when_the_run_resumes(tmp_path: Path) -> None:
+    """Interrupted inside the check after step 2, the resumed run owes that check: it runs it
+    first, so it reports the same checks as an uninterrupted run."""
+    guard = GuardConfig(enabled=True, every=2, samples=2)
+    whole = _trainer(config(steps=4, guard=guard), TinyVelocity()).run()
+    cfg = config(steps=4, guard=guard, checkpoint_path=str(tmp_path / "p.pt"))
+    first = _trainer(cfg, TinyVelocity())
+    real_check = first._guard_step
+
+    def guard_step(metrics: StepMetrics) -> StepMetrics:
+        if first.step == 2:
+            raise Interrupted
+        return real_check(metrics)
+
+    first._guard_step = guard_step  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        first.run(interrupts=(Interrupted,))
+    resumed = _trainer(cfg, TinyVelocity(seed=99)).run()
+    assert [c.step for c in resumed.guard_checks] == [0, 2, 4]
+    assert resumed.guard_checks == whole.guard_checks
+
+
 def test_resume_with_other_config_names_the_difference(tmp_path: Path) -> None:
     path = str(tmp_path / "ck.pt")
     run(config(steps=2, checkpoint_path=path))
@@ -540,3 +562,34 @@ def test_reported_reward_is_the_denoise_score_recomputed_from_pos_and_neg(
             assert abs(m.reward - (m.reward_pos - m.reward_neg)) <= 1e-6
         else:
             assert math.isnan(m.reward_pos) and math.isnan(m.reward_neg)
+
+
+@pytest.mark.parametrize("action", ["warn", "stop"])
+def test_guard_keeps_its_baseline_and_best_state_across_a_resume(
+    tmp_path: Path, action: str
+) -> None:
+    """Stopped after step 3 and resumed, the guard reports the same checks (count, baseline,
+    every signal, bit-identical) as an uninterrupted run, and "stop" keeps the same best state
+    (issue 19.2: the resumed run used to take a new baseline from the already trained model)."""
+    guard = GuardConfig(enabled=True, action=action, every=2, samples=2)
+    full = _trainer(
+        config(steps=6, guard=guard, checkpoint_path=str(tmp_path / "a.pt")), TinyVelocity()
+    )
+    whole = full.run()
+
+    cfg = config(steps=6, guard=guard, checkpoint_path=str(tmp_path / "b.pt"))
+    done: list[int] = []
+    first = _trainer(cfg, TinyVelocity())
+    first.run(callback=lambda m: done.append(m.step), should_stop=lambda: len(done) >= 3)
+    second = _trainer(cfg, TinyVelocity(seed=99))
+    resumed = second.run()
+    assert resumed.resumed_from == 3
+    assert resumed.guard_checks == whole.guard_checks
+    assert len(whole.guard_checks) == 4  # baseline + steps 2, 4, 6
+    assert resumed.guard_stopped == whole.guard_stopped
+    assert resumed.steps_done == whole.steps_done
+    assert all_equal(full.params, second.params)
+    if action == "stop":
+        assert full.best is not None and second.best is not None
+        assert full.best[0] == second.best[0]
+        assert all_equal(full.best[1].params, second.best[1].params)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -163,6 +164,27 @@ class GuardCheck:
     reasons: tuple[str, ...] = ()
     fired: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """weights_only-safe form (numbers, strings, lists) for the trainer checkpoint."""
+        return {
+            "step": self.step,
+            "signals": asdict(self.signals),
+            "base": asdict(self.base),
+            "reasons": list(self.reasons),
+            "fired": self.fired,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardCheck:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            int(data["step"]),
+            GuardSignals(**data["signals"]),
+            GuardSignals(**data["base"]),
+            tuple(data["reasons"]),
+            bool(data["fired"]),
+        )
+
     def message(self) -> str:
         """One log line: what drifted and how the reward moved."""
         base = self.base
@@ -198,6 +220,23 @@ class HackingGuard:
     def due(self, step: int) -> bool:
         """True after every ``every``-th step (``step`` = steps done)."""
         return step > 0 and step % self.config.every == 0
+
+    def pending(self, step: int) -> bool:
+        """A check due at ``step`` that has not run (a run interrupted inside it, resumed)."""
+        return self.due(step) and bool(self.checks) and self.checks[-1].step < step
+
+    def state(self) -> dict[str, Any] | None:
+        """The baseline and every check so far, for the trainer checkpoint (None before the
+        baseline): a resumed run compares with the base model's samples, not its own start."""
+        if self.base_images is None:
+            return None
+        return {"base_images": self.base_images, "checks": [c.to_dict() for c in self.checks]}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (the baseline is its first check)."""
+        self.base_images = state["base_images"]
+        self.checks = [GuardCheck.from_dict(c) for c in state["checks"]]
+        self.base = self.checks[0].signals
 
     def check(self, step: int) -> GuardCheck:
         """Sample, measure, compare with the baseline."""

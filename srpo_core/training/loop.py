@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +34,8 @@ from .checkpoint import (
     restore_state,
     save_checkpoint,
     seed_global_rngs,
+    state_fields,
+    state_from_fields,
 )
 from .config import TrainConfig
 from .data import (
@@ -172,9 +175,11 @@ class SRPOTrainer:
             seed_global_rngs(self.config.seed)
         history: list[StepMetrics] = []
         interrupted = guard_stopped = False
-        if self.guard is not None:
+        if self.guard is not None and self.guard.base is None:
             self._keep_if_best(self.guard.baseline(self.step))
-        while self.step < self.config.steps:
+        elif self.guard is not None and self.guard.pending(self.step):
+            guard_stopped = self._guard_pending()
+        while self.step < self.config.steps and not guard_stopped:
             if should_stop is not None and should_stop():
                 interrupted = True
                 break
@@ -204,7 +209,7 @@ class SRPOTrainer:
                 guard_stopped = True
                 break
         self.optimizer.zero_grad(set_to_none=True)
-        ran = bool(history) or resumed_from is None
+        ran = bool(history) or resumed_from is None or guard_stopped
         path = self.save() if ran else self.config.checkpoint_path
         checks = self.guard.checks if self.guard is not None else []
         return TrainResult(
@@ -220,6 +225,8 @@ class SRPOTrainer:
         check_compatible(state, self.config, self.params, path)
         restore_state(state, self.params, self.optimizer, self.generator)
         self.step, self.consecutive_skips = state.step, state.consecutive_skips
+        if state.guard is not None:
+            self.load_guard_state(state.guard)
         return state.step
 
     def save(self) -> str | None:
@@ -234,10 +241,41 @@ class SRPOTrainer:
                 self.generator,
                 self.config,
             )
+            state.guard = self.guard_state()
             save_checkpoint(path, state)
         return path
 
     # --- reward-hacking guard ----------------------------------------------------------------
+
+    def guard_state(self) -> dict[str, Any] | None:
+        """The guard's baseline and checks and, with action "stop", the best state so far (for
+        the checkpoint: a resumed run goes on comparing with the base model's samples)."""
+        if self.guard is None or (guard := self.guard.state()) is None:
+            return None
+        best: dict[str, Any] | None = None
+        if self.best is not None:
+            best = {"reward": self.best[0], "state": state_fields(self.best[1])}
+        return {**guard, "best": best}
+
+    def load_guard_state(self, saved: dict[str, Any]) -> None:
+        """Inverse of :meth:`guard_state` (nothing without a guard in this run)."""
+        if self.guard is None:
+            return
+        self.guard.load_state(saved)
+        best = saved.get("best")
+        if best is not None:
+            self.best = (float(best["reward"]), state_from_fields(best["state"]))
+
+    def _guard_pending(self) -> bool:
+        """Run the check a resumed run owes (the previous run was interrupted inside it); True
+        when it fired and the guard stops the run."""
+        if self.guard is None:
+            return False
+        check = self.guard.check(self.step)
+        if not check.fired:
+            self._keep_if_best(check)
+            return False
+        return self._guard_stops()
 
     def guard_samples(self) -> tuple[Tensor, Tensor]:
         """The guard's fixed-seed images (N, 3, H, W) and their reward (N,), without grad.
