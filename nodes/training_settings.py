@@ -14,7 +14,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..srpo_core.inplace_blocks import BLOCK_MODES
-from ..srpo_core.schedules import DENOISE_K, TrainingInterval
+from ..srpo_core.schedules import DENOISE_K, MAX_STABLE_SIGMA, TrainingInterval
 from ..srpo_core.training import MemoryConfig, TrainConfig
 from ..srpo_core.training.memory import (
     LORA_FORMS,
@@ -162,7 +162,7 @@ def settings_inputs() -> list[Any]:
         integer("micro_steps", 1, MAX_MICRO_STEPS),
         integer("rollout_steps", 1, MAX_ROLLOUT_STEPS),
         number("guidance", 0.0, MAX_GUIDANCE, step=0.1),
-        number("sigma_max", 0.01, 0.999),
+        number("sigma_max", 0.01, MAX_STABLE_SIGMA),
         number("sigma_min", 0.001, 0.99),
         number("gt_ratio", 0.0, 0.99),
         number("k_early", 0.0, K_MAX),

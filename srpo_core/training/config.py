@@ -184,7 +184,12 @@ class TrainConfig:
     threshold: float | None = field(
         default=DEFAULT_THRESHOLD,
         metadata=_help(
-            "ReFL threshold: loss = relu(threshold - reward); None trains plain -reward."
+            "ReFL threshold: loss = relu(threshold - reward); None trains plain -reward. It"
+            " stops pushing a sample once its reward exceeds the threshold, on the reward's"
+            " own scale: 0.7 binds for an absolute HPS-like score (sgp), but srp and cfg"
+            " rewards are differences of cosines (about +-0.1), so 0.7 never binds there and"
+            " the loss is plain -reward; set it near the reward values your run logs to cap"
+            " them."
         ),
     )
     max_grad_norm: float = field(
