@@ -46,7 +46,7 @@ class TrainingSettings:
     micro_batch: int = field(
         default=default_of(TrainConfig, "micro_batch"), metadata=_help(TrainConfig, "micro_batch")
     )
-    micro_steps: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
+    noise_levels: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
     rollout_steps: int = field(
         default=default_of(TrainConfig, "rollout_steps"),
         metadata=_help(TrainConfig, "rollout_steps"),
@@ -128,7 +128,7 @@ class TrainingSettings:
 MAX_GRAD_ACCUM = 256
 MAX_MICRO_BATCH = 64
 """The trainer's largest batch_size."""
-MAX_MICRO_STEPS = 16
+MAX_NOISE_LEVELS = 16
 MAX_ROLLOUT_STEPS = 200
 MAX_GUIDANCE = 100.0
 MAX_CHECKPOINT_EVERY = 100000
@@ -159,7 +159,7 @@ def settings_inputs() -> list[Any]:
         choice("algorithm", bridge.ADAPTER_ALGORITHMS),
         integer("grad_accum", 1, MAX_GRAD_ACCUM),
         integer("micro_batch", 0, MAX_MICRO_BATCH),
-        integer("micro_steps", 1, MAX_MICRO_STEPS),
+        integer("noise_levels", 1, MAX_NOISE_LEVELS),
         integer("rollout_steps", 1, MAX_ROLLOUT_STEPS),
         number("guidance", 0.0, MAX_GUIDANCE, step=0.1),
         number("sigma_max", 0.01, MAX_STABLE_SIGMA),

@@ -89,7 +89,7 @@ class RegularizerConfig:
         metadata=_help(
             "pairing='random' only: fraction of micro-steps on the inversion branch, in (0, 1);"
             " per batch floor(share * n) plus one more with probability frac(share * n), so"
-            " with micro_steps=1 a whole update can be inversion-only."
+            " with one noise level (noise_levels=1) a whole update can be inversion-only."
         ),
     )
     k_inversion: tuple[float, float] = field(
@@ -141,7 +141,8 @@ class TrainConfig:
     micro_steps: int = field(
         default=1,
         metadata=_help(
-            "Noise levels K per clean sample (the paper's reward aggregation): noise is injected"
+            "Noise levels K per clean sample (the node input noise_levels; the paper's reward"
+            " aggregation): noise is injected"
             " K times into the same sample, each recovery is decoded, rewarded, weighted by the"
             " discount lambda(sigma) and back-propagated; gradients accumulate. With the"
             " regulariser paired, each level also trains one inversion micro-step."

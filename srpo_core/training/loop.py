@@ -351,7 +351,8 @@ class SRPOTrainer:
     # --- one optimiser step ------------------------------------------------------------------
 
     def train_step(self) -> StepMetrics:
-        """Accumulate gradients over grad_accum batches x micro_steps, then clip and update."""
+        """Accumulate gradients over grad_accum batches x the planned micro-steps (K noise
+        levels, x2 with the paired regulariser), then clip and update."""
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         outcomes: list[MicroOutcome] = []

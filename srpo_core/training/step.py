@@ -14,7 +14,8 @@ in cfg mode the denoise branch puts ``(1 + k)`` on the positive term (k 0.1 -> 0
 inversion branch on the negative term (k 0.3 -> 0.01). The paper's "gradient descent" names the
 inversion direction of the step, not a push away from the positive words.
 
-Reward aggregation (paper 3.1): the K = ``micro_steps`` noise levels of one clean sample are
+Reward aggregation (paper 3.1): the K noise levels (``config.micro_steps``, the node input
+``noise_levels``; a micro-step is one branch pass, so a paired run does 2K) of one sample are
 aggregated through gradient accumulation, each level's loss weighted by the discount
 ``lambda(sigma_hi)``; with ``threshold=None`` the accumulated gradient is exactly that of
 ``-aggregate_rewards(r, lambda)``. Only one level's graph is alive at a time.

@@ -16,7 +16,7 @@ GRAPH: dict[str, Any] = {
     },
     "3": {
         "class_type": "SRPOTrainingSettings",
-        "inputs": {"micro_steps": 1, "checkpoint_every": 0},
+        "inputs": {"noise_levels": 1, "checkpoint_every": 0},
     },
     "4": {
         "class_type": "SRPODirectAlignTrainer",
@@ -67,7 +67,7 @@ def test_identity_follows_every_setting_upstream(live: ModuleType) -> None:
         (("4", "seed"), 1),
         (("4", "steps"), 500),
         (("2", "positive_words"), "dark"),
-        (("3", "micro_steps"), 2),
+        (("3", "noise_levels"), 2),
         (("1", "assets_dir"), "/other"),
     ]:
         assert identity(live, changed(path, value)) != base, path

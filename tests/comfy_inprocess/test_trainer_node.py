@@ -24,7 +24,7 @@ SETTINGS = {
     "algorithm": "LoRA",
     "batch_size": 2,
     "grad_accum": 1,
-    "micro_steps": 2,
+    "noise_levels": 2,
     "rollout_steps": 3,
     "width": 64,
     "height": 64,
@@ -170,7 +170,7 @@ OLD_TRAINER_DEFAULTS = {
     "algorithm": "LoRA",
     "grad_accum": 1,
     "micro_batch": 0,
-    "micro_steps": 1,
+    "noise_levels": 1,
     "rollout_steps": 25,
     "guidance": 3.5,
     "sigma_max": 0.95,
@@ -277,7 +277,7 @@ def test_micro_batches_train_the_same_lora_as_the_whole_batch(
                 tiny_vae,
                 prompts,
                 reward,
-                **node_inputs(steps=2, micro_steps=1, micro_batch=micro_batch, save_dtype="fp32"),
+                **node_inputs(steps=2, noise_levels=1, micro_batch=micro_batch, save_dtype="fp32"),
             )
         runs.append((out.args[1], out.args[2]["loss"]))
     (lora, losses), (chunked_lora, chunked_losses) = runs
