@@ -24,6 +24,7 @@ from ..srpo_core.training import (
 from ..srpo_core.training.config import PAIRINGS
 from . import checks, resume
 from .live import (
+    discard_run_checkpoint,
     finished_message,
     load_loss_history,
     merged_history,
@@ -274,10 +275,19 @@ class SRPODirectAlignTrainer(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls, steps: Any, width: Any, height: Any, checkpoint_name: Any
+        cls,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        checkpoint_name: Any = None,
+        export_run_file: Any = None,
     ) -> bool | str:
-        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file."""
-        return resume.queue_problem(steps, width, height, checkpoint_name) or True
+        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file, run
+        file name. A missing input arrives as None: ComfyUI reports it ("Required input is
+        missing") and there is nothing more to check here."""
+        export = str(export_run_file or "").strip()
+        problem = resume.queue_problem(steps, width, height, checkpoint_name)
+        return problem or (export and checks.name_problem(export, "export_run_file")) or True
 
     @classmethod
     def execute(
@@ -287,6 +297,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         validation: ValidationSettings | None = kw.pop("validation", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
+        unnamed = not str(kw.get("checkpoint_name") or "").strip()
         export_name = str(kw.pop("export_run_file", "") or "").strip()
         export_only = bool(kw.pop("export_only", False))
         if export_only and not export_name:
@@ -335,12 +346,15 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
         history = merged_history(previous, progress.first_step, progress.history)
-        save_loss_history(result.checkpoint_path, history)
-        text = finished_message(
-            result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
-        )
+        kept = result.checkpoint_path
+        if unnamed:  # a default name only makes Cancel resumable: done, it goes
+            for path in discard_run_checkpoint(kept):
+                log.info("SRPO: removed %s (finished run without a checkpoint_name)", path)
+            kept = None
+        save_loss_history(kept, history)
+        text = finished_message(result.steps_done, cfg.steps, result.resumed_from, kept)
         log.info(text)
-        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path)
+        report.end("done", result.steps_done, cfg.steps, text, kept)
         samples = validator.image_batch() if validator is not None else None
         return io.NodeOutput(
             mp,
