@@ -121,11 +121,11 @@ class Progress:
         else:
             s = check.signals
             log.info(
-                "SRPO guard step %d: reward %+.4f, saturated %.1f%%, distance %.3f: ok",
+                "SRPO guard step %d: reward %+.4f, saturated %.1f%%%s: ok",
                 check.step,
                 s.reward,
                 100 * s.saturation,
-                s.base_distance,
+                distance_text(s.base_distance),
             )
 
     def show_validation(self, step: int, mean_reward: float, images: list[torch.Tensor]) -> None:
@@ -172,6 +172,12 @@ def node_text(text: str) -> None:
         prompt_server.send_progress_text(text, context.node_id)
 
 
+def distance_text(distance: float) -> str:
+    """``", distance from base 0.123"``; empty when not measured (the rollout guard's samples
+    change every step, so it has no fixed base samples)."""
+    return f", distance from base {distance:.3f}" if math.isfinite(distance) else ""
+
+
 def guard_summary(result: TrainResult) -> str:
     """The guard's verdict over a run, as text for the node's output."""
     checks = result.guard_checks
@@ -182,8 +188,7 @@ def guard_summary(result: TrainResult) -> str:
     lines = [
         f"reward-hacking guard: {len(checks) - 1} checks, {len(fired)} fired",
         f"reward {base.reward:+.4f} -> {last.reward:+.4f}; saturated pixels"
-        f" {base.saturation:.1%} -> {last.saturation:.1%}; distance from base"
-        f" {last.base_distance:.3f}",
+        f" {base.saturation:.1%} -> {last.saturation:.1%}{distance_text(last.base_distance)}",
     ]
     lines += [c.message() for c in fired]
     if result.guard_stopped:

@@ -219,7 +219,8 @@ class TrainConfig:
     guard: GuardConfig = field(
         default_factory=GuardConfig,
         metadata=_help(
-            "Reward-hacking guard: image signals on fixed-seed samples the reward cannot fake.",
+            "Reward-hacking guard: image signals the reward cannot fake, on the rollout's"
+            " samples (or fixed-seed ones).",
             hashed=False,
         ),
     )

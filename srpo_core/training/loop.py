@@ -149,8 +149,12 @@ class SRPOTrainer:
         self.step = 0
         self.consecutive_skips = 0
         guard = config.guard
-        self.guard = HackingGuard(guard, self.guard_samples) if guard.enabled else None
+        fixed = guard.source == "fixed" or config.offline  # offline: no rollout to reuse
+        sampler = self.guard_samples if fixed else None
+        self.guard = HackingGuard(guard, sampler) if guard.enabled else None
         self.best: tuple[float, TrainingState] | None = None
+        self._rng_at_step_start: dict[str, Any] | None = None
+        self._base_state: TrainingState | None = None
 
     # --- run control -------------------------------------------------------------------------
 
@@ -175,7 +179,7 @@ class SRPOTrainer:
             seed_global_rngs(self.config.seed)
         history: list[StepMetrics] = []
         interrupted = guard_stopped = False
-        if self.guard is not None and self.guard.base is None:
+        if self.guard is not None and self.guard.base is None and not self.guard.observes:
             self._keep_if_best(self.guard.baseline(self.step))
         elif self.guard is not None and self.guard.pending(self.step):
             guard_stopped = self._guard_pending()
@@ -296,6 +300,27 @@ class SRPOTrainer:
             terms = self.reward(images, [i.text for i in items], branch="denoise", k=k, step=0)
         return images.cpu(), terms.total.detach().float().cpu()
 
+    def _observe(self, x0: Tensor) -> None:
+        """Hand the rollout's samples (B, C, H, W) to the guard, decoded without grad (their
+        reward is the step's training reward, recorded after the step). With action "stop",
+        the state before step 0's update is the first candidate best state."""
+        if self.guard is None:
+            return
+        with torch.no_grad(), autocast_context(self.device, self.config.dtype):
+            images = self.decoder(x0).float().clamp(0.0, 1.0)
+        if self.guard.observe(self.step, images) and self.config.guard.action == "stop":
+            state = self._snapshot()
+            self._base_state = replace(state, rng=self._rng_at_step_start or state.rng)
+
+    def _guard_reward(self, metrics: StepMetrics) -> None:
+        """Give the rollout guard the step's reward; the baseline's best state gets it too."""
+        if self.guard is None or not self.guard.observes:
+            return
+        self.guard.record_reward(metrics.step, metrics.reward)
+        if self._base_state is not None and self.guard.base is not None:
+            self.best = (self.guard.base.reward, self._base_state)
+            self._base_state = None
+
     def _keep_finished_step(
         self,
         metrics: StepMetrics,
@@ -319,21 +344,25 @@ class SRPOTrainer:
         return replace(metrics, guard=check)
 
     def _keep_if_best(self, check: GuardCheck) -> None:
-        """With action "stop", remember the state of the best clean check (highest reward)."""
+        """With action "stop", remember the state of the best clean check (highest reward; a
+        best whose reward is unknown (NaN) is replaced)."""
         if self.config.guard.action != "stop":
             return
-        if self.best is None or check.signals.reward >= self.best[0]:
-            state = make_state(
-                self.step,
-                self.consecutive_skips,
-                self.params,
-                self.optimizer,
-                self.generator,
-                self.config,
-            )
-            # state_dict() references the live optimiser tensors: keep a copy
-            optimizer = copy.deepcopy(state.optimizer)
-            self.best = (check.signals.reward, replace(state, optimizer=optimizer))
+        if self.best is None or not check.signals.reward < self.best[0]:
+            self.best = (check.signals.reward, self._snapshot())
+
+    def _snapshot(self) -> TrainingState:
+        """The state as it is now, with its own copy of the optimiser state (``state_dict()``
+        references the live tensors)."""
+        state = make_state(
+            self.step,
+            self.consecutive_skips,
+            self.params,
+            self.optimizer,
+            self.generator,
+            self.config,
+        )
+        return replace(state, optimizer=copy.deepcopy(state.optimizer))
 
     def _guard_stops(self) -> bool:
         """With action "stop": restore the best state (the step counter too); True to stop."""
@@ -355,6 +384,9 @@ class SRPOTrainer:
         levels, x2 with the paired regulariser), then clip and update."""
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        self._rng_at_step_start = capture_rng(self.generator)
+        if self.guard is not None:
+            self.guard.begin_step(self.step)
         outcomes: list[MicroOutcome] = []
         for i in range(self.config.grad_accum):
             outcomes += self._run_batch(self.draw_batch(), keep_first_image=i == 0)
@@ -367,6 +399,7 @@ class SRPOTrainer:
         else:
             self._skip(grad_norm)
         metrics = _summarise(self.step, outcomes, grad_norm, time.perf_counter() - start, finite)
+        self._guard_reward(metrics)
         self.step += 1
         return metrics
 
@@ -384,6 +417,8 @@ class SRPOTrainer:
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
             x0 = self._rollout(Batch(texts, cond, eps, eps, conds))
+            if self.guard is not None and self.guard.observes:
+                self._observe(x0)
         return Batch(texts, cond, x0, eps, conds)
 
     def _rollout(self, noise: Batch) -> Tensor:
