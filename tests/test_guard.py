@@ -167,3 +167,27 @@ def test_guard_stop_keeps_the_best_state_before_it_fired(source: str) -> None:
     # the restored model is the one a run of exactly best.step steps ends with
     replay, _ = run(dataclasses.replace(guarded(0.2, source=source), steps=best.step))
     assert torch.equal(model.c, replay.c)
+
+
+def test_rollout_window_pools_batches_by_size_and_skips_unknown_values() -> None:
+    """pool(): batch-size-weighted means; reward and diversity only over the batches that have
+    one (NaN reward: a step without a denoise micro-step; NaN diversity: a single image)."""
+    import math
+
+    from srpo_core.training.guard import Observation, pool
+
+    def signals(reward: float, saturation: float, diversity: float) -> GuardSignals:
+        return GuardSignals(reward, saturation, 0.5, 0.1, diversity, math.nan)
+
+    pooled = pool(
+        [
+            Observation(1, 2, signals(0.2, 0.01, 0.4)),
+            Observation(2, 1, signals(math.nan, 0.04, math.nan)),
+            Observation(3, 1, signals(0.5, 0.0, 0.2)),
+        ]
+    )
+    assert pooled.saturation == pytest.approx((2 * 0.01 + 0.04 + 0.0) / 4)
+    assert pooled.reward == pytest.approx((2 * 0.2 + 0.5) / 3)
+    assert pooled.diversity == pytest.approx((0.4 + 0.2) / 2)
+    assert math.isnan(pooled.base_distance)
+    assert math.isnan(pool([Observation(1, 1, signals(math.nan, 0.0, math.nan))]).reward)
