@@ -42,6 +42,7 @@ from scripts.workflow_gen.toyworld import SETTINGS, TRAIN, TRAIN_PROMPTS  # noqa
 from srpo_core import image_signals as sig  # noqa: E402
 from srpo_core.rewards import score_control_pair  # noqa: E402
 from srpo_core.schedules import TrainingInterval  # noqa: E402
+from srpo_core.training.guard import GuardConfig  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "FIDELITY.md"
 EVAL_PROMPT = "a red circle"
@@ -518,9 +519,8 @@ def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
         "",
         f"Over {total} runs ({hacked} over {SATURATION_LIMIT:.0%} saturated on"
         f" {PROBE_PER_PROMPT * len(TRAIN_PROMPTS)} probe samples): {misses} missed,"
-        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard"
-        " measures the training rollout's own samples (default source 'rollout'), every 5"
-        " steps.",
+        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard's"
+        f" source: '{GuardConfig().source}' (the trainer node's), every 5 steps.",
     ]
     return lines
 

@@ -169,11 +169,10 @@ def _trainer_inputs() -> list[Any]:
             "hacking_guard",
             options=list(GUARD_CHOICES),
             default="warn",
-            tooltip="Reward-hacking guard: on the samples the training rollout draws anyway,"
-            " watch what the reward cannot fake (blown-out pixels, colour, texture, diversity)"
-            " every few steps. warn: log and show it on the node; stop: also end training and"
-            " keep the best state before it fired; off: no checks (saves one no-grad decode per"
-            " sample).",
+            tooltip="Reward-hacking guard: every few steps, sample fixed seeds and watch what the"
+            " reward cannot fake (blown-out pixels, colour, texture, diversity, distance from the"
+            " base samples). warn: log and show it on the node; stop: also end training and keep"
+            " the best state before it fired; off: no checks (saves a rollout every few steps).",
         ),
         io.Int.Input(
             "preview_every",
