@@ -17,6 +17,8 @@ this process's CPU time with one torch thread: on a shared machine other jobs ch
   TrainLoraNode's step on the same model, latent size and rank, both in bf16 (the stock node's
   working dtype). Its step time is (T(1 + K steps) - T(1 step)) / K. Target <= 1.0.
 - G6: an offline step vs an online step (informational).
+- G10 / G10f: trainer steps with the reward-hacking guard / without, over a check interval
+  (bench/guard_cost.py). Target for the default (rollout) guard <= 1.05.
 - Memory growth: RSS after 100 trainer steps minus after 10 (target: none).
 Where a target is missed the row names the functions with the most own time (cProfile).
 """
@@ -34,6 +36,7 @@ from typing import Any
 import psutil
 import torch
 
+from bench.guard_cost import guard_rows
 from bench.timing import CLOCKS, REPEATS, Row, assert_finite, interleaved_medians, profile_top
 from bench.worlds import World, both_worlds
 
@@ -142,10 +145,19 @@ def nested_sessions(variants: list[Variant], body: Callable[[torch.device], None
     open_from(0)
 
 
-def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, rollout: int) -> Any:
+def trainer(
+    v: Variant,
+    device: torch.device,
+    *,
+    offline: torch.Tensor | None,
+    rollout: int,
+    guard: str | None = None,
+) -> Any:
+    """A trainer on the variant's model; ``guard``: the guard's source, None: no guard."""
     from comfyui_srpo.nodes.training_run import flow_shift, grouped_velocity, index_conds
     from comfyui_srpo.nodes.vae_decoder import VAEDecoder
     from comfyui_srpo.srpo_core.training import PromptItem, SRPOTrainer, TrainConfig
+    from comfyui_srpo.srpo_core.training.guard import GuardConfig
     from comfyui_srpo.srpo_core.training.memory import bf16_native, resolve_training_dtype
 
     cfg = TrainConfig(
@@ -157,6 +169,7 @@ def trainer(v: Variant, device: torch.device, *, offline: torch.Tensor | None, r
         offline=offline is not None,
         latent_shape=v.world.latent_shape,
         gradient_checkpointing=True,
+        guard=GuardConfig(enabled=guard is not None, source=guard or "rollout"),
     )
     decoder = VAEDecoder.for_training(
         v.world.vae,
@@ -296,12 +309,25 @@ def measure_world(
     rollout_steps: int = ROLLOUT_STEPS,
     clock: Callable[[], float] = CLOCKS["cpu"],
     growth_steps: int = GROWTH_STEPS,
+    with_guard_row: bool = True,
+    guard_only: bool = False,
 ) -> list[Row]:
-    """G1, G2, G9, G6 and memory-growth rows of one world (module docstring)."""
+    """G1, G2, G9, G6, G10 and memory-growth rows of one world (module docstring); with
+    ``guard_only`` the G10 rows alone."""
     act, merged = Variant(world, "activations"), Variant(world, "merged")
     rows: list[Row] = _PrintingList()
 
     def body(device: torch.device) -> None:
+        if guard_only:
+            rows.extend(
+                guard_rows(
+                    world.name,
+                    lambda g: trainer(act, device, offline=None, rollout=rollout_steps, guard=g),
+                    repeats,
+                    clock,
+                )
+            )
+            return
         online = {
             v.form: trainer(v, device, offline=None, rollout=rollout_steps) for v in (act, merged)
         }
@@ -381,6 +407,18 @@ def measure_world(
         rows.append(
             Row(world.name, "G6", "offline step / online step", g6["offline"], g6["online"])
         )
+        # G10: the guard's cost over a check interval
+        if with_guard_row:
+            rows.extend(
+                guard_rows(
+                    world.name,
+                    lambda g: trainer(act, device, offline=None, rollout=rollout_steps, guard=g),
+                    repeats,
+                    clock,
+                )
+            )
+        if guard_only:
+            return
         # memory growth over 100 steps
         growth = trainer(act, device, offline=None, rollout=GROWTH_ROLLOUT)
         for _ in range(GROWTH_FROM):
@@ -453,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch compute threads (1 makes CPU time = work)"
     )
+    parser.add_argument("--guard-only", action="store_true", help="only the G10 guard rows")
     start = time.perf_counter()
     args, worlds = parse_and_load(parser, argv)
     if args.threads < 1:
@@ -460,7 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     rows: list[Row] = []
     for world in worlds:
-        rows += measure_world(world, args.repeats, args.rollout_steps, CLOCKS[args.clock])
+        rows += measure_world(
+            world,
+            args.repeats,
+            args.rollout_steps,
+            CLOCKS[args.clock],
+            guard_only=args.guard_only,
+        )
     text = table(rows, time.perf_counter() - start, args.clock)
     print(text)
     if args.out:

@@ -42,6 +42,7 @@ from scripts.workflow_gen.toyworld import SETTINGS, TRAIN, TRAIN_PROMPTS  # noqa
 from srpo_core import image_signals as sig  # noqa: E402
 from srpo_core.rewards import score_control_pair  # noqa: E402
 from srpo_core.schedules import TrainingInterval  # noqa: E402
+from srpo_core.training.guard import GuardConfig  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "FIDELITY.md"
 EVAL_PROMPT = "a red circle"
@@ -55,6 +56,10 @@ LATENT = (16, 8, 8)
 RECOVERY_SIGMAS = (0.95, 0.75, 0.5)
 RECOVERY_SAMPLES = 8
 SATURATION_LIMIT = 0.02
+PROBE_PER_PROMPT = 4
+PROBE_SEED = 11
+"""The guard's ground truth: PROBE_PER_PROMPT fixed-seed samples of each training prompt (16),
+a run counts as hacked when over SATURATION_LIMIT of their pixels are saturated."""
 HACK_LR = 2e-3
 LATE = {"sigma_max": 0.35, "sigma_min": 0.1}
 ROWS = ("recovery", "axes", "unseen", "interval", "modes", "regulariser", "guard")
@@ -85,11 +90,13 @@ class Stats:
 
 @dataclass
 class Outcome:
-    """One trained run: stats on the training prompt and the unseen prompts, the guard report."""
+    """One trained run: stats on the training prompt and the unseen prompts, the guard report,
+    and the saturated-pixel fraction of the PROBE_SAMPLES probe samples after training."""
 
     stats: Stats
     unseen: Stats | None
     report: str
+    probe_saturation: float = float("nan")
 
 
 @dataclass
@@ -170,6 +177,25 @@ class ToyBench:
             disable_pbar=True,
         )
 
+    @torch.inference_mode()
+    def probe_saturation(self, model: Any) -> float:
+        """Mean saturated-pixel fraction of PROBE_PER_PROMPT fixed-seed samples of each training
+        prompt (the guard's ground truth)."""
+        import comfy.sample
+
+        sampler, scheduler, steps, cfg = SAMPLER
+        fractions = []
+        for prompt in TRAIN_PROMPTS:
+            latent = torch.zeros(PROBE_PER_PROMPT, *LATENT)
+            noise = comfy.sample.prepare_noise(latent, PROBE_SEED)
+            samples = comfy.sample.sample(
+                model, noise, steps, cfg, sampler, scheduler, self.encode(prompt),
+                self.encode(""), latent, denoise=1.0, seed=PROBE_SEED, disable_pbar=True,
+            )  # fmt: skip
+            images = self.vae.decode(samples).movedim(-1, 1).float().clamp(0, 1)
+            fractions.append(sig.saturated_fraction(images))
+        return float(torch.cat(fractions).mean())
+
     def images(self, model: Any, prompt: str) -> torch.Tensor:
         """Decoded evaluation samples (N, 3, H, W) in [0, 1]."""
         with torch.inference_mode():
@@ -213,6 +239,7 @@ class ToyBench:
             self.stats(model, EVAL_PROMPT, run),
             _mean_stats([self.stats(model, p, run) for p in UNSEEN_PROMPTS]) if unseen else None,
             report,
+            self.probe_saturation(model),
         )
         self.cache[key] = outcome
         return outcome
@@ -305,7 +332,10 @@ class ToyBench:
         for key, value in payload["cache"].items():
             unseen = value["unseen"]
             self.cache[key] = Outcome(
-                Stats(**value["stats"]), Stats(**unseen) if unseen else None, value["report"]
+                Stats(**value["stats"]),
+                Stats(**unseen) if unseen else None,
+                value["report"],
+                float(value.get("probe_saturation", float("nan"))),
             )
         self.base.update({k: Stats(**v) for k, v in payload["base"].items()})
         self.recovery.update(payload["recovery"])
@@ -443,18 +473,55 @@ def first_firing(report: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+PRECISION_RUNS = {
+    "lr 2e-3 (hacked)": Run(overrides=(("learning_rate", HACK_LR),)),
+    "lr 1e-3": Run(overrides=(("learning_rate", 1e-3),)),
+    "lr 5e-4": Run(overrides=(("learning_rate", 5e-4),)),
+    "shipped (lr 3e-4)": Run(),
+    "dark vs bright": Run("dark", "bright"),
+    "grainy vs smooth": Run("grainy", "smooth"),
+    "late interval, lr 1e-3": Run(
+        overrides=(("sigma_max", 0.35), ("sigma_min", 0.1), ("learning_rate", 1e-3))
+    ),
+}
+"""The guard's precision row: the hacked lr, lrs in between, the shipped run, the swapped
+brightness pair, the grain axis and a late interval."""
+
+
 def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
-    hack = Run(overrides=(("learning_rate", HACK_LR),))
+    """Per run: where the guard first fired, and the truth it should match (over
+    SATURATION_LIMIT of the 16 probe samples' pixels saturated); then its misses and false
+    alarms over these runs."""
     lines = [
-        "| lr | seed | guard fired at step | saturated pixels after training |",
-        "| --- | --- | --- | --- |",
+        "| run | seed | guard fired at step | probe samples saturated | verdict |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for name, run in ((f"{HACK_LR:g}", hack), (f"{TRAIN['learning_rate']:g} (shipped)", DEFAULT)):
+    misses = alarms = hacked = 0
+    for name, run in PRECISION_RUNS.items():
         for s in seeds:
             outcome = bench.trained(run, s)
             step = first_firing(outcome.report)
-            fired = "never" if step is None else str(step)
-            lines.append(f"| {name} | {s} | {fired} | {outcome.stats.saturation:.3f} |")
+            truth = outcome.probe_saturation > SATURATION_LIMIT
+            fired = step is not None
+            verdict = {
+                (True, True): "caught",
+                (True, False): "MISSED",
+                (False, True): "false alarm",
+                (False, False): "quiet",
+            }[(truth, fired)]
+            hacked += truth
+            misses += truth and not fired
+            alarms += fired and not truth
+            shown = "never" if step is None else str(step)
+            lines.append(f"| {name} | {s} | {shown} | {outcome.probe_saturation:.1%} | {verdict} |")
+    total = len(PRECISION_RUNS) * len(seeds)
+    lines += [
+        "",
+        f"Over {total} runs ({hacked} over {SATURATION_LIMIT:.0%} saturated on"
+        f" {PROBE_PER_PROMPT * len(TRAIN_PROMPTS)} probe samples): {misses} missed,"
+        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard's"
+        f" source: '{GuardConfig().source}' (the trainer node's), every 5 steps.",
+    ]
     return lines
 
 

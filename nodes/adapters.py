@@ -175,6 +175,15 @@ def _rng_devices(mp: Any) -> list[int]:
     return []
 
 
+def new_adapter(algorithm: str, weight: torch.Tensor, rank: int) -> Any:
+    """A new trainable adapter for ``weight`` drawn on the CPU generator (then moved by the
+    caller): ComfyUI's ``create_train`` draws on the weight's device, so the same seed would
+    give other initial weights when the model sits on a GPU. The stand-in weight is a
+    zero-stride CPU view of the right shape (no memory)."""
+    stand_in = torch.empty((), device="cpu").expand(weight.shape)
+    return adapter_maps[algorithm].create_train(stand_in, rank=rank, alpha=DEFAULT_LORA_ALPHA)
+
+
 def _attach(
     mp: Any,
     algorithm: str,
@@ -233,9 +242,7 @@ def _new_adapter(
         out.continued[name] = (loaded.name, _adapter_rank(loaded), _adapter_dtype(loaded))
         adapter = loaded.to_train().to(dtype)
     else:
-        adapter = (
-            adapter_maps[algorithm].create_train(weight, rank=rank, alpha=DEFAULT_LORA_ALPHA)
-        ).to(dtype)
+        adapter = new_adapter(algorithm, weight, rank).to(weight.device, dtype)
     for pname, param in adapter.named_parameters():
         out.state[f"{name}.{pname}"] = param
     out.modules.append(adapter)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,41 +92,74 @@ def default_checkpoint_name(identity: str) -> str:
     return f"{DEFAULT_NAME_PREFIX}{identity}"
 
 
+def discard_run_checkpoint(checkpoint: str | None) -> list[str]:
+    """Delete a finished run's default-named checkpoint and its history file (the LoRA is the
+    node's output, not in this file); returns the removed paths. A default name exists to
+    make Cancel resumable: once the run is done it would only take disk space (about 1.3 GB for
+    a FLUX LoRA with its AdamW state), run after run."""
+    removed: list[str] = []
+    if checkpoint is None:
+        return removed
+    for path in (checkpoint, loss_history_path(checkpoint)):
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
 LOSS_HISTORY_SUFFIX = ".losses.json"
-"""Next to a checkpoint: the loss of every step trained so far (a resumed run's LOSS_MAP and
-curves cover the whole run, not only the steps since the resume)."""
+"""Next to a checkpoint: the loss and rewards of every step trained so far (a resumed run's
+LOSS_MAP and curves cover the whole run, not only the steps since the resume)."""
+HISTORY_KEYS = ("loss", "reward", "reward_pos", "reward_neg")
+"""The per-step series of the LOSS_MAP output: the loss and the denoise-branch reward with its
+positive and negative terms (NaN for a step without a denoise micro-step)."""
+
+History = dict[str, list[float]]
 
 
 def loss_history_path(checkpoint: str) -> str:
     return f"{checkpoint}{LOSS_HISTORY_SUFFIX}"
 
 
-def load_loss_history(checkpoint: str | None) -> list[float]:
-    """The losses saved next to ``checkpoint`` (empty without a file or a checkpoint)."""
+def empty_history() -> History:
+    return {key: [] for key in HISTORY_KEYS}
+
+
+def load_loss_history(checkpoint: str | None) -> History:
+    """The series saved next to ``checkpoint`` (empty without a file or a checkpoint). A file of
+    an older version holds only the losses (a JSON list); its rewards read as NaN."""
+    history = empty_history()
     if checkpoint is None or not os.path.isfile(loss_history_path(checkpoint)):
-        return []
+        return history
     with open(loss_history_path(checkpoint), encoding="utf-8") as f:
         values = json.load(f)
-    if not isinstance(values, list):
-        raise ValueError(f"{loss_history_path(checkpoint)} must hold a JSON list of losses")
-    return [float(v) for v in values]
+    if isinstance(values, list):
+        values = {"loss": values}
+    if not isinstance(values, dict) or not isinstance(values.get("loss"), list):
+        raise ValueError(f"{loss_history_path(checkpoint)} must hold a JSON map of loss series")
+    n = len(values["loss"])
+    for key in HISTORY_KEYS:
+        series = values.get(key)
+        history[key] = [float(v) for v in series] if isinstance(series, list) else [math.nan] * n
+    return history
 
 
-def save_loss_history(checkpoint: str | None, losses: list[float]) -> None:
-    """Write the losses next to ``checkpoint`` (nothing without a checkpoint)."""
+def save_loss_history(checkpoint: str | None, history: History) -> None:
+    """Write the series next to ``checkpoint`` (nothing without a checkpoint)."""
     if checkpoint is None:
         return
     tmp = f"{loss_history_path(checkpoint)}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(losses, f)
+        json.dump(history, f)
     os.replace(tmp, loss_history_path(checkpoint))
 
 
-def merged_history(previous: list[float], first_step: int | None, new: list[float]) -> list[float]:
-    """``previous`` up to the step this run started at (0-based ``first_step``), then ``new``."""
+def merged_history(previous: History, first_step: int | None, new: History) -> History:
+    """Each series: ``previous`` up to the step this run started at (0-based ``first_step``),
+    then ``new``."""
     if first_step is None:
         return previous
-    return previous[:first_step] + new
+    return {key: previous.get(key, [])[:first_step] + new.get(key, []) for key in HISTORY_KEYS}
 
 
 def stopped_message(done: int | None, total: int, checkpoint: str | None) -> str:
@@ -185,7 +219,8 @@ class LiveReport:
         "reward": [...]}``, step 1 first), from the checkpoint's files: a resumed run's chart
         starts with them."""
         name = os.path.basename(checkpoint) if checkpoint else None
-        self.emit("start", step=step, total=total, checkpoint=name, history=dict(history or {}))
+        series = {k: [None if v != v else v for v in vals] for k, vals in (history or {}).items()}
+        self.emit("start", step=step, total=total, checkpoint=name, history=series)
 
     def end(
         self,

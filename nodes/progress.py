@@ -16,7 +16,7 @@ from comfy_execution.utils import get_executing_context
 from PIL import Image
 
 from ..srpo_core.training import StepMetrics, TrainResult
-from .live import LiveReport
+from .live import HISTORY_KEYS, History, LiveReport, empty_history
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class Progress:
         self.done: int | None = None
         self.first_step: int | None = None
         """0-based index of the first step this run trained (None: none yet)."""
-        self.losses: list[float] = []
-        self.rewards: list[float] = []
+        self.history: History = empty_history()
+        """Per-step loss and rewards of the steps this run trained (the LOSS_MAP series)."""
         self.validation: list[tuple[int, float]] = []
         self.lora_change: float | None = None
         """Largest change of an adapter weight over this run (set by the training session)."""
@@ -82,8 +82,9 @@ class Progress:
     def __call__(self, m: StepMetrics) -> None:
         if self.first_step is None:
             self.first_step = m.step
-        self.losses.append(m.loss)
-        self.rewards.append(m.reward)
+        values = (m.loss, m.reward, m.reward_pos, m.reward_neg)
+        for key, value in zip(HISTORY_KEYS, values, strict=True):
+            self.history[key].append(value)
         self.done = m.step + 1
         preview = None
         if m.preview is not None:
@@ -123,11 +124,11 @@ class Progress:
         else:
             s = check.signals
             log.info(
-                "SRPO guard step %d: reward %+.4f, saturated %.1f%%, distance %.3f: ok",
+                "SRPO guard step %d: reward %+.4f, saturated %.1f%%%s: ok",
                 check.step,
                 s.reward,
                 100 * s.saturation,
-                s.base_distance,
+                distance_text(s.base_distance),
             )
 
     def show_validation(self, step: int, mean_reward: float, images: list[torch.Tensor]) -> None:
@@ -175,6 +176,12 @@ def node_text(text: str) -> None:
         prompt_server.send_progress_text(text, context.node_id)
 
 
+def distance_text(distance: float) -> str:
+    """``", distance from base 0.123"``; empty when not measured (the rollout guard's samples
+    change every step, so it has no fixed base samples)."""
+    return f", distance from base {distance:.3f}" if math.isfinite(distance) else ""
+
+
 def guard_summary(result: TrainResult) -> str:
     """The guard's verdict over a run, as text for the node's output."""
     checks = result.guard_checks
@@ -185,8 +192,7 @@ def guard_summary(result: TrainResult) -> str:
     lines = [
         f"reward-hacking guard: {len(checks) - 1} checks, {len(fired)} fired",
         f"reward {base.reward:+.4f} -> {last.reward:+.4f}; saturated pixels"
-        f" {base.saturation:.1%} -> {last.saturation:.1%}; distance from base"
-        f" {last.base_distance:.3f}",
+        f" {base.saturation:.1%} -> {last.saturation:.1%}{distance_text(last.base_distance)}",
     ]
     lines += [c.message() for c in fired]
     if result.guard_stopped:

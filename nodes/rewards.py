@@ -158,9 +158,12 @@ class SRPOLoadRewardModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, checkpoint: Any) -> bool | str:
-        """Queue-time check (POST /prompt answers 400) of the checkpoint file."""
-        return reward_file_problem(checkpoint) or True
+    def validate_inputs(cls, checkpoint: Any = None, dtype: Any = None) -> bool | str:
+        """Queue-time checks (POST /prompt answers 400) of the checkpoint file and the dtype
+        (ComfyUI 0.3.75 does not check a V3 combo's value at queue time)."""
+        if dtype is not None and dtype not in DTYPES:
+            return f"dtype must be one of {', '.join(DTYPES)}, got {str(dtype)[:40]!r}"
+        return (checkpoint is not None and reward_file_problem(checkpoint)) or True
 
     @classmethod
     def execute(

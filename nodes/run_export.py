@@ -19,6 +19,7 @@ import folder_paths
 from ..srpo_core.distributed.conditioning import save_conditioning
 from ..srpo_core.distributed.runfile import ModelConfig, ParallelConfig, PathsConfig, RunFile, save
 from ..srpo_core.rewards import ControlWordReward
+from .checks import name_problem
 
 RUNS_DIR = "srpo_runs"
 """Sub-folder of ComfyUI's output folder for exported run files."""
@@ -29,6 +30,9 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 def run_dir(name: str) -> Path:
     """``output/srpo_runs/<name>``; the name must be a plain folder name."""
+    problem = name_problem(name, "export_run_file")
+    if problem:
+        raise ValueError(problem)
     if not SAFE_NAME.fullmatch(name) or name.endswith(".."):
         raise ValueError(
             f"export_run_file must be a plain folder name (letters, digits, _ . -), got {name!r}"

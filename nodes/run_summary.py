@@ -3,8 +3,8 @@
 The editor's panel (web/srpo_training.js) draws the live ``srpo.training`` messages while the
 trainer runs; this module builds the ``ui`` entry the trainer returns at the end (ComfyUI keeps it
 in the prompt's history and in the frontend's node outputs, so a reopened tab or a reloaded page
-redraws it) and the message history of a resumed run: the losses and rewards of the steps before
-the resume come from files next to the checkpoint, so the chart shows the whole run.
+redraws it). A resumed run's chart shows the whole run: the losses and rewards of the steps
+before the resume come from the history file next to the checkpoint (:mod:`.live`).
 
 It also says when a run cannot have changed anything: a learning rate at the input's minimum, or
 adapter weights that ended equal to where they started.
@@ -12,7 +12,6 @@ adapter weights that ended equal to where they started.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,37 +20,10 @@ import torch
 
 UI_KEY = "srpo_training"
 """The trainer's ui entry that web/srpo_training.js draws."""
-REWARD_HISTORY_SUFFIX = ".rewards.json"
-"""Next to a checkpoint: the reward of every step trained so far (as .losses.json for losses)."""
 LR_MINIMUM = 1e-8
 """The trainer's learning_rate input minimum (a typed 0 becomes this): no visible training."""
 UNCHANGED_ATOL = 0.0
 """Largest absolute change of any adapter weight that still counts as "did not change"."""
-
-
-def reward_history_path(checkpoint: str) -> str:
-    return f"{checkpoint}{REWARD_HISTORY_SUFFIX}"
-
-
-def load_reward_history(checkpoint: str | None) -> list[float]:
-    """The rewards saved next to ``checkpoint`` (empty without a file or a checkpoint)."""
-    if checkpoint is None or not os.path.isfile(reward_history_path(checkpoint)):
-        return []
-    with open(reward_history_path(checkpoint), encoding="utf-8") as f:
-        values = json.load(f)
-    if not isinstance(values, list):
-        raise ValueError(f"{reward_history_path(checkpoint)} must hold a JSON list of rewards")
-    return [float(v) for v in values]
-
-
-def save_reward_history(checkpoint: str | None, rewards: Sequence[float]) -> None:
-    """Write the rewards next to ``checkpoint`` (nothing without a checkpoint)."""
-    if checkpoint is None:
-        return
-    tmp = f"{reward_history_path(checkpoint)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump([float(v) for v in rewards], f)
-    os.replace(tmp, reward_history_path(checkpoint))
 
 
 def snapshot(parameters: Iterable[torch.Tensor]) -> list[torch.Tensor]:

@@ -67,11 +67,38 @@ class SRPOToyWorldLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, assets_dir: Any = None) -> bool | str:
+        """Queue-time check (POST /prompt answers 400): the folder exists."""
+        return assets_problem(str(assets_dir or "")) or True
+
+    @classmethod
     def execute(cls, assets_dir: str) -> io.NodeOutput:
+        problem = assets_problem(assets_dir)
+        if problem:
+            raise ValueError(problem)
         assets = Path(assets_dir.strip()) if assets_dir.strip() else default_assets_dir()
-        if not assets.is_dir():
-            raise ValueError(f"assets_dir {assets} is not a folder")
         return io.NodeOutput(*load_toyworld(assets))
+
+
+MAX_PATH_CHARS = 4096
+"""Longest assets_dir accepted (Linux PATH_MAX); longer text is no folder anywhere."""
+
+
+def assets_problem(assets_dir: str) -> str | None:
+    """Why ``assets_dir`` cannot be the toy world's folder (None: it can, or it is empty)."""
+    text = assets_dir.strip()
+    if not text:
+        return None
+    if len(text) > MAX_PATH_CHARS or "\x00" in text:
+        return (
+            f"assets_dir is {len(text)} characters long or holds a NUL byte: give the path of a"
+            " folder of toy-world assets (toyworld.json + weights), or leave it empty"
+        )
+    try:
+        is_dir = Path(text).is_dir()
+    except OSError as error:  # e.g. a name over 255 characters
+        return f"assets_dir {text[:80]!r}... cannot be a folder ({error.strerror}); fix the path"
+    return None if is_dir else f"assets_dir {text[:200]} is not a folder"
 
 
 NODES: list[type[io.ComfyNode]] = [SRPOToyWorldLoader]

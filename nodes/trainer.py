@@ -25,6 +25,8 @@ from ..srpo_core.training import (
 from ..srpo_core.training.config import PAIRINGS
 from . import checks, resume
 from .live import (
+    History,
+    discard_run_checkpoint,
     finished_message,
     load_loss_history,
     merged_history,
@@ -38,9 +40,7 @@ from .run_export import RUNS_DIR
 from .run_summary import (
     LR_MINIMUM,
     UI_KEY,
-    load_reward_history,
     run_warnings,
-    save_reward_history,
     ui_entry,
 )
 from .training_run import (
@@ -260,7 +260,11 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the LoRA applied."),
                 io.LoraModel.Output(display_name="lora", tooltip="For Save LoRA Weights."),
-                io.LossMap.Output(display_name="loss", tooltip="For Plot Loss Graph."),
+                io.LossMap.Output(
+                    display_name="loss",
+                    tooltip="For Plot Loss Graph: per step 'loss', and the denoise-branch"
+                    " 'reward' with its 'reward_pos' / 'reward_neg' terms.",
+                ),
                 io.Image.Output(
                     display_name="previews", tooltip="Recovered images during training."
                 ),
@@ -279,10 +283,19 @@ class SRPODirectAlignTrainer(io.ComfyNode):
 
     @classmethod
     def validate_inputs(
-        cls, steps: Any, width: Any, height: Any, checkpoint_name: Any
+        cls,
+        steps: Any = None,
+        width: Any = None,
+        height: Any = None,
+        checkpoint_name: Any = None,
+        export_run_file: Any = None,
     ) -> bool | str:
-        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file."""
-        return resume.queue_problem(steps, width, height, checkpoint_name) or True
+        """Queue-time checks (POST /prompt answers 400): sizes, checkpoint name and file, run
+        file name. A missing input arrives as None: ComfyUI reports it ("Required input is
+        missing") and there is nothing more to check here."""
+        export = str(export_run_file or "").strip()
+        problem = resume.queue_problem(steps, width, height, checkpoint_name)
+        return problem or (export and checks.name_problem(export, "export_run_file")) or True
 
     @classmethod
     def execute(
@@ -292,6 +305,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         validation: ValidationSettings | None = kw.pop("validation", None)
         if not isinstance(reward, ControlWordReward):
             raise ValueError("reward must come from an SRPO Control-Word Reward node")
+        unnamed = not str(kw.get("checkpoint_name") or "").strip()
         export_name = str(kw.pop("export_run_file", "") or "").strip()
         export_only = bool(kw.pop("export_only", False))
         if export_only and not export_name:
@@ -314,16 +328,11 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             )
         progress = Progress(cfg.steps, report)
         previous = load_loss_history(cfg.checkpoint_path)
-        previous_rewards = load_reward_history(cfg.checkpoint_path)
-        report.start(
-            0, cfg.steps, cfg.checkpoint_path, {"loss": previous, "reward": previous_rewards}
-        )
+        report.start(0, cfg.steps, cfg.checkpoint_path, previous)
 
-        def keep_history(checkpoint: str | None) -> list[float]:
-            history = merged_history(previous, progress.first_step, progress.losses)
+        def keep_history(checkpoint: str | None) -> History:
+            history = merged_history(previous, progress.first_step, progress.history)
             save_loss_history(checkpoint, history)
-            rewards = merged_history(previous_rewards, progress.first_step, progress.rewards)
-            save_reward_history(checkpoint, rewards)
             return history
 
         try:
@@ -348,22 +357,26 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             keep_history(cfg.checkpoint_path)
             announce_stop(report, result.steps_done, cfg)
             comfy.model_management.throw_exception_if_processing_interrupted()
-        history = keep_history(result.checkpoint_path)
-        text = finished_message(
-            result.steps_done, cfg.steps, result.resumed_from, result.checkpoint_path
-        )
-        warnings = run_warnings(cfg.lr, progress.lora_change, len(progress.losses))
+        history = merged_history(previous, progress.first_step, progress.history)
+        kept = result.checkpoint_path
+        if unnamed:  # a default name only makes Cancel resumable: done, it goes
+            for path in discard_run_checkpoint(kept):
+                log.info("SRPO: removed %s (finished run without a checkpoint_name)", path)
+            kept = None
+        save_loss_history(kept, history)
+        text = finished_message(result.steps_done, cfg.steps, result.resumed_from, kept)
+        warnings = run_warnings(cfg.lr, progress.lora_change, len(progress.history["loss"]))
         for warning in warnings:
             log.warning("SRPO warning: %s", warning)
             text += f" WARNING: {warning}."
         log.info(text)
-        report.end("done", result.steps_done, cfg.steps, text, result.checkpoint_path, warnings)
+        report.end("done", result.steps_done, cfg.steps, text, kept, warnings)
         summary = ui_entry(
-            history,
-            merged_history(previous_rewards, progress.first_step, progress.rewards),
+            history["loss"],
+            history["reward"],
             cfg.steps,
             text,
-            result.checkpoint_path,
+            kept,
             warnings,
             progress.validation,
         )
@@ -371,7 +384,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
         return io.NodeOutput(
             mp,
             lora,
-            {"loss": history},
+            history,
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),

@@ -157,7 +157,7 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         batch_size=kw["batch_size"],
         grad_accum=kw["grad_accum"],
         micro_batch=kw["micro_batch"],
-        micro_steps=kw["micro_steps"],
+        micro_steps=kw["noise_levels"],
         rollout_steps=kw["rollout_steps"],
         shift=flow_shift(model),
         interval=interval,

@@ -14,7 +14,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..srpo_core.inplace_blocks import BLOCK_MODES
-from ..srpo_core.schedules import DENOISE_K, TrainingInterval
+from ..srpo_core.schedules import DENOISE_K, MAX_STABLE_SIGMA, TrainingInterval
 from ..srpo_core.training import MemoryConfig, TrainConfig
 from ..srpo_core.training.memory import (
     LORA_FORMS,
@@ -47,7 +47,7 @@ class TrainingSettings:
     micro_batch: int = field(
         default=default_of(TrainConfig, "micro_batch"), metadata=_help(TrainConfig, "micro_batch")
     )
-    micro_steps: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
+    noise_levels: int = field(default=1, metadata=_help(TrainConfig, "micro_steps"))
     rollout_steps: int = field(
         default=default_of(TrainConfig, "rollout_steps"),
         metadata=_help(TrainConfig, "rollout_steps"),
@@ -134,7 +134,7 @@ class TrainingSettings:
 MAX_GRAD_ACCUM = 256
 MAX_MICRO_BATCH = 64
 """The trainer's largest batch_size."""
-MAX_MICRO_STEPS = 16
+MAX_NOISE_LEVELS = 16
 MAX_ROLLOUT_STEPS = 200
 MAX_GUIDANCE = 100.0
 MAX_CHECKPOINT_EVERY = 100000
@@ -165,10 +165,10 @@ def settings_inputs() -> list[Any]:
         choice("algorithm", ADAPTER_ALGORITHMS),
         integer("grad_accum", 1, MAX_GRAD_ACCUM),
         integer("micro_batch", 0, MAX_MICRO_BATCH),
-        integer("micro_steps", 1, MAX_MICRO_STEPS),
+        integer("noise_levels", 1, MAX_NOISE_LEVELS),
         integer("rollout_steps", 1, MAX_ROLLOUT_STEPS),
         number("guidance", 0.0, MAX_GUIDANCE, step=0.1),
-        number("sigma_max", 0.01, 0.999),
+        number("sigma_max", 0.01, MAX_STABLE_SIGMA),
         number("sigma_min", 0.001, 0.99),
         number("gt_ratio", 0.0, 0.99),
         number("k_early", 0.0, K_MAX),

@@ -15,6 +15,11 @@ from torch import Tensor
 DEFAULT_SHIFT = 3.0
 """SD3-style timestep shift of the reference training schedule."""
 DEFAULT_SIGMA_MAX = 0.95
+MAX_STABLE_SIGMA = 0.99
+"""Highest sigma_max accepted. The inversion branch recovers ``x0_hat = (x_hi - sigma_hi eps) /
+(1 - sigma_hi)``, so the model term is amplified by ``1 / (1 - sigma_hi)``: 20 at the default
+0.95, 100 at 0.99, 1000 at 0.999 (where one step's bf16 rounding of the velocity decides the
+recovered image)."""
 """Early (noisy) end of the default training interval."""
 DEFAULT_SIGMA_MIN = 0.75
 """Late end of the default training interval (late-only intervals cause reward hacking)."""
@@ -76,7 +81,10 @@ class TrainingInterval:
 
     sigma_max: float = field(
         default=DEFAULT_SIGMA_MAX,
-        metadata={"help": "Noisiest sigma trained (early end). The paper trains early timesteps."},
+        metadata={
+            "help": "Noisiest sigma trained (early end; at most 0.99: the inversion recovery"
+            " divides by 1 - sigma). The paper trains early timesteps."
+        },
     )
     sigma_min: float = field(
         default=DEFAULT_SIGMA_MIN,
@@ -96,6 +104,12 @@ class TrainingInterval:
             raise ValueError(
                 "training interval needs 0 < sigma_min < sigma_max < 1, got "
                 f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}"
+            )
+        if self.sigma_max > MAX_STABLE_SIGMA:
+            raise ValueError(
+                f"sigma_max {self.sigma_max} is above {MAX_STABLE_SIGMA}: the inversion branch's"
+                f" recovery divides by 1 - sigma, which multiplies the model's term by"
+                f" {1 / (1 - self.sigma_max):.0f} there; use sigma_max <= {MAX_STABLE_SIGMA}"
             )
         model_span(self.sigma_max, self.sigma_min, self.gt_ratio)  # validates gt_ratio
 

@@ -94,6 +94,31 @@ def comfy(
         for line in import_problems(server.log_text()):
             summarize(pytestconfig, f"import problem: {line.strip()}")
         yield server
+        unsafe = unsafe_torch_loads(server.log_text())
+        summarize(
+            pytestconfig, f"torch.load calls from the pack: {len(unsafe)} without weights_only"
+        )
+    if unsafe:
+        pytest.fail(f"torch.load without weights_only=True in the test server: {unsafe}")
+
+
+TORCH_LOAD_MARK = "SRPO_TEST_TORCH_LOAD"
+"""What tests/comfy_test_nodes' torch.load wrapper prints for each call from the pack."""
+
+
+def unsafe_torch_loads(log: str) -> list[str]:
+    """The pack's torch.load calls without weights_only=True that the test server recorded
+    (``<mark> UNSAFE <file>:<line>``); raises if the wrapper was never installed."""
+    lines = [
+        line.split(TORCH_LOAD_MARK, 1)[1].split()
+        for line in log.splitlines()
+        if TORCH_LOAD_MARK in line
+    ]
+    if ["installed"] not in lines:
+        raise RuntimeError(
+            "the test server's torch.load wrapper (tests/comfy_test_nodes) is missing"
+        )
+    return [" ".join(words[1:]) for words in lines if words[:1] == ["UNSAFE"]]
 
 
 @pytest.fixture

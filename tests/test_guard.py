@@ -122,7 +122,7 @@ def brightness(
 PROMPTS = [PromptItem(f"p{i}", torch.zeros(1, 1)) for i in range(2)]
 
 
-def guarded(lr: float, action: str = "warn") -> TrainConfig:
+def guarded(lr: float, action: str = "warn", source: str = "rollout") -> TrainConfig:
     return TrainConfig(
         steps=40,
         lr=lr,
@@ -131,7 +131,7 @@ def guarded(lr: float, action: str = "warn") -> TrainConfig:
         latent_shape=LATENT,
         threshold=None,
         max_grad_norm=1e3,
-        guard=GuardConfig(action=action, every=4, samples=4),
+        guard=GuardConfig(action=action, source=source, every=4, samples=4),
     )
 
 
@@ -140,8 +140,9 @@ def run(cfg: TrainConfig, model: BiasVelocity | None = None) -> tuple[BiasVeloci
     return model, train(cfg, model, decode, brightness, list(model.parameters()), PROMPTS)
 
 
-def test_guard_fires_when_the_reward_is_hacked_and_stays_quiet_when_gentle() -> None:
-    _, hacked = run(guarded(0.2))
+@pytest.mark.parametrize("source", ["rollout", "fixed"])
+def test_guard_fires_when_the_reward_is_hacked_and_stays_quiet_when_gentle(source: str) -> None:
+    _, hacked = run(guarded(0.2, source=source))
     checks = hacked.guard_checks
     fired = [c for c in checks if c.fired]
     assert fired and checks[-1].signals.saturation > 0.5  # it really washed out
@@ -149,13 +150,14 @@ def test_guard_fires_when_the_reward_is_hacked_and_stays_quiet_when_gentle() -> 
     assert first.signals.saturation < 0.02, "fires before the images wash out"
     assert first.signals.reward > checks[0].signals.reward
 
-    _, gentle = run(guarded(2e-3))
+    _, gentle = run(guarded(2e-3, source=source))
     assert gentle.guard_checks[-1].signals.reward > gentle.guard_checks[0].signals.reward
     assert not any(c.fired for c in gentle.guard_checks)
 
 
-def test_guard_stop_keeps_the_best_state_before_it_fired() -> None:
-    model, result = run(guarded(0.2, "stop"))
+@pytest.mark.parametrize("source", ["rollout", "fixed"])
+def test_guard_stop_keeps_the_best_state_before_it_fired(source: str) -> None:
+    model, result = run(guarded(0.2, "stop", source))
     assert result.guard_stopped and not result.interrupted
     fired = [c for c in result.guard_checks if c.fired]
     assert len(fired) == 1  # training ended at the first firing check
@@ -163,5 +165,29 @@ def test_guard_stop_keeps_the_best_state_before_it_fired() -> None:
     best = max(clean, key=lambda c: c.signals.reward)
     assert result.steps_done == best.step < fired[0].step
     # the restored model is the one a run of exactly best.step steps ends with
-    replay, _ = run(dataclasses.replace(guarded(0.2), steps=best.step))
+    replay, _ = run(dataclasses.replace(guarded(0.2, source=source), steps=best.step))
     assert torch.equal(model.c, replay.c)
+
+
+def test_rollout_window_pools_batches_by_size_and_skips_unknown_values() -> None:
+    """pool(): batch-size-weighted means; reward and diversity only over the batches that have
+    one (NaN reward: a step without a denoise micro-step; NaN diversity: a single image)."""
+    import math
+
+    from srpo_core.training.guard import Observation, pool
+
+    def signals(reward: float, saturation: float, diversity: float) -> GuardSignals:
+        return GuardSignals(reward, saturation, 0.5, 0.1, diversity, math.nan)
+
+    pooled = pool(
+        [
+            Observation(1, 2, signals(0.2, 0.01, 0.4)),
+            Observation(2, 1, signals(math.nan, 0.04, math.nan)),
+            Observation(3, 1, signals(0.5, 0.0, 0.2)),
+        ]
+    )
+    assert pooled.saturation == pytest.approx((2 * 0.01 + 0.04 + 0.0) / 4)
+    assert pooled.reward == pytest.approx((2 * 0.2 + 0.5) / 3)
+    assert pooled.diversity == pytest.approx((0.4 + 0.2) / 2)
+    assert math.isnan(pooled.base_distance)
+    assert math.isnan(pool([Observation(1, 1, signals(math.nan, 0.0, math.nan))]).reward)

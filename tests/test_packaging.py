@@ -113,3 +113,17 @@ def test_every_workflow_has_a_templates_thumbnail() -> None:
     for name in names:
         with Image.open(REPO_ROOT / "workflows" / f"{name}.jpg") as thumbnail:
             assert thumbnail.format == "JPEG" and thumbnail.width >= 320, name
+
+
+def test_editor_extensions_register_under_the_pack_id() -> None:
+    """Every ``app.registerExtension({name: ...})`` in web/ is named ``<pack id>.<something>``
+    (the registry name from pyproject.toml), so no other pack can take the same name."""
+    pack_id = pyproject()["project"]["name"]
+    names = []
+    for script in sorted((REPO_ROOT / "web").glob("*.js")):
+        text = script.read_text(encoding="utf-8")
+        block = re.findall(r"registerExtension\(\{\s*name:\s*\"([^\"]+)\"", text)
+        names += block
+    assert names, "no registerExtension calls found in web/*.js"
+    assert all(name.startswith(f"{pack_id}.") for name in names), names
+    assert len(set(names)) == len(names), names

@@ -80,9 +80,50 @@ def test_hostile_pickles_never_run(
     assert marker.exists()
 
 
+TORCH_MODULES = frozenset({"torch", "torch.serialization", "serialization"})
+"""Names (dotted) under which torch's ``load`` may be reached."""
+
+
+def dotted(node: ast.AST) -> str | None:
+    """``a.b.c`` of a Name/Attribute chain (None for anything else)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def is_torch_load(node: ast.AST) -> bool:
+    """``torch.load``, ``torch.serialization.load`` or ``getattr(torch, "load")``."""
+    name = dotted(node)
+    if name is not None:
+        return name.rsplit(".", 1)[-1] == "load" and name.rsplit(".", 1)[0] in TORCH_MODULES
+    return (
+        isinstance(node, ast.Call)
+        and dotted(node.func) == "getattr"
+        and len(node.args) >= 2
+        and dotted(node.args[0]) in TORCH_MODULES
+        and isinstance(node.args[1], ast.Constant)
+        and node.args[1].value == "load"
+    )
+
+
+def weights_only_true(call: ast.Call) -> bool:
+    return any(
+        k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+        for k in call.keywords
+    )
+
+
 def unsafe_calls(tree: ast.AST) -> list[str]:
-    """torch.load without weights_only=True, pickle loading, eval/exec, in one module."""
+    """torch.load without weights_only=True (also through getattr or ``from torch import
+    load``, or taken as a value), pickle loading, eval/exec, in one module."""
     found = []
+    called_safely: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and is_torch_load(node.func) and weights_only_true(node):
+            called_safely.add(id(node.func))
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Attribute)
@@ -91,27 +132,19 @@ def unsafe_calls(tree: ast.AST) -> list[str]:
             and node.attr in {"load", "loads", "Unpickler"}
         ):
             found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module in TORCH_MODULES
+            and any(alias.name == "load" for alias in node.names)
+        ):
+            found.append(f"line {node.lineno}: from {node.module} import load")
+        if is_torch_load(node) and id(node) not in called_safely:
+            found.append(f"line {node.lineno}: torch.load without weights_only=True")
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         if isinstance(func, ast.Name) and func.id in {"eval", "exec", "compile", "__import__"}:
             found.append(f"line {node.lineno}: {func.id}()")
-        is_torch_load = (
-            isinstance(func, ast.Attribute)
-            and func.attr == "load"
-            and isinstance(func.value, ast.Name)
-            and func.value.id == "torch"
-        )
-        if is_torch_load:
-            safe = [
-                k
-                for k in node.keywords
-                if k.arg == "weights_only"
-                and isinstance(k.value, ast.Constant)
-                and k.value.value is True
-            ]
-            if not safe:
-                found.append(f"line {node.lineno}: torch.load without weights_only=True")
     return found
 
 
@@ -119,8 +152,15 @@ def test_scanner_catches_each_unsafe_form() -> None:
     source = (
         "import torch, pickle\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
         "pickle.loads(b)\neval('1')\nexec('x=1')\ntorch.load(p, weights_only=True)\n"
+        'getattr(torch, "load")(p, weights_only=False)\ngetattr(torch, "load")(p)\n'
+        "f = torch.load\nfrom torch import load\ntorch.serialization.load(p)\n"
+        'getattr(torch, "load")(p, weights_only=True)\n'
+        "torch.serialization.load(p, weights_only=True)\n"
     )
-    assert len(unsafe_calls(ast.parse(source))) == 5
+    lines = sorted(
+        int(f.split(":")[0].removeprefix("line ")) for f in unsafe_calls(ast.parse(source))
+    )
+    assert lines == [2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
 
 
 def test_pack_source_loads_no_pickle_and_runs_no_eval() -> None:

@@ -78,3 +78,25 @@ def test_aggregate_rewards_is_discounted_mean() -> None:
     )
     with pytest.raises(ValueError, match="expected rewards"):
         aggregate_rewards(r, torch.ones(3))
+
+
+def test_sigma_max_is_bounded_where_the_inversion_recovery_stays_stable() -> None:
+    """The inversion recovery divides by 1 - sigma_hi: 0.999 (x1000) is refused with the reason,
+    the bound itself (0.99, x100) is accepted (issue 19.6)."""
+    from srpo_core.schedules import MAX_STABLE_SIGMA
+
+    assert TrainingInterval(sigma_max=MAX_STABLE_SIGMA).sigma_max == MAX_STABLE_SIGMA
+    with pytest.raises(ValueError, match=r"divides by 1 - sigma.*1000.*sigma_max <= 0.99"):
+        TrainingInterval(sigma_max=0.999)
+
+
+def test_threshold_help_says_it_does_not_bind_for_difference_rewards() -> None:
+    """The ReFL threshold's help (the node's tooltip) says 0.7 never binds for srp/cfg."""
+    import dataclasses
+
+    from srpo_core.training import TrainConfig
+
+    help_text = next(
+        f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == "threshold"
+    )
+    assert "srp and cfg" in help_text and "never binds" in help_text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,28 @@ def test_interrupt_in_the_guard_check_keeps_and_reports_the_finished_step(
     assert seen == [0, 1]
 
 
+def test_a_guard_check_cut_short_runs_when_the_run_resumes(tmp_path: Path) -> None:
+    """Interrupted inside the check after step 2, the resumed run owes that check: it runs it
+    first, so it reports the same checks as an uninterrupted run."""
+    guard = GuardConfig(enabled=True, every=2, samples=2)
+    whole = _trainer(config(steps=4, guard=guard), TinyVelocity()).run()
+    cfg = config(steps=4, guard=guard, checkpoint_path=str(tmp_path / "p.pt"))
+    first = _trainer(cfg, TinyVelocity())
+    real_check = first._guard_step
+
+    def guard_step(metrics: StepMetrics) -> StepMetrics:
+        if first.step == 2:
+            raise Interrupted
+        return real_check(metrics)
+
+    first._guard_step = guard_step  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        first.run(interrupts=(Interrupted,))
+    resumed = _trainer(cfg, TinyVelocity(seed=99)).run()
+    assert [c.step for c in resumed.guard_checks] == [0, 2, 4]
+    assert repr(resumed.guard_checks) == repr(whole.guard_checks)  # NaN distance: by repr
+
+
 def test_resume_with_other_config_names_the_difference(tmp_path: Path) -> None:
     path = str(tmp_path / "ck.pt")
     run(config(steps=2, checkpoint_path=path))
@@ -501,3 +524,72 @@ def test_rollout_context_wraps_each_online_rollout() -> None:
         rollout_context=rollout,
     )
     assert len(entered) == 6, "offline batches have no rollout"
+
+
+class RelativeBrightness:
+    """A difference reward shaped like srp: pos = mean brightness, neg = mean red channel;
+    ``total = pos - neg`` on the denoise branch and ``neg - pos`` (words swapped) on the
+    inversion branch, as the control-word reward does."""
+
+    def __call__(
+        self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
+    ) -> RewardTerms:
+        pos, neg = images.mean(dim=(1, 2, 3)), images[:, 0].mean(dim=(1, 2))
+        total = pos - neg if branch == "denoise" else neg - pos
+        return RewardTerms(total=total, positive=pos, negative=neg)
+
+
+@pytest.mark.parametrize(
+    "reg",
+    [
+        RegularizerConfig(enabled=False),
+        RegularizerConfig(enabled=True, weight=0.5),
+        RegularizerConfig(enabled=True, weight=0.5, pairing="random", share=0.5),
+    ],
+    ids=["no-regulariser", "paired", "random"],
+)
+def test_reported_reward_is_the_denoise_score_recomputed_from_pos_and_neg(
+    reg: RegularizerConfig,
+) -> None:
+    """reward == pos - neg for every step (float32 means of (B,) values: |error| <= 1e-6), and it
+    does not cancel with the regulariser on (issue 19.1: the inversion branch's swapped score
+    used to be averaged in). A step with no denoise micro-step reports NaN for all three."""
+    _, result = run(config(steps=4, regularizer=reg), reward=RelativeBrightness())
+    finite = [m for m in result.history if math.isfinite(m.reward)]
+    assert finite
+    for m in result.history:
+        if math.isfinite(m.reward):
+            assert abs(m.reward - (m.reward_pos - m.reward_neg)) <= 1e-6
+        else:
+            assert math.isnan(m.reward_pos) and math.isnan(m.reward_neg)
+
+
+@pytest.mark.parametrize("action", ["warn", "stop"])
+def test_guard_keeps_its_baseline_and_best_state_across_a_resume(
+    tmp_path: Path, action: str
+) -> None:
+    """Stopped after step 3 and resumed, the guard reports the same checks (count, baseline,
+    every signal, bit-identical) as an uninterrupted run, and "stop" keeps the same best state
+    (issue 19.2: the resumed run used to take a new baseline from the already trained model)."""
+    guard = GuardConfig(enabled=True, action=action, every=2, samples=2)
+    full = _trainer(
+        config(steps=6, guard=guard, checkpoint_path=str(tmp_path / "a.pt")), TinyVelocity()
+    )
+    whole = full.run()
+
+    cfg = config(steps=6, guard=guard, checkpoint_path=str(tmp_path / "b.pt"))
+    done: list[int] = []
+    first = _trainer(cfg, TinyVelocity())
+    first.run(callback=lambda m: done.append(m.step), should_stop=lambda: len(done) >= 3)
+    second = _trainer(cfg, TinyVelocity(seed=99))
+    resumed = second.run()
+    assert resumed.resumed_from == 3
+    assert repr(resumed.guard_checks) == repr(whole.guard_checks)  # NaN distance: by repr
+    assert len(whole.guard_checks) == 4  # baseline + steps 2, 4, 6
+    assert resumed.guard_stopped == whole.guard_stopped
+    assert resumed.steps_done == whole.steps_done
+    assert all_equal(full.params, second.params)
+    if action == "stop":
+        assert full.best is not None and second.best is not None
+        assert full.best[0] == second.best[0]
+        assert all_equal(full.best[1].params, second.best[1].params)

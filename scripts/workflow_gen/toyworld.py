@@ -38,7 +38,7 @@ shapes wash out to white) and the guard fires at step 5-10; 5e-4 left 1.6 % of t
 saturated in one run; 3e-4 raised the mean brightness of the before/after samples from 0.45 to
 0.70 with 0.1 % saturated (docs/FIDELITY.md has spreads over training seeds)."""
 SETTINGS = {
-    "micro_steps": 1,
+    "noise_levels": 1,
     "rollout_steps": 8,
     "guidance": 1.0,
     "threshold": 0.7,

@@ -50,6 +50,9 @@ class TrainingState:
     rng: dict[str, Any]
     config_hash: str
     config_json: str
+    guard: dict[str, Any] | None = None
+    """The reward-hacking guard's baseline, checks and best state (``SRPOTrainer.guard_state``);
+    None without a guard (and in checkpoints written before it was kept)."""
 
 
 def capture_rng(generator: torch.Generator) -> dict[str, Any]:
@@ -115,7 +118,17 @@ def make_state(
 
 
 def _to_payload(state: TrainingState) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, **state.__dict__}
+    return {"format_version": FORMAT_VERSION, **state_fields(state)}
+
+
+def state_fields(state: TrainingState) -> dict[str, Any]:
+    """The state as a plain dict (weights_only-safe: tensors, numbers, strings, containers)."""
+    return dict(state.__dict__)
+
+
+def state_from_fields(fields: dict[str, Any]) -> TrainingState:
+    """Inverse of :func:`state_fields`."""
+    return TrainingState(**fields)
 
 
 def _write_payload(payload: dict[str, Any], f: IO[bytes]) -> None:

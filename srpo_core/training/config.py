@@ -89,7 +89,7 @@ class RegularizerConfig:
         metadata=_help(
             "pairing='random' only: fraction of micro-steps on the inversion branch, in (0, 1);"
             " per batch floor(share * n) plus one more with probability frac(share * n), so"
-            " with micro_steps=1 a whole update can be inversion-only."
+            " with one noise level (noise_levels=1) a whole update can be inversion-only."
         ),
     )
     k_inversion: tuple[float, float] = field(
@@ -141,7 +141,8 @@ class TrainConfig:
     micro_steps: int = field(
         default=1,
         metadata=_help(
-            "Noise levels K per clean sample (the paper's reward aggregation): noise is injected"
+            "Noise levels K per clean sample (the node input noise_levels; the paper's reward"
+            " aggregation): noise is injected"
             " K times into the same sample, each recovery is decoded, rewarded, weighted by the"
             " discount lambda(sigma) and back-propagated; gradients accumulate. With the"
             " regulariser paired, each level also trains one inversion micro-step."
@@ -184,7 +185,12 @@ class TrainConfig:
     threshold: float | None = field(
         default=DEFAULT_THRESHOLD,
         metadata=_help(
-            "ReFL threshold: loss = relu(threshold - reward); None trains plain -reward."
+            "ReFL threshold: loss = relu(threshold - reward); None trains plain -reward. It"
+            " stops pushing a sample once its reward exceeds the threshold, on the reward's"
+            " own scale: 0.7 binds for an absolute HPS-like score (sgp), but srp and cfg"
+            " rewards are differences of cosines (about +-0.1), so 0.7 never binds there and"
+            " the loss is plain -reward; set it near the reward values your run logs to cap"
+            " them."
         ),
     )
     max_grad_norm: float = field(
@@ -213,7 +219,8 @@ class TrainConfig:
     guard: GuardConfig = field(
         default_factory=GuardConfig,
         metadata=_help(
-            "Reward-hacking guard: image signals on fixed-seed samples the reward cannot fake.",
+            "Reward-hacking guard: image signals the reward cannot fake, on the rollout's"
+            " samples (or fixed-seed ones).",
             hashed=False,
         ),
     )

@@ -1,10 +1,21 @@
 """Reward-hacking guard: watch signals the reward cannot fake while the reward rises.
 
-Every ``every`` steps the loop samples a fixed set of images (fixed noise, fixed prompts) with the
-current model, scores them with the training reward (first control-word pair, k = 0) and measures
-the :mod:`srpo_core.image_signals` on them. The first such check, before any update, is the
-baseline. A check *fires* when the reward is at or above its baseline (it climbs or stalls) while
-at least one signal has drifted beyond its threshold:
+What it measures (``source``):
+
+- "rollout": the samples the training rollout already draws every step (the current
+  policy's images, what a user would sample), decoded without grad; the reward is the step's
+  own denoise-branch training reward (no extra reward pass). Each step's batch is measured when
+  it is drawn; a check pools the ``every`` steps since the previous one, the baseline is step
+  0's batch (the base model, before any update). Cost: one no-grad decode per sample, no extra
+  rollout. Its samples change every step, so there is no distance from fixed base samples.
+- "fixed" (default): every ``every`` steps a fixed set of ``samples`` images (fixed noise, the
+  first prompts) is drawn with its own no-grad rollout; the first, before any update, is the
+  baseline. Always used for offline training (no rollout to reuse). It stays the default
+  because "rollout", measured on the fidelity bench (docs/FIDELITY.md), warned on the shipped
+  toy run in 2 of 2 seeds (its step-0 baseline is one batch).
+
+A check *fires* when the reward is at or above its baseline (it climbs or stalls) while at least
+one signal has drifted beyond its threshold:
 
 - saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels);
 - colourfulness: ``1 - C / C_base > max_colour_loss`` (colour drained);
@@ -23,12 +34,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from torch import Tensor
 
 from .. import image_signals as sig
 
+GUARD_SOURCES = ("rollout", "fixed")
+"""rollout: the training rollout's own samples; fixed: an extra fixed-seed rollout per check."""
 GUARD_ACTIONS = ("warn", "stop")
 """warn: log and report only; stop: end training and keep the best state seen before it fired."""
 DEFAULT_GUARD_EVERY = 5
@@ -61,6 +75,14 @@ class GuardConfig:
             " state (highest guard reward among checks that did not fire)."
         ),
     )
+    source: str = field(
+        default="fixed",
+        metadata=_help(
+            "'rollout': measure the samples the training rollout draws anyway (no extra"
+            " sampling); 'fixed': an extra fixed-seed rollout of `samples` images per check"
+            " (offline training always uses it)."
+        ),
+    )
     every: int = field(default=DEFAULT_GUARD_EVERY, metadata=_help("Check every N steps."))
     samples: int = field(
         default=DEFAULT_GUARD_SAMPLES,
@@ -89,6 +111,8 @@ class GuardConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.source not in GUARD_SOURCES:
+            raise ValueError(f"guard source must be one of {GUARD_SOURCES}, got {self.source!r}")
         if self.action not in GUARD_ACTIONS:
             raise ValueError(f"guard action must be one of {GUARD_ACTIONS}, got {self.action!r}")
         if self.every < 1 or self.samples < 2:
@@ -131,6 +155,49 @@ def measure(images: Tensor, base: Tensor, reward: Tensor) -> GuardSignals:
     )
 
 
+def measure_batch(images: Tensor) -> GuardSignals:
+    """Signals of a batch of images (N, 3, H, W) with no base samples to compare with (distance
+    NaN; diversity NaN for a single image; reward NaN until :meth:`HackingGuard.record_reward`)."""
+    return GuardSignals(
+        reward=math.nan,
+        saturation=float(sig.saturated_fraction(images).mean()),
+        colourfulness=float(sig.colourfulness(images).mean()),
+        hf_energy=float(sig.high_frequency_energy(images).mean()),
+        diversity=float(sig.diversity(images)) if len(images) > 1 else math.nan,
+        base_distance=math.nan,
+    )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One batch the rollout drew: its step (0-based), size and signals."""
+
+    step: int
+    count: int
+    signals: GuardSignals
+
+
+def pool(observations: list[Observation]) -> GuardSignals:
+    """Signals of several batches: means weighted by batch size (diversity and reward: over the
+    batches that have one; NaN when none)."""
+    total = sum(o.count for o in observations)
+
+    def mean(name: str) -> float:
+        return sum(o.count * getattr(o.signals, name) for o in observations) / total
+
+    diversities = [o.signals.diversity for o in observations if math.isfinite(o.signals.diversity)]
+    rewarded = [o for o in observations if math.isfinite(o.signals.reward)]
+    weight = sum(o.count for o in rewarded)
+    return GuardSignals(
+        reward=sum(o.count * o.signals.reward for o in rewarded) / weight if weight else math.nan,
+        saturation=mean("saturation"),
+        colourfulness=mean("colourfulness"),
+        hf_energy=mean("hf_energy"),
+        diversity=sum(diversities) / len(diversities) if diversities else math.nan,
+        base_distance=math.nan,
+    )
+
+
 def _ratio(now: float, base: float) -> float:
     """``now / base`` (with a tiny floor on base)."""
     return now / max(base, TINY)
@@ -163,6 +230,27 @@ class GuardCheck:
     reasons: tuple[str, ...] = ()
     fired: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        """weights_only-safe form (numbers, strings, lists) for the trainer checkpoint."""
+        return {
+            "step": self.step,
+            "signals": asdict(self.signals),
+            "base": asdict(self.base),
+            "reasons": list(self.reasons),
+            "fired": self.fired,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardCheck:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            int(data["step"]),
+            GuardSignals(**data["signals"]),
+            GuardSignals(**data["base"]),
+            tuple(data["reasons"]),
+            bool(data["fired"]),
+        )
+
     def message(self) -> str:
         """One log line: what drifted and how the reward moved."""
         base = self.base
@@ -178,16 +266,59 @@ Sampler = Callable[[], tuple[Tensor, Tensor]]
 
 
 class HackingGuard:
-    """Runs the checks; ``sample`` draws the fixed-seed images with the current model."""
+    """Runs the checks. ``sample`` draws the fixed-seed images with the current model ("fixed");
+    None: the loop hands over the rollout's samples through :meth:`observe` ("rollout")."""
 
-    def __init__(self, config: GuardConfig, sample: Sampler) -> None:
+    def __init__(self, config: GuardConfig, sample: Sampler | None) -> None:
         self.config, self.sample = config, sample
         self.base_images: Tensor | None = None
         self.base: GuardSignals | None = None
         self.checks: list[GuardCheck] = []
+        self.observed: dict[int, list[Observation]] = {}
+
+    @property
+    def observes(self) -> bool:
+        """True when the guard measures the training rollout's samples."""
+        return self.sample is None
+
+    def begin_step(self, step: int) -> None:
+        """A step starts (again, after an interrupt rewound it): forget what it observed."""
+        self.observed.pop(step, None)
+
+    def observe(self, step: int, images: Tensor) -> bool:
+        """Measure one batch the rollout drew at ``step`` (images (N, 3, H, W) in [0, 1]).
+        Step 0's batches are the baseline: True when this batch started it (the first of
+        step 0 of a run without one)."""
+        made = self.base is None and step == 0 and not self.observed.get(0)
+        observation = Observation(step, len(images), measure_batch(images))
+        self.observed.setdefault(step, []).append(observation)
+        if step == 0:
+            self._rebase()
+        return made
+
+    def record_reward(self, step: int, reward: float) -> None:
+        """The step's training reward (its denoise-branch mean, NaN without one) for the batches
+        observed at ``step``."""
+        self.observed[step] = [
+            replace(o, signals=replace(o.signals, reward=reward))
+            for o in self.observed.get(step, [])
+        ]
+        if step == 0:
+            self._rebase()
+
+    def _rebase(self) -> None:
+        """The baseline from what step 0 observed so far (its first check, at step 0)."""
+        self.base = pool(self.observed[0])
+        check = GuardCheck(0, self.base, self.base)
+        if self.checks and self.checks[0].step == 0:
+            self.checks[0] = check
+        else:
+            self.checks.insert(0, check)
 
     def baseline(self, step: int) -> GuardCheck:
-        """Sample with the model as it is now; later checks compare against this."""
+        """Sample with the model as it is now; later checks compare against this ("fixed")."""
+        if self.sample is None:
+            raise RuntimeError("HackingGuard.baseline needs a sampler (source 'fixed')")
         images, reward = self.sample()
         self.base_images = images
         self.base = measure(images, images, reward)
@@ -199,14 +330,59 @@ class HackingGuard:
         """True after every ``every``-th step (``step`` = steps done)."""
         return step > 0 and step % self.config.every == 0
 
+    def pending(self, step: int) -> bool:
+        """A check due at ``step`` that has not run (a run interrupted inside it, resumed)."""
+        return self.due(step) and bool(self.checks) and self.checks[-1].step < step
+
+    def state(self) -> dict[str, Any] | None:
+        """The baseline, every check so far and the rollout batches not yet checked, for the
+        trainer checkpoint (None before the baseline): a resumed run compares with the base
+        model's samples, not its own start."""
+        if self.base is None:
+            return None
+        observed = [
+            [o.step, o.count, asdict(o.signals)] for batch in self.observed.values() for o in batch
+        ]
+        return {
+            "base_images": self.base_images,
+            "checks": [c.to_dict() for c in self.checks],
+            "observed": observed,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state` (the baseline is its first check)."""
+        self.base_images = state["base_images"]
+        self.checks = [GuardCheck.from_dict(c) for c in state["checks"]]
+        self.base = self.checks[0].signals
+        self.observed = {}
+        for step, count, signals in state.get("observed", []):
+            observation = Observation(int(step), int(count), GuardSignals(**signals))
+            self.observed.setdefault(observation.step, []).append(observation)
+
     def check(self, step: int) -> GuardCheck:
-        """Sample, measure, compare with the baseline."""
-        if self.base is None or self.base_images is None:
+        """Measure (sample, or pool the rollout batches since the last check), compare with the
+        baseline."""
+        if self.base is None:
             raise RuntimeError("HackingGuard.check before baseline")
-        images, reward = self.sample()
-        signals = measure(images, self.base_images, reward)
+        signals = self._window(step) if self.sample is None else self._sampled()
         reasons = tuple(drift_reasons(signals, self.base, self.config))
-        fired = bool(reasons) and signals.reward >= self.base.reward
+        fired = bool(reasons) and not signals.reward < self.base.reward  # NaN: unknown, fire
         check = GuardCheck(step, signals, self.base, reasons, fired)
         self.checks.append(check)
         return check
+
+    def _sampled(self) -> GuardSignals:
+        if self.sample is None or self.base_images is None:
+            raise RuntimeError("HackingGuard: no fixed-seed baseline")
+        images, reward = self.sample()
+        return measure(images, self.base_images, reward)
+
+    def _window(self, step: int) -> GuardSignals:
+        """Pooled signals of the batches drawn in the ``every`` steps before ``step`` (steps
+        done); older observations are dropped (step 0's stay: they are the baseline)."""
+        first = step - self.config.every
+        window = [o for s, batch in self.observed.items() if first <= s < step for o in batch]
+        if not window:
+            raise RuntimeError(f"HackingGuard: no rollout samples observed before step {step}")
+        self.observed = {s: b for s, b in self.observed.items() if s == 0 or s >= first}
+        return pool(window)

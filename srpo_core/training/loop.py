@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +34,8 @@ from .checkpoint import (
     restore_state,
     save_checkpoint,
     seed_global_rngs,
+    state_fields,
+    state_from_fields,
 )
 from .config import TrainConfig
 from .data import (
@@ -68,7 +71,10 @@ class TrainingDivergedError(RuntimeError):
 @dataclass(frozen=True)
 class StepMetrics:
     """What one optimiser step reports. ``step`` is its 0-based index (the ``step`` the reward
-    saw); rewards are means over all samples and micro-steps; ``grad_norm`` is the pre-clip norm;
+    saw); ``reward``, ``reward_pos`` and ``reward_neg`` are means over the samples of the step's
+    denoise-branch micro-steps (the reward as configured, e.g. srp: ``pos - neg``; the inversion
+    branch trains the swapped score, which would cancel it), NaN for a step that trained the
+    inversion branch only (random pairing); ``grad_norm`` is the pre-clip norm;
     ``preview`` the first sample's decoded image (3, H, W) in [0, 1] every ``preview_every``."""
 
     step: int
@@ -143,8 +149,12 @@ class SRPOTrainer:
         self.step = 0
         self.consecutive_skips = 0
         guard = config.guard
-        self.guard = HackingGuard(guard, self.guard_samples) if guard.enabled else None
+        fixed = guard.source == "fixed" or config.offline  # offline: no rollout to reuse
+        sampler = self.guard_samples if fixed else None
+        self.guard = HackingGuard(guard, sampler) if guard.enabled else None
         self.best: tuple[float, TrainingState] | None = None
+        self._rng_at_step_start: dict[str, Any] | None = None
+        self._base_state: TrainingState | None = None
 
     # --- run control -------------------------------------------------------------------------
 
@@ -169,9 +179,11 @@ class SRPOTrainer:
             seed_global_rngs(self.config.seed)
         history: list[StepMetrics] = []
         interrupted = guard_stopped = False
-        if self.guard is not None:
+        if self.guard is not None and self.guard.base is None and not self.guard.observes:
             self._keep_if_best(self.guard.baseline(self.step))
-        while self.step < self.config.steps:
+        elif self.guard is not None and self.guard.pending(self.step):
+            guard_stopped = self._guard_pending()
+        while self.step < self.config.steps and not guard_stopped:
             if should_stop is not None and should_stop():
                 interrupted = True
                 break
@@ -201,7 +213,7 @@ class SRPOTrainer:
                 guard_stopped = True
                 break
         self.optimizer.zero_grad(set_to_none=True)
-        ran = bool(history) or resumed_from is None
+        ran = bool(history) or resumed_from is None or guard_stopped
         path = self.save() if ran else self.config.checkpoint_path
         checks = self.guard.checks if self.guard is not None else []
         return TrainResult(
@@ -217,6 +229,8 @@ class SRPOTrainer:
         check_compatible(state, self.config, self.params, path)
         restore_state(state, self.params, self.optimizer, self.generator)
         self.step, self.consecutive_skips = state.step, state.consecutive_skips
+        if state.guard is not None:
+            self.load_guard_state(state.guard)
         return state.step
 
     def save(self) -> str | None:
@@ -231,10 +245,41 @@ class SRPOTrainer:
                 self.generator,
                 self.config,
             )
+            state.guard = self.guard_state()
             save_checkpoint(path, state)
         return path
 
     # --- reward-hacking guard ----------------------------------------------------------------
+
+    def guard_state(self) -> dict[str, Any] | None:
+        """The guard's baseline and checks and, with action "stop", the best state so far (for
+        the checkpoint: a resumed run goes on comparing with the base model's samples)."""
+        if self.guard is None or (guard := self.guard.state()) is None:
+            return None
+        best: dict[str, Any] | None = None
+        if self.best is not None:
+            best = {"reward": self.best[0], "state": state_fields(self.best[1])}
+        return {**guard, "best": best}
+
+    def load_guard_state(self, saved: dict[str, Any]) -> None:
+        """Inverse of :meth:`guard_state` (nothing without a guard in this run)."""
+        if self.guard is None:
+            return
+        self.guard.load_state(saved)
+        best = saved.get("best")
+        if best is not None:
+            self.best = (float(best["reward"]), state_from_fields(best["state"]))
+
+    def _guard_pending(self) -> bool:
+        """Run the check a resumed run owes (the previous run was interrupted inside it); True
+        when it fired and the guard stops the run."""
+        if self.guard is None:
+            return False
+        check = self.guard.check(self.step)
+        if not check.fired:
+            self._keep_if_best(check)
+            return False
+        return self._guard_stops()
 
     def guard_samples(self) -> tuple[Tensor, Tensor]:
         """The guard's fixed-seed images (N, 3, H, W) and their reward (N,), without grad.
@@ -254,6 +299,27 @@ class SRPOTrainer:
             k = torch.zeros(n, device=self.device)
             terms = self.reward(images, [i.text for i in items], branch="denoise", k=k, step=0)
         return images.cpu(), terms.total.detach().float().cpu()
+
+    def _observe(self, x0: Tensor) -> None:
+        """Hand the rollout's samples (B, C, H, W) to the guard, decoded without grad (their
+        reward is the step's training reward, recorded after the step). With action "stop",
+        the state before step 0's update is the first candidate best state."""
+        if self.guard is None:
+            return
+        with torch.no_grad(), autocast_context(self.device, self.config.dtype):
+            images = self.decoder(x0).float().clamp(0.0, 1.0)
+        if self.guard.observe(self.step, images) and self.config.guard.action == "stop":
+            state = self._snapshot()
+            self._base_state = replace(state, rng=self._rng_at_step_start or state.rng)
+
+    def _guard_reward(self, metrics: StepMetrics) -> None:
+        """Give the rollout guard the step's reward; the baseline's best state gets it too."""
+        if self.guard is None or not self.guard.observes:
+            return
+        self.guard.record_reward(metrics.step, metrics.reward)
+        if self._base_state is not None and self.guard.base is not None:
+            self.best = (self.guard.base.reward, self._base_state)
+            self._base_state = None
 
     def _keep_finished_step(
         self,
@@ -278,21 +344,25 @@ class SRPOTrainer:
         return replace(metrics, guard=check)
 
     def _keep_if_best(self, check: GuardCheck) -> None:
-        """With action "stop", remember the state of the best clean check (highest reward)."""
+        """With action "stop", remember the state of the best clean check (highest reward; a
+        best whose reward is unknown (NaN) is replaced)."""
         if self.config.guard.action != "stop":
             return
-        if self.best is None or check.signals.reward >= self.best[0]:
-            state = make_state(
-                self.step,
-                self.consecutive_skips,
-                self.params,
-                self.optimizer,
-                self.generator,
-                self.config,
-            )
-            # state_dict() references the live optimiser tensors: keep a copy
-            optimizer = copy.deepcopy(state.optimizer)
-            self.best = (check.signals.reward, replace(state, optimizer=optimizer))
+        if self.best is None or not check.signals.reward < self.best[0]:
+            self.best = (check.signals.reward, self._snapshot())
+
+    def _snapshot(self) -> TrainingState:
+        """The state as it is now, with its own copy of the optimiser state (``state_dict()``
+        references the live tensors)."""
+        state = make_state(
+            self.step,
+            self.consecutive_skips,
+            self.params,
+            self.optimizer,
+            self.generator,
+            self.config,
+        )
+        return replace(state, optimizer=copy.deepcopy(state.optimizer))
 
     def _guard_stops(self) -> bool:
         """With action "stop": restore the best state (the step counter too); True to stop."""
@@ -310,9 +380,13 @@ class SRPOTrainer:
     # --- one optimiser step ------------------------------------------------------------------
 
     def train_step(self) -> StepMetrics:
-        """Accumulate gradients over grad_accum batches x micro_steps, then clip and update."""
+        """Accumulate gradients over grad_accum batches x the planned micro-steps (K noise
+        levels, x2 with the paired regulariser), then clip and update."""
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        self._rng_at_step_start = capture_rng(self.generator)
+        if self.guard is not None:
+            self.guard.begin_step(self.step)
         outcomes: list[MicroOutcome] = []
         for i in range(self.config.grad_accum):
             outcomes += self._run_batch(self.draw_batch(), keep_first_image=i == 0)
@@ -325,6 +399,7 @@ class SRPOTrainer:
         else:
             self._skip(grad_norm)
         metrics = _summarise(self.step, outcomes, grad_norm, time.perf_counter() - start, finite)
+        self._guard_reward(metrics)
         self.step += 1
         return metrics
 
@@ -342,6 +417,8 @@ class SRPOTrainer:
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
             x0 = self._rollout(Batch(texts, cond, eps, eps, conds))
+            if self.guard is not None and self.guard.observes:
+                self._observe(x0)
         return Batch(texts, cond, x0, eps, conds)
 
     def _rollout(self, noise: Batch) -> Tensor:
@@ -434,19 +511,26 @@ def _check_inputs(trainer: SRPOTrainer) -> None:
 def _summarise(
     step: int, outcomes: list[MicroOutcome], grad_norm: float, seconds: float, finite: bool
 ) -> StepMetrics:
-    """Metrics of one step: summed (already averaged) loss, mean rewards, first preview."""
+    """Metrics of one step: summed (already averaged) loss, mean denoise-branch rewards (NaN
+    without a denoise micro-step), first preview."""
     previews = [o.image for o in outcomes if o.image is not None]
+    denoise = [o for o in outcomes if o.branch == "denoise"]
     return StepMetrics(
         step=step,
         loss=sum(o.loss for o in outcomes),
-        reward=float(torch.cat([o.reward for o in outcomes]).mean()),
-        reward_pos=float(torch.cat([o.reward_pos for o in outcomes]).mean()),
-        reward_neg=float(torch.cat([o.reward_neg for o in outcomes]).mean()),
+        reward=_mean([o.reward for o in denoise]),
+        reward_pos=_mean([o.reward_pos for o in denoise]),
+        reward_neg=_mean([o.reward_neg for o in denoise]),
         grad_norm=grad_norm,
         step_time_s=seconds,
         skipped=not finite,
         preview=previews[0] if previews else None,
     )
+
+
+def _mean(values: list[Tensor]) -> float:
+    """Mean of the concatenated (B,) tensors; NaN when there are none."""
+    return float(torch.cat(values).mean()) if values else math.nan
 
 
 def train(

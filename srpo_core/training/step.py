@@ -14,7 +14,8 @@ in cfg mode the denoise branch puts ``(1 + k)`` on the positive term (k 0.1 -> 0
 inversion branch on the negative term (k 0.3 -> 0.01). The paper's "gradient descent" names the
 inversion direction of the step, not a push away from the positive words.
 
-Reward aggregation (paper 3.1): the K = ``micro_steps`` noise levels of one clean sample are
+Reward aggregation (paper 3.1): the K noise levels (``config.micro_steps``, the node input
+``noise_levels``; a micro-step is one branch pass, so a paired run does 2K) of one sample are
 aggregated through gradient accumulation, each level's loss weighted by the discount
 ``lambda(sigma_hi)``; with ``threshold=None`` the accumulated gradient is exactly that of
 ``-aggregate_rewards(r, lambda)``. Only one level's graph is alive at a time.
@@ -47,7 +48,11 @@ class MicroStep:
 
 @dataclass(frozen=True)
 class MicroOutcome:
-    """Detached results of one micro-step: loss (scalar), rewards (B,), preview image or None."""
+    """Detached results of one micro-step: loss (scalar), rewards (B,), preview image or None.
+
+    ``reward`` is the score the branch trained (on the inversion branch the reward with its
+    control words swapped); ``branch`` says which, so reports can keep to the denoise branch.
+    """
 
     loss: float
     reward: Tensor
@@ -55,6 +60,7 @@ class MicroOutcome:
     reward_neg: Tensor
     finite: bool
     image: Tensor | None
+    branch: Branch = "denoise"
 
 
 def inversion_count(n_micro: int, share: float, generator: torch.Generator) -> int:
@@ -179,6 +185,7 @@ def run_micro_step(
         reward_neg=terms.negative.detach().float(),
         finite=finite,
         image=image[0].detach().float().cpu() if keep_image else None,
+        branch=micro.branch,
     )
 
 
@@ -239,6 +246,7 @@ def merge_outcomes(parts: Sequence[MicroOutcome]) -> MicroOutcome:
         reward_neg=torch.cat([p.reward_neg for p in parts]),
         finite=all(p.finite for p in parts),
         image=parts[0].image,
+        branch=parts[0].branch,
     )
 
 

@@ -127,7 +127,7 @@ def test_cpu_bench_measures_every_row_on_the_toy_world(pack: ModuleType) -> None
     with torch.inference_mode():
         world = toy_world()
     rows = measure_world(world, repeats=1, rollout_steps=1, clock=CLOCKS["cpu"], growth_steps=12)
-    assert [r.name for r in rows] == ["G1", "G1", "G2", "G9", "G9", "G6", "mem"]
+    assert [r.name for r in rows] == ["G1", "G1", "G2", "G9", "G9", "G6", "G10", "G10f", "mem"]
     for row in rows:
         assert math.isfinite(row.ratio) and row.ratio > 0, row
         assert row.a_s > 0 and row.b_s > 0, row

@@ -39,7 +39,7 @@ def test_toy_world_trains_a_lora_on_fp8_base_weights(
             load_vae(assets, config),
             prompts,
             reward,
-            **{**SETTINGS, "steps": 2, "batch_size": 1, "micro_steps": 1, "lora_form": form},
+            **{**SETTINGS, "steps": 2, "batch_size": 1, "noise_levels": 1, "lora_form": form},
         )
     _, lora, loss, _, steps = out.args[:5]
     assert steps == 2 and all(torch.isfinite(torch.tensor(loss["loss"])))

@@ -16,7 +16,7 @@ GRAPH: dict[str, Any] = {
     },
     "3": {
         "class_type": "SRPOTrainingSettings",
-        "inputs": {"micro_steps": 1, "checkpoint_every": 0},
+        "inputs": {"noise_levels": 1, "checkpoint_every": 0},
     },
     "4": {
         "class_type": "SRPODirectAlignTrainer",
@@ -67,7 +67,7 @@ def test_identity_follows_every_setting_upstream(live: ModuleType) -> None:
         (("4", "seed"), 1),
         (("4", "steps"), 500),
         (("2", "positive_words"), "dark"),
-        (("3", "micro_steps"), 2),
+        (("3", "noise_levels"), 2),
         (("1", "assets_dir"), "/other"),
     ]:
         assert identity(live, changed(path, value)) != base, path
@@ -111,3 +111,23 @@ def test_report_sends_to_the_queueing_client(live: ModuleType) -> None:
         "reward": 0.1,
     }
     assert sent[1][1]["checkpoint"] == "a.ckpt"
+
+
+def test_history_keeps_rewards_and_reads_an_older_loss_list(
+    live: ModuleType, tmp_path: Any
+) -> None:
+    """The file next to a checkpoint holds every LOSS_MAP series; an older file (a JSON list of
+    losses) reads with NaN rewards, and a resume splices both at its first step."""
+    import json
+    import math
+
+    checkpoint = str(tmp_path / "run.ckpt")
+    (tmp_path / "run.ckpt.losses.json").write_text(json.dumps([0.5, 0.4, 0.3]))
+    old = live.load_loss_history(checkpoint)
+    assert old["loss"] == [0.5, 0.4, 0.3] and all(math.isnan(v) for v in old["reward"])
+    new = {"loss": [0.2], "reward": [0.1], "reward_pos": [0.3], "reward_neg": [0.2]}
+    merged = live.merged_history(old, 2, new)
+    assert merged["loss"] == [0.5, 0.4, 0.2] and merged["reward"][2:] == [0.1]
+    live.save_loss_history(checkpoint, merged)
+    again = live.load_loss_history(checkpoint)
+    assert again["loss"] == merged["loss"] and again["reward_neg"][2] == 0.2

@@ -1,8 +1,8 @@
 """The reward-hacking guard on the real toy world, through the trainer node's training path.
 
-At lr 2e-3 the toy reward gets hacked (the images wash out to white): the guard must fire while
-the guard samples are still clean (under 2 % saturated pixels). At the shipped learning rate it
-must stay quiet.
+At lr 2e-3 the toy reward gets hacked (the images wash out to white): the guard, which measures
+the training rollout's own samples, must fire by step 10 (issue 17.4). At the shipped learning
+rate it must stay quiet.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 HACK_LR = 2e-3
 WASHED_OUT = 0.02
 """Saturated-pixel fraction above which the samples count as washed out."""
+FIRE_BY = 10
+"""The hacked run must be caught by this step (two checks of every 5 steps)."""
 
 
 def guarded_run(lr: float) -> Any:
@@ -68,7 +70,7 @@ def test_guard_fires_before_the_toy_world_washes_out_and_is_quiet_when_gentle(
         print(f"lr {HACK_LR}: step {c.step} reward {c.signals.reward:+.4f}", c.reasons)
     fired = [c for c in checks if c.fired]
     assert fired, "the guard never fired at lr 2e-3"
-    assert fired[0].signals.saturation < WASHED_OUT, "it fired only after the wash-out"
+    assert fired[0].step <= FIRE_BY, f"it fired only at step {fired[0].step}"
     assert checks[-1].signals.saturation > 10 * WASHED_OUT, "lr 2e-3 no longer washes out"
 
     gentle = guarded_run(float(TRAIN["learning_rate"]))

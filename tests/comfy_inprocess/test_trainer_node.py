@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from types import ModuleType
 from typing import Any
 
@@ -23,7 +24,7 @@ SETTINGS = {
     "algorithm": "LoRA",
     "batch_size": 2,
     "grad_accum": 1,
-    "micro_steps": 2,
+    "noise_levels": 2,
     "rollout_steps": 3,
     "width": 64,
     "height": 64,
@@ -91,6 +92,10 @@ def test_trainer_trains_a_lora_and_leaves_the_base_model_alone(
     assert report.startswith("reward-hacking guard: 0 checks")  # every 5 steps: baseline only
     assert steps == 3
     assert len(loss["loss"]) == 3 and all(isinstance(v, float) for v in loss["loss"])
+    # the denoise-branch reward and its terms per step (issue 19.1), finite: every step of the
+    # paired regulariser trains the denoise branch
+    assert all(len(loss[k]) == 3 for k in ("reward", "reward_pos", "reward_neg"))
+    assert all(math.isfinite(v) for k in ("reward", "reward_pos", "reward_neg") for v in loss[k])
     assert previews.shape == (3, 64, 64, 3)
     assert validation.shape == (1, 64, 64, 3) and float(validation.abs().sum()) == 0
     assert float(previews.min()) >= 0.0 and float(previews.max()) <= 1.0
@@ -156,7 +161,8 @@ def test_interrupt_leaves_a_checkpoint_that_resumes(
     # history saved next to the checkpoint at the interrupt)
     assert steps == 4 and len(loss["loss"]) == 4
     history = tmp_path / "srpo_checkpoints" / "run1.ckpt.losses.json"
-    assert json.loads(history.read_text()) == loss["loss"]
+    saved = json.loads(history.read_text())
+    assert all(saved[k] == loss[k] for k in ("loss", "reward", "reward_pos", "reward_neg"))
     assert load_checkpoint(str(path)).step == 4
 
 
@@ -164,7 +170,7 @@ OLD_TRAINER_DEFAULTS = {
     "algorithm": "LoRA",
     "grad_accum": 1,
     "micro_batch": 0,
-    "micro_steps": 1,
+    "noise_levels": 1,
     "rollout_steps": 25,
     "guidance": 3.5,
     "sigma_max": 0.95,
@@ -272,7 +278,7 @@ def test_micro_batches_train_the_same_lora_as_the_whole_batch(
                 tiny_vae,
                 prompts,
                 reward,
-                **node_inputs(steps=2, micro_steps=1, micro_batch=micro_batch, save_dtype="fp32"),
+                **node_inputs(steps=2, noise_levels=1, micro_batch=micro_batch, save_dtype="fp32"),
             )
         runs.append((out.args[1], out.args[2]["loss"]))
     (lora, losses), (chunked_lora, chunked_losses) = runs

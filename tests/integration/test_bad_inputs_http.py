@@ -273,3 +273,54 @@ def test_a_valid_toy_prompt_is_accepted(comfy_client: ComfyClient) -> None:
     from the checks, not from a broken prompt)."""
     result = comfy_client.run(training_prompt("accepted", steps=1), timeout=RUN_TIMEOUT_S)
     assert result.history["status"]["status_str"] == "success"
+
+
+# --- issue 19.8: every node input checked at queue time ------------------------------------
+
+
+def test_a_run_file_name_over_255_characters_is_refused_at_queue_time(
+    comfy_client: ComfyClient,
+) -> None:
+    errors = rejected(comfy_client, training_prompt("long_export", export_run_file="r" * 300))
+    assert "export_run_file is 300 characters long" in errors, errors
+
+
+def test_a_reward_dtype_outside_its_choices_is_refused_at_queue_time(
+    comfy: ComfyServer, comfy_client: ComfyClient
+) -> None:
+    files = damaged_files(comfy.dirs.output / "clip", "reward", ".pt")
+    prompt = reward_prompt(files["garbage"].name)
+    prompt["1"]["inputs"]["dtype"] = "fp64"
+    errors = rejected(comfy_client, prompt)
+    assert "dtype must be one of" in errors and "fp64" in errors, errors
+
+
+def test_a_huge_assets_dir_is_refused_at_queue_time(comfy_client: ComfyClient) -> None:
+    prompt = training_prompt("huge_assets")
+    prompt[LOADER]["inputs"]["assets_dir"] = "a" * 1_000_000
+    errors = rejected(comfy_client, prompt)
+    assert "assets_dir is 1000000 characters long" in errors, errors[:300]
+    prompt[LOADER]["inputs"]["assets_dir"] = "b" * 300
+    errors = rejected(comfy_client, prompt)
+    assert "cannot be a folder" in errors, errors[:300]
+
+
+def test_a_trainer_without_height_says_the_input_is_missing(comfy_client: ComfyClient) -> None:
+    prompt = training_prompt("no_height")
+    prompt[TRAINER]["inputs"].pop("height")
+    errors = rejected(comfy_client, prompt)
+    assert "Required input is missing" in errors and "height" in errors, errors
+    assert "positional argument" not in errors, errors
+
+
+def test_the_test_server_records_the_packs_torch_load_calls(
+    comfy: ComfyServer, comfy_client: ComfyClient
+) -> None:
+    """The runtime check of issue 19.9 sees the pack's calls: loading a damaged reward .pt goes
+    through torch.load in srpo_core/rewards/loading.py, with weights_only=True (the session
+    fails at its end on any call without it, tests/conftest.py)."""
+    files = damaged_files(comfy.dirs.output / "clip", "reward", ".pt")
+    failure(comfy_client, reward_prompt(files["truncated"].name))
+    calls = [line for line in comfy.log_text().splitlines() if "SRPO_TEST_TORCH_LOAD" in line]
+    assert any("safe srpo_core/rewards/loading.py:" in line for line in calls), calls
+    assert not [line for line in calls if "UNSAFE" in line], calls

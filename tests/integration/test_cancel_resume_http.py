@@ -76,6 +76,8 @@ def test_interrupted_default_run_resumes_to_the_uninterrupted_lora(comfy: ComfyS
         assert STOP_AFTER <= done_before < STEPS
         assert stopped[0]["checkpoint"].startswith("srpo_run_")
         assert "Run again" in stopped[0]["text"]
+        default = comfy.dirs.output / "srpo_checkpoints" / stopped[0]["checkpoint"]
+        assert default.is_file(), "cancelled: the checkpoint stays, so Run again resumes"
 
         second = client.run(prompt, timeout=RUN_TIMEOUT_S)
     reports = [e["data"] for e in second.events if e.get("type") == "srpo.training"]
@@ -85,6 +87,11 @@ def test_interrupted_default_run_resumes_to_the_uninterrupted_lora(comfy: ComfyS
         saved_lora(comfy, "cancel_resumed"),
         saved_lora(comfy, "cancel_reference"),
     )
+    # finished without a checkpoint_name: its checkpoint and history are removed (issue 19.10);
+    # the named reference's are kept, and the LoRA is saved
+    assert not default.exists() and not Path(f"{default}.losses.json").exists()
+    named = comfy.dirs.output / "srpo_checkpoints" / "cancel_resume_reference.ckpt"
+    assert named.is_file()
     assert resumed.keys() == uninterrupted.keys()
     for key, tensor in uninterrupted.items():
         assert torch.equal(resumed[key], tensor), key

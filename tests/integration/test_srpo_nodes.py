@@ -33,7 +33,7 @@ SRPO_NODES = {
     },
     "SRPOTrainingSettings": {
         "algorithm",
-        "micro_steps",
+        "noise_levels",
         "rollout_steps",
         "guidance",
         "sigma_max",

@@ -1,0 +1,74 @@
+"""The reward-hacking guard's cost: trainer steps with the guard / without, over a check interval.
+
+One "interval" is ``every`` optimiser steps and the guard check that ends it (the trainer's own
+``train_step`` and ``_guard_step``, as ``SRPOTrainer.run`` calls them). A is the guarded
+trainer's interval, B the same steps of an unguarded one; both trainers start from the same
+LoRA and seed. Rows (bench.cpu, target for the default guard):
+
+- G10: rollout guard (default: measures the rollout's own samples, decoded without grad) /
+  no guard. Target <= 1.05.
+- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the former default) /
+  no guard (informational).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.timing import Row, interleaved_medians
+
+G10_TARGET = 1.05
+
+
+def interval(trainer: Any) -> Callable[[], float]:
+    """Run ``every`` steps and the check that ends them; returns the last loss. A guarded
+    trainer gets its baseline first (fixed: its sampler; rollout: step 0's batch)."""
+    from comfyui_srpo.srpo_core.training.guard import DEFAULT_GUARD_EVERY
+
+    every = trainer.guard.config.every if trainer.guard is not None else DEFAULT_GUARD_EVERY
+    if trainer.guard is not None and not trainer.guard.observes:
+        trainer.guard.baseline(trainer.step)
+
+    def run() -> float:
+        metrics = None
+        for _ in range(every):
+            metrics = trainer._guard_step(trainer.train_step())
+        assert metrics is not None
+        if trainer.guard is not None and metrics.guard is None:
+            raise RuntimeError("the interval did not end with a guard check")
+        return float(metrics.loss)
+
+    return run
+
+
+def guard_rows(
+    world_name: str,
+    make_trainer: Callable[[str | None], Any],
+    repeats: int,
+    clock: Callable[[], float],
+) -> list[Row]:
+    """G10 and G10f (module docstring); ``make_trainer(source)``: a trainer with the guard's
+    ``source`` ("rollout", "fixed") or without a guard (None)."""
+    variants = {name: interval(make_trainer(name)) for name in ("rollout", "fixed", None)}
+    medians = interleaved_medians(
+        {str(name): fn for name, fn in variants.items()}, repeats, clock=clock
+    )
+    base = medians["None"]
+    return [
+        Row(
+            world_name,
+            "G10",
+            "steps with guard (rollout samples) / without, per check interval",
+            medians["rollout"],
+            base,
+            G10_TARGET,
+        ),
+        Row(
+            world_name,
+            "G10f",
+            "steps with fixed-seed guard / without, per check interval",
+            medians["fixed"],
+            base,
+        ),
+    ]
