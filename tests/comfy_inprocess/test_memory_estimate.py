@@ -1,0 +1,175 @@
+"""The analytic memory estimate against fake-tensor traces of the trainer's own step, the
+family shapes against ComfyUI's own model classes, and the picker's choices."""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+TOLERANCE = 0.10
+"""Issue 17: the estimate is within 10 % of the traced peak."""
+MID_UNET: dict[str, Any] = {
+    "hidden_size": 512,
+    "num_heads": 4,
+    "depth": 2,
+    "depth_single_blocks": 4,
+}
+"""A FLUX-layout transformer small enough to trace in seconds (the FLUX VAE, the ViT-H-14 reward
+and T5's 512 x 4096 context keep their real sizes)."""
+
+
+def mid_shapes() -> Any:
+    from bench.shapes import FLUX_DEV, WorldShapes
+
+    unet = {**FLUX_DEV.unet, **MID_UNET}
+    return WorldShapes("mid", unet, FLUX_DEV.vae, FLUX_DEV.reward_arch)
+
+
+def mid_architecture(shapes: Any) -> Any:
+    """The estimate's view of the mid-size world, its parameter count from ComfyUI's Flux."""
+    from comfy.ldm.flux.model import Flux
+    from comfyui_srpo.srpo_core.training.architectures import Architecture, flux_from_config
+
+    params = parameters(Flux, {k: v for k, v in shapes.unet.items() if k != "image_model"})
+    return Architecture("mid", "mid", flux_from_config(shapes.unet, params))
+
+
+def parameters(cls: type, config: dict[str, Any]) -> int:
+    """Parameters of ComfyUI's model class built on the meta device (no memory, no data)."""
+    import comfy.ops
+    import torch
+
+    ops = comfy.ops.disable_weight_init
+    model = cls(**config, device="meta", dtype=torch.bfloat16, operations=ops)
+    return sum(p.numel() for p in model.parameters())
+
+
+PARAMETER_TOLERANCE = 0.01
+"""Biases and norms are left out of the families' shapes (well under 1 % of the weights)."""
+
+
+def family_configs() -> dict[str, tuple[str, str, dict[str, Any]]]:
+    """--model name -> (ComfyUI module, class, the released checkpoint's config as ComfyUI's
+    model detection gives it)."""
+    from bench.shapes import FLUX_DEV_UNET
+
+    flux = {k: v for k, v in FLUX_DEV_UNET.items() if k != "image_model"}
+    return {
+        "flux1": ("comfy.ldm.flux.model", "Flux", flux),
+        "flux2": (
+            "comfy.ldm.flux.model",
+            "Flux",
+            {
+                **flux,
+                "image_model": "flux2",
+                "axes_dim": [32, 32, 32, 32],
+                "num_heads": 48,
+                "mlp_ratio": 3.0,
+                "theta": 2000,
+                "in_channels": 128,
+                "out_channels": 128,
+                "global_modulation": True,
+                "vec_in_dim": None,
+                "mlp_silu_act": True,
+                "qkv_bias": False,
+                "ops_bias": False,
+                "patch_size": 1,
+                "hidden_size": 6144,
+                "context_in_dim": 15360,
+                "depth": 8,
+                "depth_single_blocks": 48,
+            },
+        ),
+        "qwen-image": ("comfy.ldm.qwen_image.model", "QwenImageTransformer2DModel", {}),
+        "z-image": (
+            "comfy.ldm.lumina.model",
+            "NextDiT",
+            {
+                "patch_size": 2,
+                "in_channels": 16,
+                "dim": 3840,
+                "cap_feat_dim": 2560,
+                "n_layers": 30,
+                "n_refiner_layers": 2,
+                "qk_norm": True,
+                "n_heads": 30,
+                "n_kv_heads": 30,
+                "axes_dims": [32, 48, 48],
+                "axes_lens": [1536, 512, 512],
+                "rope_theta": 256.0,
+                "ffn_dim_multiplier": 8.0 / 3.0,
+                "z_image_modulation": True,
+                "time_scale": 1000.0,
+                "pad_tokens_multiple": 32,
+            },
+        ),
+        "sd35": (
+            "comfy.ldm.modules.diffusionmodules.mmdit",
+            "OpenAISignatureMMDITWrapper",
+            {
+                "in_channels": 16,
+                "out_channels": 16,
+                "patch_size": 2,
+                "depth": 38,
+                "num_patches": 36864,
+                "pos_embed_max_size": 192,
+                "adm_in_channels": 2048,
+                "context_embedder_config": {
+                    "target": "torch.nn.Linear",
+                    "params": {"in_features": 4096, "out_features": 2432},
+                },
+                "qk_norm": "rms",
+                "x_block_self_attn_layers": [],
+                "pos_embed_scaling_factor": None,
+            },
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["flux1", "flux2", "qwen-image", "z-image", "sd35"])
+def test_family_shapes_match_comfyuis_model_classes(pack: ModuleType, name: str) -> None:
+    import importlib
+
+    from comfyui_srpo.srpo_core.training.architectures import ARCHITECTURES
+
+    module, cls, config = family_configs()[name]
+    real = parameters(getattr(importlib.import_module(module), cls), config)
+    modelled = ARCHITECTURES[name].transformer.params
+    assert modelled == pytest.approx(real, rel=PARAMETER_TOLERANCE), (name, modelled, real)
+
+
+ROWS = (
+    {},
+    {"block_checkpointing": False},
+    {"decoder_checkpointing": False},
+    {"decoder_tile": 32},
+    {"resolution": 1024},
+    {"batch_size": 2, "micro_batch": 0},
+    {"batch_size": 2, "micro_batch": 1},
+    {"base_dtype": "bf16"},
+    {"regularizer": True},
+)
+"""The PERFORMANCE table's kinds of rows at 512 px (fp8 base unless set)."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()))
+def test_estimate_is_within_ten_percent_of_the_trace(pack: ModuleType, row: dict[str, Any]) -> None:
+    from bench.card_cli import settings_of
+    from bench.memmodel import ModelRun, trace
+    from comfyui_srpo.srpo_core.training.memory_estimate import estimate
+
+    shapes = mid_shapes()
+    run = ModelRun(**{"resolution": 512, "base_dtype": "fp8_e4m3fn", **row})
+    report = trace(run, shapes)
+    est = estimate(mid_architecture(shapes), settings_of(run))
+    detail = (
+        f"{run.label}: traced peak {report.peak / 1e9:.3f} GB (weights {report.weights / 1e9:.3f},"
+        f" activations {report.activations / 1e9:.3f}), estimate {est.peak / 1e9:.3f} GB"
+        f" (weights {est.weights / 1e9:.3f}, activations {est.activations / 1e9:.3f})"
+    )
+    print(detail)
+    assert est.peak == pytest.approx(report.peak, rel=TOLERANCE), detail
