@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-
 TOLERANCE = 0.10
 """Issue 17: the estimate is within 10 % of the traced peak."""
 MID_UNET: dict[str, Any] = {
@@ -158,9 +157,10 @@ ROWS = (
 @pytest.mark.slow
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()))
 def test_estimate_is_within_ten_percent_of_the_trace(pack: ModuleType, row: dict[str, Any]) -> None:
+    from comfyui_srpo.srpo_core.training.memory_estimate import estimate
+
     from bench.card_cli import settings_of
     from bench.memmodel import ModelRun, trace
-    from comfyui_srpo.srpo_core.training.memory_estimate import estimate
 
     shapes = mid_shapes()
     run = ModelRun(**{"resolution": 512, "base_dtype": "fp8_e4m3fn", **row})
