@@ -118,21 +118,27 @@ def most_resident(arch: Architecture, choice: Choice, context: bool) -> Choice:
     return best
 
 
+def size(nbytes: float) -> str:
+    """``nbytes`` in GiB (one decimal), or MiB below a GiB."""
+    if nbytes < GIB:
+        return f"{nbytes / 2**20:.0f} MiB"
+    return f"{nbytes / GIB:.1f} GiB"
+
+
 def describe(choice: Choice, tflops: float | None = None) -> str:
     """One paragraph for the node and the log: estimate, budget, what was chosen."""
     est = choice.estimate
     parts = [
-        f"SRPO memory: estimated peak {est.peak / GIB:.1f} GiB (weights {est.weights / GIB:.1f},"
-        f" LoRA + AdamW {est.lora_states / GIB:.1f}, activations {est.activations / GIB:.1f});"
-        f" needs {choice.need / GIB:.1f} GiB with the margin, budget {choice.budget / GIB:.1f}"
-        " GiB."
+        f"SRPO memory: estimated peak {size(est.peak)} (weights {size(est.weights)},"
+        f" LoRA + AdamW {size(est.lora_states)}, activations {size(est.activations)});"
+        f" needs {size(choice.need)} with the margin, budget {size(choice.budget)}."
     ]
     if choice.changes:
         parts.append("Chosen to fit: " + ", ".join(choice.changes) + ".")
     else:
         parts.append("Settings used as set.")
     if est.host_bytes:
-        parts.append(f"Streams {est.host_bytes / GIB:.0f} GiB of blocks per step.")
+        parts.append(f"Streams {size(est.host_bytes)} of blocks per step.")
     if tflops:
         parts.append(f"Step floor {est.floor_s(tflops):.1f} s at {tflops:.0f} TFLOP/s.")
     return " ".join(parts)

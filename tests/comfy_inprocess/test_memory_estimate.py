@@ -7,6 +7,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from test_trainer_node import SETTINGS, prompts, reward  # noqa: F401  (fixtures)
 
 TOLERANCE = 0.10
 """Issue 17: the estimate is within 10 % of the traced peak."""
@@ -173,3 +174,34 @@ def test_estimate_is_within_ten_percent_of_the_trace(pack: ModuleType, row: dict
     )
     print(detail)
     assert est.peak == pytest.approx(report.peak, rel=TOLERANCE), detail
+
+
+def test_a_budget_nothing_fits_stops_before_anything_loads(
+    pack: ModuleType,
+    tiny_flux: Any,
+    tiny_vae: Any,
+    prompts: Any,  # noqa: F811
+    reward: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+    from comfyui_srpo.nodes import memory
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.training_settings import TrainingSettings
+
+    started: list[int] = []
+    monkeypatch.setattr(memory.mm, "load_models_gpu", lambda *a, **k: started.append(1))
+    settings = {**SETTINGS, "settings": TrainingSettings(memory_budget="0.001")}
+    with pytest.raises(memory.TrainingMemoryError, match=r"needs about .* only 0\.0 GiB"):
+        with torch.inference_mode():
+            SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+    assert not started, "nothing loaded"
+
+
+@pytest.mark.parametrize("value", ["lots", "-3", "0", "nan"])
+def test_a_bad_memory_budget_is_refused_with_the_fix(pack: ModuleType, value: str) -> None:
+    from comfyui_srpo.nodes.memory_budget import MemoryBudgetError, parse_budget
+
+    with pytest.raises(MemoryBudgetError, match='"auto" or a number of GiB'):
+        parse_budget(value)
+    assert parse_budget("auto") is None and parse_budget(" 24 ") == 24.0
