@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -24,7 +25,7 @@ def test_each_rung_of_the_ladder_needs_less_memory_than_the_one_before() -> None
     rungs = ladder(FLUX, HEAVY, change_base=True, offload=True)
     assert len(rungs) == 6  # as set, fp8, checkpoint, decoder tile, micro_batch 1, offloading
     peaks = [estimate(FLUX, s).peak for _, s in rungs]
-    assert all(b < a for a, b in zip(peaks, peaks[1:], strict=False)), peaks
+    assert all(b < a for a, b in itertools.pairwise(peaks)), peaks
     assert [len(changes) for changes, _ in rungs] == list(range(6))
 
 

@@ -192,9 +192,9 @@ def test_a_budget_nothing_fits_stops_before_anything_loads(
     started: list[int] = []
     monkeypatch.setattr(memory.mm, "load_models_gpu", lambda *a, **k: started.append(1))
     settings = {**SETTINGS, "settings": TrainingSettings(memory_budget="0.001")}
-    with pytest.raises(memory.TrainingMemoryError, match=r"needs about .* only 0\.0 GiB"):
-        with torch.inference_mode():
-            SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
+    refused = pytest.raises(memory.TrainingMemoryError, match=r"needs about .* only 0\.0 GiB")
+    with refused, torch.inference_mode():
+        SRPODirectAlignTrainer.execute(tiny_flux, tiny_vae, prompts, reward, **settings)
     assert not started, "nothing loaded"
 
 
