@@ -44,6 +44,8 @@ class Transformer:
     single: tuple[Linears, ...] = ()
     other_params: int = 0
     """Parameters outside the blocks (embedders, final layer, global modulation)."""
+    other_lora_dims: int = 0
+    """Sum of ``n_in + n_out`` over the Linears outside the blocks (LoRA adapts them too)."""
     text_tokens: int = 512
     image_copies: int = 1
     """Image token sets in the sequence (2 for an edit model with its reference image)."""
@@ -76,7 +78,8 @@ class Transformer:
             kind: sum(rank * (g.n_in + g.n_out) * g.count for g in groups)
             for kind, groups in (("double", self.double), ("single", self.single))
         }
-        return self.double_blocks * per["double"] + self.single_blocks * per["single"]
+        blocks = self.double_blocks * per["double"] + self.single_blocks * per["single"]
+        return blocks + rank * self.other_lora_dims
 
     def forward_flops(self, image_tokens: int) -> int:
         """One forward: ``2 * tokens * n_in * n_out`` per Linear over the tokens it sees, plus
@@ -207,8 +210,27 @@ def flux_from_config(config: dict[str, Any], params: int | None = None) -> Trans
         flux_double(hidden, mlp, False, True),
         int(config["depth_single_blocks"]),
         flux_single(hidden, mlp, False, True),
+        other_lora_dims=flux_outer_dims(config),
     )
     return replace(t, other_params=max((params or 0) - t.params, 0))
+
+
+def flux_outer_dims(config: dict[str, Any]) -> int:
+    """``sum(n_in + n_out)`` of a FLUX model's Linears outside the blocks: img_in, txt_in,
+    the time / guidance / vector embedders (two Linears each), the final layer's two."""
+    d, patch = int(config["hidden_size"]), int(config["patch_size"]) ** 2
+    embedders = (256 + 3 * d) * (2 if config.get("guidance_embed") else 1)
+    vector = int(config.get("vec_in_dim") or 0)
+    return (
+        int(config["in_channels"]) * patch
+        + d
+        + int(config["context_in_dim"])
+        + d
+        + embedders
+        + (vector + 3 * d if vector else 0)
+        + 4 * d
+        + patch * int(config["out_channels"])
+    )
 
 
 FLUX_HIDDEN = 3072
@@ -219,6 +241,17 @@ FLUX1 = Transformer(
     38,
     flux_single(FLUX_HIDDEN, 4 * FLUX_HIDDEN, False, True),
     other_params=5 * FLUX_HIDDEN**2 + 4096 * FLUX_HIDDEN,
+    other_lora_dims=flux_outer_dims(
+        {
+            "hidden_size": FLUX_HIDDEN,
+            "patch_size": 2,
+            "in_channels": 16,
+            "out_channels": 16,
+            "context_in_dim": 4096,
+            "vec_in_dim": 768,
+            "guidance_embed": True,
+        }
+    ),
 )
 CHROMA = Transformer(
     FLUX_HIDDEN,

@@ -56,6 +56,8 @@ class Calibration:
     Activation constants are bytes kept per element of the named unit (in 2-byte units);
     FLOP constants are passes of a part's forward."""
 
+    fixed_bytes: float = 68e6
+    """Resident besides the weights counted here: conditioning, buffers, patch backups."""
     keep: float = 1.125
     """Transformer, checkpoint: per block, the residual stream it keeps (plus pe, vec)."""
     clone: float = 26.8
@@ -70,6 +72,8 @@ class Calibration:
     """Decoder, not checkpointed: per channel-pixel of its blocks' inputs."""
     decoder_bwd: float = 10.5
     """Decoder: one block's recompute and backward, per pixel x base width."""
+    tile_bwd: float = 15.8
+    """Decoder tile: its recompute and backward, per pixel x base width."""
     vit_keep: float = 14.3
     """Reward ViT: per layer x token x width."""
     decoder_recompute_passes: float = 0.47
@@ -156,7 +160,7 @@ def decode_unit(settings: Settings) -> tuple[int, int]:
     return (ys[0][1] - ys[0][0]) * (xs[0][1] - xs[0][0]) * side, len(ys) * len(xs)
 
 
-def weight_bytes(arch: Architecture, settings: Settings) -> float:
+def weight_bytes(arch: Architecture, settings: Settings, c: Calibration = CALIBRATION) -> float:
     """Resident frozen weights: the transformer (all blocks, or ``offload_blocks`` of them),
     the decoder and the reward in bf16."""
     t = arch.transformer
@@ -165,7 +169,8 @@ def weight_bytes(arch: Architecture, settings: Settings) -> float:
         kept = min(settings.offload_blocks, t.blocks) * t.largest_block_params + t.other_params
     else:
         kept = t.params
-    return kept * base + (arch.decoder.params + arch.reward.params) * HELPER_BYTES
+    helpers = (arch.decoder.params + arch.reward.params) * HELPER_BYTES
+    return kept * base + helpers + c.fixed_bytes
 
 
 def activation_bytes(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> float:
@@ -179,15 +184,16 @@ def activation_bytes(arch: Architecture, s: Settings, c: Calibration = CALIBRATI
     dec = arch.decoder
     unit_bwd = m * ACT_BYTES * c.decoder_bwd * pixels * dec.ch
     unit_keep = m * ACT_BYTES * dec.channel_pixels(pixels)
-    if units > 1:  # each tile recomputed alone: only the latent tiles are kept
-        d_kept, d_bwd = 0.0, c.decoder_keep * unit_keep + unit_bwd
-    elif s.decoder_checkpointing:
+    r = arch.reward
+    r_kept = m * ACT_BYTES * c.vit_keep * r.layers * r.tokens * r.width
+    if units > 1:  # each tile recomputed alone, after the reward's backward
+        tile = c.decoder_keep * unit_keep + unit_bwd * c.tile_bwd / c.decoder_bwd
+        return t_kept + max(r_kept, tile, t_bwd)
+    if s.decoder_checkpointing:
         d_kept, d_bwd = c.decoder_keep * unit_keep, unit_bwd
     else:
         d_kept, d_bwd = c.decoder_nockpt * unit_keep, 0.0
-    r = arch.reward
-    r_kept = m * ACT_BYTES * c.vit_keep * r.layers * r.tokens * r.width
-    return t_kept + max(d_kept + r_kept, d_kept + d_bwd, t_bwd)
+    return t_kept + max(d_kept + r_kept + d_bwd, t_bwd)
 
 
 def flops(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> float:
@@ -227,7 +233,7 @@ def estimate(arch: Architecture | str, s: Settings, c: Calibration = CALIBRATION
     if isinstance(arch, str):
         arch = architecture(arch)
     t = arch.transformer
-    weights = weight_bytes(arch, s)
+    weights = weight_bytes(arch, s, c)
     lora = t.lora_params(s.rank) * s.lora_bytes * ADAMW_COPIES
     tokens = (arch.image_tokens(s.width, s.height) + t.text_tokens) * s.chunk
     rollout = weights + lora + tokens * t.hidden * ACT_BYTES * c.roll
