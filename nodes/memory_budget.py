@@ -80,13 +80,18 @@ def decoder_of(vae: Any) -> Decoder:
     if decoder is not None and hasattr(decoder, "num_res_blocks") and hasattr(decoder, "ch"):
         mult = (1, 2, 4, 4)[: int(decoder.num_resolutions)]
         return Decoder(int(decoder.ch), mult, int(decoder.num_res_blocks))
-    params = sum(p.numel() for p in vae.first_stage_model.parameters())
+    stage = getattr(vae, "first_stage_model", None)
+    if not isinstance(stage, torch.nn.Module):
+        return Decoder()
+    params = sum(p.numel() for p in stage.parameters())
     return Decoder(ch=max(8, int(math.sqrt(params / 300))), ch_mult=(1, 1, 1, 1))
 
 
 def reward_of(reward: Any) -> Reward:
-    """The reward's ViT shape (open_clip), its parameter counts."""
-    model = reward.model.model
+    """The reward's ViT shape (open_clip), its parameter counts; ViT-H-14's for other models."""
+    model = getattr(getattr(reward, "model", None), "model", None)
+    if not isinstance(model, torch.nn.Module):
+        return Reward()
     visual = getattr(model, "visual", None)
     params = sum(p.numel() for p in model.parameters())
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
@@ -103,17 +108,25 @@ def reward_of(reward: Any) -> Reward:
     )
 
 
-def architecture_of(model: Any, vae: Any, reward: Any) -> Architecture:
-    """The loaded model as the estimate sees it."""
+FLUX_LAYOUT_KEYS = ("hidden_size", "depth", "depth_single_blocks", "mlp_ratio", "patch_size")
+"""Unet config entries a FLUX-layout model has (the estimate reads them)."""
+
+
+def architecture_of(model: Any, vae: Any, reward: Any) -> Architecture | None:
+    """The loaded model as the estimate sees it; None for a model it has no shapes for."""
     config = model.model.model_config
-    family = NAMED_FAMILIES.get(type(config).__name__)
+    name = type(config).__name__
+    family = NAMED_FAMILIES.get(name)
     dec, rew = decoder_of(vae), reward_of(reward)
     if family is not None:
         known = ARCHITECTURES[family]
         return dataclasses.replace(known, decoder=dec, reward=rew)
+    unet = config.unet_config
+    if not all(key in unet for key in FLUX_LAYOUT_KEYS) or "context_in_dim" not in unet:
+        return None
     params = sum(p.numel() for p in model.model.diffusion_model.parameters())
-    transformer = flux_from_config(config.unet_config, params)
-    return Architecture(type(config).__name__, type(config).__name__, transformer, dec, rew)
+    transformer = flux_from_config({"in_channels": 16, "out_channels": 16, **unet}, params)
+    return Architecture(name, name, transformer, dec, rew)
 
 
 def base_dtype_of(model: Any) -> str:
@@ -178,6 +191,14 @@ def plan(model: Any, vae: Any, reward: Any, settings: Any, budget: str) -> tuple
     """Estimate, pick and report (node text and log); returns (settings to train with, the
     choice). Raises ``comfy_memory.TrainingMemoryError`` when nothing fits."""
     arch = architecture_of(model, vae, reward)
+    if arch is None:
+        text = (
+            f"SRPO memory: no estimate for {type(model.model.model_config).__name__} models;"
+            " the settings are used as set."
+        )
+        node_text(text)
+        log.info(text)
+        return settings, None
     wanted = estimate_settings(settings, base_dtype_of(model))
     limit, whole_card = budget_bytes(model, parse_budget(budget))
     choice = memory_plan.pick(
