@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
+from typing import Any
 
-from srpo_core.training.architectures import ARCHITECTURES
+from srpo_core.training.architectures import ARCHITECTURES, Architecture, flux_from_config
 from srpo_core.training.memory_estimate import GB, Settings, architecture, estimate
 
 from .card import (
@@ -21,6 +22,7 @@ from .card import (
     workflow_settings,
 )
 from .memmodel import ModelRun, RunReport
+from .shapes import FLUX_DEV, WorldShapes
 
 FP8 = "fp8_e4m3fn"
 CHECK_RUNS = (
@@ -38,6 +40,51 @@ CHECK_RUNS = (
     ModelRun(base_dtype=FP8, decoder_checkpointing=False),
 )
 """The rows the estimate is checked against (FLUX.1-dev; the PERFORMANCE tables' settings)."""
+
+
+MID_UNET: dict[str, Any] = {
+    "hidden_size": 512,
+    "num_heads": 4,
+    "depth": 2,
+    "depth_single_blocks": 4,
+}
+"""A FLUX-layout transformer small enough to trace in a minute (the FLUX VAE, the ViT-H-14 reward
+and T5's 512 x 4096 context keep their real sizes): the estimate's test world."""
+MID_ROWS: tuple[dict[str, Any], ...] = (
+    {},
+    {"block_checkpointing": False},
+    {"decoder_checkpointing": False},
+    {"decoder_tile": 32},
+    {"resolution": 1024},
+    {"batch_size": 2, "micro_batch": 0},
+    {"batch_size": 2, "micro_batch": 1},
+    {"base_dtype": "bf16"},
+    {"regularizer": True},
+)
+"""The kinds of rows of the PERFORMANCE tables, at 512 px with fp8 base weights unless set."""
+
+
+def mid_shapes() -> WorldShapes:
+    """The mid-size world's shapes."""
+    return WorldShapes("mid", {**FLUX_DEV.unet, **MID_UNET}, FLUX_DEV.vae, FLUX_DEV.reward_arch)
+
+
+def mid_run(row: dict[str, Any]) -> ModelRun:
+    return ModelRun(**{"resolution": 512, "base_dtype": "fp8_e4m3fn", **row})
+
+
+def mid_architecture() -> Architecture:
+    """The estimate's view of the mid-size world, its parameter count from ComfyUI's Flux built
+    on the meta device."""
+    import comfy.ops
+    import torch
+    from comfy.ldm.flux.model import Flux
+
+    config = {k: v for k, v in mid_shapes().unet.items() if k != "image_model"}
+    ops = comfy.ops.disable_weight_init
+    model = Flux(**config, device="meta", dtype=torch.bfloat16, operations=ops)
+    params = sum(p.numel() for p in model.parameters())
+    return Architecture("mid", "mid", flux_from_config(mid_shapes().unet, params))
 
 
 def settings_of(run: ModelRun) -> Settings:
@@ -61,7 +108,9 @@ def settings_of(run: ModelRun) -> Settings:
     return replace(s, **named)
 
 
-def check_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
+def check_lines(
+    results: list[tuple[ModelRun, RunReport | str]], arch: Architecture | None = None
+) -> list[str]:
     """Markdown: estimate vs trace (peak and SRPO-step FLOPs) per row."""
     lines = [
         "| setting | traced peak GB | estimate GB | est / trace | traced TFLOP | est TFLOP |",
@@ -71,7 +120,7 @@ def check_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
         if isinstance(report, str):
             lines.append(f"| {run.label} | {report} |||||")
             continue
-        est = estimate("flux1", settings_of(run))
+        est = estimate(arch or "flux1", settings_of(run))
         lines.append(
             f"| {run.label} | {report.peak / GB:.1f} | {est.peak / GB:.1f} |"
             f" {est.peak / report.peak:.3f} | {report.srpo_step_flops / 1e12:.0f} |"
@@ -123,6 +172,18 @@ def card_main(args: argparse.Namespace) -> int:
         results = list(zip(CHECK_RUNS, trace_all(list(CHECK_RUNS), args.jobs), strict=True))
         print("\n".join(check_lines(results)))
         print(f"\n{len(CHECK_RUNS)} traces in {time.monotonic() - began:.0f} s.")
+        return 0
+    if args.check_mid:
+        from scripts.comfy_harness.inprocess import import_comfy, import_pack
+
+        from .memmodel import trace
+
+        import_comfy()
+        import_pack()
+        runs = [mid_run(row) for row in MID_ROWS]
+        results = [(run, trace(run, mid_shapes())) for run in runs]
+        print("\n".join(check_lines(list(results), mid_architecture())))
+        print(f"\n{len(runs)} traces in {time.monotonic() - began:.0f} s.")
         return 0
     arch = archs[0]
     choice = choose(arch, base, args.card)

@@ -275,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="One family of --list-models (with --families/--cards).")
     parser.add_argument("--list-models", action="store_true", help="Model names and shapes.")
     parser.add_argument("--check", action="store_true", help="Estimate vs trace, calibration set.")
+    parser.add_argument(
+        "--check-mid", action="store_true", help="Estimate vs trace on the mid-size test world."
+    )
     args = parser.parse_args(argv)
-    if args.list_models or args.families or args.cards or args.card or args.check:
+    if args.list_models or args.families or args.cards or args.card or args.check or args.check_mid:
         return card_main(args)
     runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch, args.modes)
     began = time.monotonic()

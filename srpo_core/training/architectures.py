@@ -141,11 +141,27 @@ class Decoder:
         return sum(pixels / d**2 * c * n for d, c, n in self.level_units())
 
     def forward_flops(self, pixels: int) -> float:
-        """``2 * 9 * c_in * c_out`` per output pixel of each 3x3 convolution."""
-        total = 0.0
-        for divisor, width, blocks in self.level_units():
-            total += 2 * 9 * 2 * width * width * blocks * pixels / divisor**2
-        return total
+        """``2 * 9 * c_in * c_out`` per output pixel of each 3x3 convolution, walking ComfyUI's
+        ``Decoder``: conv_in and the mid block at the lowest level (with its attention over the
+        latent pixels), then per level its resnet blocks (the first changing the width, with a
+        1x1 shortcut) and the upsampler's convolution at the next level's resolution."""
+        levels = len(self.ch_mult)
+        lowest = pixels / 4 ** (levels - 1)
+        width = self.ch * self.ch_mult[-1]
+        macs = lowest * (9 * self.latent_channels * width + 4 * 9 * width * width)
+        attention = 4 * lowest * lowest * width + 2 * 4 * lowest * width * width
+        previous = width
+        for level in reversed(range(levels)):
+            here = pixels / 4**level
+            width = self.ch * self.ch_mult[level]
+            first = 9 * previous * width + 9 * width * width
+            first += previous * width if previous != width else 0
+            macs += here * (first + 2 * 9 * width * width * self.num_res_blocks)
+            if level:
+                macs += 4 * here * 9 * width * width  # upsampled to the next level, then conv
+            previous = width
+        macs += pixels * 9 * previous * 3
+        return 2 * macs + attention
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,10 @@ class Calibration:
     """Decoder tile: its recompute and backward, per pixel x base width."""
     vit_keep: float = 14.3
     """Reward ViT: per layer x token x width."""
-    decoder_recompute_passes: float = 0.47
-    """Decoder checkpointing recomputes about half of the decoder's FLOPs."""
+    decoder_recompute_passes: float = 0.72
+    """Decoder checkpointing recomputes most of the decoder's FLOPs (per-block checkpoints)."""
+    decoder_bwd_passes: float = 0.8
+    """The frozen decoder's backward (input gradients only), in forwards."""
     attention_bwd_passes: float = 2.5
     """Attention backward (flash): 2.5 forwards; a frozen Linear's backward: 1 (input grad)."""
 
@@ -212,7 +214,8 @@ def flops(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> floa
     reward = arch.reward.forward_flops() * s.batch_size
     forwards = 2.0 if s.block_checkpointing else 1.0
     transformer = forwards * (linear + attention) + linear + c.attention_bwd_passes * attention
-    dec_passes = 2.0 + (units > 1) + (c.decoder_recompute_passes if s.decoder_checkpointing else 0)
+    recompute = c.decoder_recompute_passes if s.decoder_checkpointing else 0.0
+    dec_passes = 1.0 + c.decoder_bwd_passes + (units > 1) + recompute
     micro = transformer + dec_passes * dec + (2 + c.attention_bwd_passes) * reward
     return s.rollout_steps * (linear + attention) + s.micro_steps_per_step * micro
 

@@ -11,30 +11,6 @@ from test_trainer_node import SETTINGS, prompts, reward  # noqa: F401  (fixtures
 
 TOLERANCE = 0.10
 """Issue 17: the estimate is within 10 % of the traced peak."""
-MID_UNET: dict[str, Any] = {
-    "hidden_size": 512,
-    "num_heads": 4,
-    "depth": 2,
-    "depth_single_blocks": 4,
-}
-"""A FLUX-layout transformer small enough to trace in seconds (the FLUX VAE, the ViT-H-14 reward
-and T5's 512 x 4096 context keep their real sizes)."""
-
-
-def mid_shapes() -> Any:
-    from bench.shapes import FLUX_DEV, WorldShapes
-
-    unet = {**FLUX_DEV.unet, **MID_UNET}
-    return WorldShapes("mid", unet, FLUX_DEV.vae, FLUX_DEV.reward_arch)
-
-
-def mid_architecture(shapes: Any) -> Any:
-    """The estimate's view of the mid-size world, its parameter count from ComfyUI's Flux."""
-    from comfy.ldm.flux.model import Flux
-    from comfyui_srpo.srpo_core.training.architectures import Architecture, flux_from_config
-
-    params = parameters(Flux, {k: v for k, v in shapes.unet.items() if k != "image_model"})
-    return Architecture("mid", "mid", flux_from_config(shapes.unet, params))
 
 
 def parameters(cls: type, config: dict[str, Any]) -> int:
@@ -141,32 +117,23 @@ def test_family_shapes_match_comfyuis_model_classes(pack: ModuleType, name: str)
     assert modelled == pytest.approx(real, rel=PARAMETER_TOLERANCE), (name, modelled, real)
 
 
-ROWS = (
-    {},
-    {"block_checkpointing": False},
-    {"decoder_checkpointing": False},
-    {"decoder_tile": 32},
-    {"resolution": 1024},
-    {"batch_size": 2, "micro_batch": 0},
-    {"batch_size": 2, "micro_batch": 1},
-    {"base_dtype": "bf16"},
-    {"regularizer": True},
-)
-"""The PERFORMANCE table's kinds of rows at 512 px (fp8 base unless set)."""
+MID_ROW_COUNT = 9
+"""Rows of bench.card_cli.MID_ROWS (checked in the test)."""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("row", ROWS, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items()))
-def test_estimate_is_within_ten_percent_of_the_trace(pack: ModuleType, row: dict[str, Any]) -> None:
-    from comfyui_srpo.srpo_core.training.memory_estimate import estimate
+@pytest.mark.parametrize("index", range(MID_ROW_COUNT))
+def test_estimate_is_within_ten_percent_of_the_trace(pack: ModuleType, index: int) -> None:
+    """The rows of bench.flux_memory --check-mid: each kind of PERFORMANCE row, traced on the
+    mid-size world (real VAE, reward and text sizes; a small FLUX-layout transformer)."""
+    from bench.card_cli import MID_ROWS, mid_architecture, mid_run, mid_shapes, settings_of
+    from bench.memmodel import trace
+    from srpo_core.training.memory_estimate import estimate
 
-    from bench.card_cli import settings_of
-    from bench.memmodel import ModelRun, trace
-
-    shapes = mid_shapes()
-    run = ModelRun(**{"resolution": 512, "base_dtype": "fp8_e4m3fn", **row})
-    report = trace(run, shapes)
-    est = estimate(mid_architecture(shapes), settings_of(run))
+    assert len(MID_ROWS) == MID_ROW_COUNT
+    run = mid_run(MID_ROWS[index])
+    report = trace(run, mid_shapes())
+    est = estimate(mid_architecture(), settings_of(run))
     detail = (
         f"{run.label}: traced peak {report.peak / 1e9:.3f} GB (weights {report.weights / 1e9:.3f},"
         f" activations {report.activations / 1e9:.3f}), estimate {est.peak / 1e9:.3f} GB"
