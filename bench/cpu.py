@@ -147,7 +147,8 @@ def sampler_dtype(world: World) -> str:
     """What KSampler computes the world's model in: "bf16" or "fp32" (G1 runs the trainer's
     rollout in the same dtype, so the ratio compares like for like on any CPU)."""
     model = world.new_model().model
-    compute = model.manual_cast_dtype or model.get_dtype()
+    weights = next(model.diffusion_model.parameters()).dtype
+    compute = model.manual_cast_dtype or model.get_dtype() or weights
     return "bf16" if compute == torch.bfloat16 else "fp32"
 
 
