@@ -8,9 +8,11 @@ interleaved (A, B, A, B, ...), every output checked finite (DESIGN.md 7). By def
 this process's CPU time with one torch thread: on a shared machine other jobs change wall times by
 2-3x between runs, while the CPU time of one thread measures the work done.
 
-- G1: the trainer's rollout as it runs (LoRA attached, the trainer's dtype, both LoRA forms) vs
-  ComfyUI's KSampler (euler) on the same model with the same LoRA loaded the stock way
-  (LoraModelLoader), same steps and latent size. Target <= 1.05.
+- G1: the trainer's rollout (LoRA attached, both LoRA forms) vs ComfyUI's KSampler (euler) on
+  the same model with the same LoRA loaded the stock way (LoraModelLoader), same steps and latent
+  size, both in the dtype KSampler computes the model in (the trainer's "auto" would pick bf16 on
+  a CPU with native bf16 while KSampler runs the toy in fp32). Target <= 1.05. Where it is missed
+  the profile (cProfile) is of that same G1 rollout.
 - G2: one online trainer step vs its parts written out (the rollout, forward at sigma_hi with
   grad, VAE decode with grad, reward, backward to the LoRA). Target <= 1.10.
 - G9: the LoRA micro-step (forward, MSE, backward, AdamW; both forms) vs the stock
@@ -145,6 +147,15 @@ def nested_sessions(variants: list[Variant], body: Callable[[torch.device], None
     open_from(0)
 
 
+def sampler_dtype(world: World) -> str:
+    """What KSampler computes the world's model in: "bf16" or "fp32" (G1 runs the trainer's
+    rollout in the same dtype, so the ratio compares like for like on any CPU)."""
+    model = world.new_model().model
+    weights = next(model.diffusion_model.parameters()).dtype
+    compute = model.manual_cast_dtype or model.get_dtype() or weights
+    return "bf16" if compute == torch.bfloat16 else "fp32"
+
+
 def trainer(
     v: Variant,
     device: torch.device,
@@ -152,8 +163,10 @@ def trainer(
     offline: torch.Tensor | None,
     rollout: int,
     guard: str | None = None,
+    dtype: str | None = None,
 ) -> Any:
-    """A trainer on the variant's model; ``guard``: the guard's source, None: no guard."""
+    """An SRPOTrainer on the variant's model; ``guard``: the guard's source, None: no guard;
+    ``dtype``: the compute dtype, default the trainer's "auto" choice for the device."""
     from comfyui_srpo.nodes.training_run import flow_shift, grouped_velocity, index_conds
     from comfyui_srpo.nodes.vae_decoder import VAEDecoder
     from comfyui_srpo.srpo_core.training import PromptItem, SRPOTrainer, TrainConfig
@@ -165,7 +178,7 @@ def trainer(
         lr=1e-4,
         rollout_steps=rollout,
         shift=flow_shift(v.mp),
-        dtype=resolve_training_dtype("auto", device),
+        dtype=dtype or resolve_training_dtype("auto", device),
         offline=offline is not None,
         latent_shape=v.world.latent_shape,
         gradient_checkpointing=True,
@@ -316,6 +329,7 @@ def measure_world(
     ``guard_only`` the G10 rows alone."""
     act, merged = Variant(world, "activations"), Variant(world, "merged")
     rows: list[Row] = _PrintingList()
+    g1_trainers: dict[str, Any] = {}
 
     def body(device: torch.device) -> None:
         if guard_only:
@@ -334,12 +348,19 @@ def measure_world(
         x0 = online["activations"].draw_batch().x0
         offline = trainer(act, device, offline=x0, rollout=rollout_steps)
         dtype = offline.config.dtype
-        # G1: rollout as the trainer runs it vs KSampler with the stock-loaded LoRA
+        # G1: the trainer's rollout in KSampler's dtype vs KSampler with the stock-loaded LoRA
+        same = sampler_dtype(world)
+        g1_trainers.update(
+            {
+                v.form: trainer(v, device, offline=None, rollout=rollout_steps, dtype=same)
+                for v in (act, merged)
+            }
+        )
         stock = stock_sampler(world, act.lora_state(), rollout_steps)
         g1 = interleaved_medians(
             {
-                "act": lambda: online["activations"].draw_batch().x0,
-                "merged": lambda: online["merged"].draw_batch().x0,
+                "act": lambda: g1_trainers["activations"].draw_batch().x0,
+                "merged": lambda: g1_trainers["merged"].draw_batch().x0,
                 "stock": stock,
             },
             repeats,
@@ -350,7 +371,7 @@ def measure_world(
                 Row(
                     world.name,
                     "G1",
-                    f"rollout ({form}, {dtype}) / KSampler",
+                    f"rollout ({form}, {same}) / KSampler ({same})",
                     g1[key],
                     g1["stock"],
                     G1_TARGET,
@@ -439,7 +460,9 @@ def measure_world(
         )
         for row in rows:
             if row.met is False and row.name in ("G1", "G2", "G9"):
-                row.note = profile_top(_a_side(row, online, offline, act, merged, device), ROOT)
+                side = _a_side(row, g1_trainers if row.name == "G1" else online, offline, act,
+                               merged, device)  # fmt: skip
+                row.note = profile_top(side, ROOT)
 
     nested_sessions([act, merged], body)
     return rows

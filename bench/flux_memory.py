@@ -10,6 +10,13 @@ rollout step, per micro-step and per SRPO step with their time floors, and the i
 ``--targets`` traces rank 32 with fp8 at 720 and 1024 px (the activation targets);
 ``--tiling`` the 1024 px rows with the decoder tiled (the default) and one without, and the
 shipped 720 px fp8 row; ``--micro-batch`` batch 2 whole and in micro-batches of 1.
+
+``--card GB [--res PX] [--workflow FILE]``: the settings the trainer picks for that card (from
+the workflow's trainer settings when given), traced; the last line says whether it fits
+(:mod:`bench.card`). ``--cards`` prints the user table (card -> what auto picks -> estimated
+peak -> step floor), ``--families`` the model x resolution x dtype table of the analytic
+estimate (``--model NAME`` for one family, ``--list-models`` for the names), ``--check`` traces
+the rows of the estimate's calibration set and prints estimate / trace.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 
+from .card_cli import card_main
 from .memmodel import GB, TFLOP, FeatureGap, ModelRun, RunReport
 
 RESOLUTIONS = (720, 1024)
@@ -256,7 +265,22 @@ def main(argv: list[str] | None = None) -> int:
         help="The shipped setting with gradient_checkpointing checkpoint and clone, bf16 + fp8.",
     )
     parser.add_argument("--jobs", type=int, default=2, help="Worker processes (default 2).")
+    parser.add_argument("--card", type=float, help="Card memory in GB: pick, trace, judge.")
+    parser.add_argument(
+        "--res", type=int, help="Square image side (default 720 or the workflow's)."
+    )
+    parser.add_argument("--workflow", type=Path, help="API-format workflow to take settings from.")
+    parser.add_argument("--cards", action="store_true", help="User table: card -> auto's choice.")
+    parser.add_argument("--families", action="store_true", help="Model x res x dtype table.")
+    parser.add_argument("--model", help="One family of --list-models (with --families/--cards).")
+    parser.add_argument("--list-models", action="store_true", help="Model names and shapes.")
+    parser.add_argument("--check", action="store_true", help="Estimate vs trace, calibration set.")
+    parser.add_argument(
+        "--check-mid", action="store_true", help="Estimate vs trace on the mid-size test world."
+    )
     args = parser.parse_args(argv)
+    if args.list_models or args.families or args.cards or args.card or args.check or args.check_mid:
+        return card_main(args)
     runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch, args.modes)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))

@@ -96,6 +96,10 @@ class ModelRun:
             "help": "Samples per chunk of the batch, 0: whole (issue 7 item 2); None: the default."
         },
     )
+    regularizer: bool = field(
+        default=False,
+        metadata={"help": "Inversion Regularizer connected (its default settings)."},
+    )
 
     @property
     def label(self) -> str:
@@ -105,6 +109,7 @@ class ModelRun:
         batch = "" if self.batch_size == 1 else f" b{self.batch_size}"
         extra = (
             batch
+            + (" +inv" if self.regularizer else "")
             + lora
             + "".join(
                 f" {name}={getattr(self, name)}"
@@ -232,6 +237,10 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
     }
     if run.lora_dtype is not None:
         varied["lora_dtype"] = run.lora_dtype
+    if run.regularizer:
+        from comfyui_srpo.srpo_core.training import RegularizerConfig
+
+        varied["regularizer"] = RegularizerConfig(enabled=True)
     for name in run.requested_features():
         varied[name] = getattr(run, name)
     return {**node_defaults(), **varied}

@@ -33,7 +33,7 @@ from ..srpo_core.training.memory import (
     bf16_native,
     resolve_training_dtype,
 )
-from . import checks, resume
+from . import checks, memory_budget, resume
 from . import memory as comfy_memory
 from .adapters import AdapterSet, attach_adapters, replace_inference_parameters
 from .block_wrappers import block_checkpointing
@@ -124,6 +124,8 @@ class TrainerSettings:
     width: int
     height: int
     guidance: float
+    memory_choice: Any = None
+    """memory_plan.Choice picked before the run (None: no estimate was made)."""
 
 
 def guard_config(choice: str) -> GuardConfig:
@@ -201,6 +203,9 @@ def prepare_run(
     ``queued``: the queued graph and this node's id; with them an empty checkpoint_name
     checkpoints under the run's default name (``with_default_checkpoint``)."""
     settings = with_default_checkpoint(build_settings(model, vae, real_latents, kw), *queued)
+    budget = (kw.get("settings") or TrainingSettings()).memory_budget
+    settings, choice = memory_budget.plan(model, vae, reward, settings, budget)
+    settings = dataclasses.replace(settings, memory_choice=choice)
     cfg = settings.config
     checks.check_training_memory(model, cfg.samples_per_pass, cfg.latent_shape)
     if cfg.checkpoint_path is None:
@@ -335,6 +340,9 @@ def run_training(
     extra = comfy_memory.trainable_bytes(adapters.parameters()) + comfy_memory.activation_bytes(
         cfg.samples_per_pass, settings.width, settings.height
     )
+    if settings.memory_choice is not None:  # the estimate the run was planned with
+        est = settings.memory_choice.estimate
+        extra = int(est.lora_states + est.activations)
     try:
         with comfy_memory.loaded_for_training(mp, helpers, extra):
             run_session(mp, conds, shape, session)

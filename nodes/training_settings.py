@@ -24,6 +24,7 @@ from ..srpo_core.training.memory import (
 )
 from ..srpo_core.training.presets import CUSTOM, PRESETS, preset_values
 from .adapters import ADAPTER_ALGORITHMS
+from .memory_budget import parse_budget
 from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
 _INTERVAL = TrainingInterval()
@@ -129,6 +130,17 @@ class TrainingSettings:
         },
     )
     checkpoint_every: int = field(default=0, metadata=_help(TrainConfig, "checkpoint_every"))
+    memory_budget: str = field(
+        default="auto",
+        metadata={
+            "help": "Device memory the run may use: auto (what ComfyUI can free on the device) or"
+            " a number of GiB (a whole card, e.g. 24). Before step 1 the trainer estimates the"
+            " peak of these settings and, if they do not fit, switches on what saves memory,"
+            " cheapest first (block checkpointing, decoder checkpointing, decoder tiles,"
+            " micro-batches of 1, block offloading where available); the node shows the estimate"
+            " and the choice. If nothing fits it stops before training with the memory needed."
+        },
+    )
 
 
 MAX_GRAD_ACCUM = 256
@@ -183,6 +195,7 @@ def settings_inputs() -> list[Any]:
         integer("decoder_tile", 0, MAX_DECODER_TILE, step=DECODER_TILE_STEP),
         choice("gradient_checkpointing", BLOCK_MODES),
         integer("checkpoint_every", 0, MAX_CHECKPOINT_EVERY),
+        io.String.Input("memory_budget", optional=True, **common("memory_budget")),
     ]
 
 
@@ -249,8 +262,8 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
             description="Rarely changed trainer settings: adapter algorithm, accumulation,"
             " micro-batches, micro-steps, rollout steps, guidance, the training interval, ReFL"
             " threshold, clipping, dtypes, LoRA form, gradient and decoder checkpointing,"
-            " decoder tiling, checkpoint interval. Without this node the trainer uses these same"
-            " defaults.",
+            " decoder tiling, checkpoint interval, memory budget. Without this node the trainer"
+            " uses these same defaults.",
             inputs=[preset_input(), *settings_inputs()],
             outputs=[SRPOTrainingSettings.Output(display_name="settings")],
         )
@@ -265,6 +278,7 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
     def execute(cls, **kw: Any) -> io.NodeOutput:
         kw.update(preset_inputs(str(kw.pop("preset", CUSTOM))))
         mode = block_mode(kw["gradient_checkpointing"])
+        parse_budget(kw.get("memory_budget", "auto"))
         return io.NodeOutput(TrainingSettings(**{**kw, "gradient_checkpointing": mode}))
 
 

@@ -13,6 +13,9 @@ from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_s
 from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
 
 FLUX_UNET = "flux1-dev.safetensors"
+FLUX_WEIGHT_DTYPE = "fp8_e4m3fn"
+"""UNETLoader weight dtype of the shipped fine-tune: fp8 weights (computed in bf16) fit a 24 GB
+card at 720 px with the regulariser on (`python -m bench.flux_memory --card 24 --workflow ...`)."""
 FLUX_CLIP_L = "clip_l.safetensors"
 FLUX_T5 = "t5xxl_fp16.safetensors"
 FLUX_VAE = "ae.safetensors"
@@ -112,9 +115,10 @@ TRAIN_NOTE = (
     + "\n"
     + folder_tree({"srpo_rewards": [HPS_CHECKPOINT]})
     + """
-**Memory**: LoRA training at 720x720, bf16, gradient checkpointing on: about 39 GB (estimated \
-by a trace of this pack's training step, not measured on a GPU); fp8 base weights (Load \
-Diffusion Model) about 27 GB. Out of memory: lower width/height.
+**Memory**: as shipped (fp8 base weights, 720x720, rank 16, gradient checkpointing, the \
+inversion regulariser) about 20 GB, estimated from a trace of this pack's training step, not \
+measured on a GPU: a 24 GB card. SRPO Training Settings' memory_budget (auto) picks what saves \
+memory before step 1 and says so on the trainer. Out of memory: lower width/height.
 
 Each run's LoRA: `output/loras/srpo_flux_run<R>_step<S>.safetensors` (Save LoRA (SRPO); \
 LoraLoaderModelOnly lists it)."""
@@ -165,9 +169,10 @@ class FluxModels(NamedTuple):
     vae: Out
 
 
-def flux_loaders(wf: WorkflowSpec) -> FluxModels:
-    """UNETLoader + DualCLIPLoader (CLIP-L, T5-XXL) + VAELoader for FLUX.1-dev."""
-    unet = wf.add("UNETLoader", unet_name=FLUX_UNET, weight_dtype="default")
+def flux_loaders(wf: WorkflowSpec, weight_dtype: str = "default") -> FluxModels:
+    """UNETLoader (``weight_dtype``) + DualCLIPLoader (CLIP-L, T5-XXL) + VAELoader for
+    FLUX.1-dev."""
+    unet = wf.add("UNETLoader", unet_name=FLUX_UNET, weight_dtype=weight_dtype)
     unet.loads(wf, FILES[FLUX_UNET])
     clip = wf.add(
         "DualCLIPLoader", clip_name1=FLUX_CLIP_L, clip_name2=FLUX_T5, type="flux", device="default"
@@ -239,7 +244,7 @@ def srpo_finetune_flux() -> WorkflowSpec:
         "Direct-Align + control-word reward (HPSv2.1) trains a LoRA; samples before and after.",
     )
     with wf.group("Models", 0):
-        flux = flux_loaders(wf)
+        flux = flux_loaders(wf, FLUX_WEIGHT_DTYPE)
         reward_model = hps_reward_model(wf)
         wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
     with wf.group("Prompts and reward", 1):

@@ -96,8 +96,12 @@ def test_ui_entry_is_json_for_the_frontend(summary: ModuleType) -> None:
     assert back["validationSteps"] == [10] and math.isclose(back["validation"][0], 0.3)
 
 
-def test_reward_history_round_trip(summary: ModuleType, tmp_path: Path) -> None:
-    checkpoint = str(tmp_path / "run.pt")
-    assert summary.load_reward_history(checkpoint) == []
-    summary.save_reward_history(checkpoint, [0.25, -0.5])
-    assert summary.load_reward_history(checkpoint) == [0.25, -0.5]
+def test_start_message_history_is_json_for_the_frontend() -> None:
+    """A resumed run's chart history (loss and reward series, NaN for a step without a denoise
+    micro-step) reaches the browser as strict JSON: NaN becomes null."""
+    from comfyui_srpo.nodes.live import LiveReport
+
+    report = LiveReport(None, None)
+    report.start(2, 10, "/x/run.ckpt", {"loss": [0.5, 0.25], "reward": [float("nan"), 0.1]})
+    back = json.loads(json.dumps(report.sent[-1], allow_nan=False))
+    assert back["history"] == {"loss": [0.5, 0.25], "reward": [None, 0.1]}

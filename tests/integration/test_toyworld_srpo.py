@@ -212,3 +212,44 @@ def test_training_reports_progress_and_live_previews(bright_run: dict[str, Any])
     assert all(p["max"] == TRAIN_STEPS for p in progress)
     previews = [e for e in result.events if e.get("type") == "binary"]
     assert len(previews) >= TRAIN_STEPS // 5
+
+
+PROGRESS_TEXT_EVENT = 3
+"""ComfyUI's binary event type of a node's progress text (protocol.BinaryEventTypes.TEXT):
+a 4-byte big-endian node-id length, the node id, the text."""
+
+
+def progress_texts(events: list[dict[str, Any]], node_id: str) -> list[tuple[int, str]]:
+    """(event index, text) of the progress texts sent to ``node_id``."""
+    found = []
+    for index, event in enumerate(events):
+        if event.get("type") != "binary" or event.get("event") != PROGRESS_TEXT_EVENT:
+            continue
+        data = event["data"]
+        length = int.from_bytes(data[:4], "big")
+        if data[4 : 4 + length].decode() == node_id:
+            found.append((index, data[4 + length :].decode()))
+    return found
+
+
+def test_memory_estimate_and_choice_reach_the_node_before_step_1(
+    bright_run: dict[str, Any],
+) -> None:
+    """Before the first step the trainer node shows the estimated peak and what was chosen."""
+    result = bright_run["result"]
+    trainer_id = next(
+        k for k, n in toy_prompt().items() if n["class_type"] == "SRPODirectAlignTrainer"
+    )
+    texts = progress_texts(result.events, trainer_id)
+    memory = [(i, t) for i, t in texts if t.startswith("SRPO memory: estimated peak")]
+    assert memory, f"no memory estimate among the node's texts: {[t for _, t in texts]}"
+    index, text = memory[0]
+    assert "budget" in text and ("Settings used as set." in text or "Chosen to fit" in text)
+    first_step = next(
+        i
+        for i, e in enumerate(result.events)
+        if e.get("type") == "progress"
+        and e["data"].get("node") == trainer_id
+        and e["data"]["value"] >= 1
+    )
+    assert index < first_step, "the estimate comes before step 1"
