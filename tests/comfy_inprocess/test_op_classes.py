@@ -316,3 +316,36 @@ def test_a_non_lora_algorithm_on_an_fp8_matmul_layer_is_refused(pack: ModuleType
     net, _ = build(next(c for c in CASES if c.name == "scaled_fp8_matmul"))
     with pytest.raises(ValueError, match=r"adapter cannot train layer diffusion_model\.lin1"):
         attach_adapters(_patcher(net), algorithm="LoHa", rank=RANK, dtype=torch.float32)
+
+
+def test_other_algorithms_apply_in_the_scaled_layers_weight_units(pack: ModuleType) -> None:
+    """A LoHa on a scaled-fp8 Linear changes its effective weight ``W_eff`` exactly as it would a
+    plain layer's (``f(W_eff)``, as ComfyUI's loader applies a LoHa file), not ``scale * f(W)``."""
+    from comfyui_srpo.nodes.adapters import attach_adapters, replace_inference_parameters
+
+    net, effective = build(next(c for c in CASES if c.name == "scaled_fp8"))
+    biases = _biases(net)
+    mp = _patcher(net)
+    adapters = attach_adapters(mp, algorithm="LoHa", rank=RANK, dtype=torch.float32)
+    replace_inference_parameters(mp)
+    _set_lora(adapters, seed=5)
+    x, _ = _inputs(6)
+    with loaded(mp) as model, torch.no_grad():
+        out = model(x)
+    lohas = [m for m in adapters.modules if type(m).__name__ == "LohaDiff"]
+    h = x.double()
+    with torch.no_grad():
+        for i, (loha, w, b) in enumerate(zip(lohas, effective, biases, strict=True), start=1):
+            diff_b = adapters.state[f"diffusion_model.lin{i}.diff_b"].double()
+            h = h @ loha(w.float()).double().T + b.double() + diff_b
+    assert float((h - effective_plain(x, effective, biases)).abs().max()) > 1e-2, "LoHa acts"
+    # float32 products of at most 24 terms, and the loha's own float32 delta
+    torch.testing.assert_close(out.double(), h, rtol=1e-5, atol=1e-5)
+
+
+def effective_plain(x: torch.Tensor, effective: list[Any], biases: list[Any]) -> torch.Tensor:
+    """The base model in float64 (no adapter)."""
+    h = x.double()
+    for w, b in zip(effective, biases, strict=True):
+        h = h @ w.T + b.double()
+    return h
