@@ -7,7 +7,8 @@ t5xxl_fp16), vae (ae), srpo_rewards (HPS_v2.1_compressed.pt).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
 from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
@@ -243,21 +244,46 @@ def srpo_finetune_flux() -> WorkflowSpec:
         "SRPO: fine-tune FLUX.1-dev",
         "Direct-Align + control-word reward (HPSv2.1) trains a LoRA; samples before and after.",
     )
+    hps_finetune(
+        wf,
+        lambda wf: flux_loaders(wf, FLUX_WEIGHT_DTYPE),
+        TRAIN_NOTE,
+        "srpo_flux",
+        flux_sampling,
+        ("srpo_before", "srpo_after"),
+    )
+    return wf
+
+
+def hps_finetune(
+    wf: WorkflowSpec,
+    loaders: Callable[[WorkflowSpec], Any],
+    note: str,
+    prefix: str,
+    sampling: Callable[[WorkflowSpec, Any], Sampling],
+    sample_prefixes: tuple[str, str],
+) -> None:
+    """A fine-tune workflow: ``loaders`` (returning the MODEL, CLIP, VAE outputs as ``.model``,
+    ``.clip``, ``.vae``) in the Models group with the HPSv2.1 reward and ``note``; control-word
+    reward, prompts and the
+    inversion regulariser; the trainer at :data:`TRAIN_SIZE`; Save LoRA (SRPO) as ``prefix``,
+    loss graph, previews, guard report; before / after samples from ``sampling`` saved as
+    ``sample_prefixes`` and scored."""
     with wf.group("Models", 0):
-        flux = flux_loaders(wf, FLUX_WEIGHT_DTYPE)
+        models = loaders(wf)
         reward_model = hps_reward_model(wf)
-        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
+        wf.note("Model files and memory", note, NOTE_HEIGHT, NOTE_WIDTH)
     with wf.group("Prompts and reward", 1):
         reward = wf.add("SRPOControlWordReward", reward_model=reward_model, mode="cfg")
         reward = reward.sized(wf, WORDS_HEIGHT)
-        prompts = wf.add("SRPOPromptSet", clip=flux.clip, prompts="\n".join(TRAIN_PROMPTS))
+        prompts = wf.add("SRPOPromptSet", clip=models.clip, prompts="\n".join(TRAIN_PROMPTS))
         prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
         regularizer = wf.add("SRPOInversionRegularizer")
     with wf.group("Training", 2):
         trainer = wf.add(
             "SRPODirectAlignTrainer",
-            model=flux.model,
-            vae=flux.vae,
+            model=models.model,
+            vae=models.vae,
             prompts=prompts.out(),
             reward=reward.out(),
             regularizer=regularizer.out(),
@@ -269,20 +295,14 @@ def srpo_finetune_flux() -> WorkflowSpec:
             seed=SEED,
         )
     with wf.group("Training results", 3):
-        wf.add(
-            "SRPOSaveLoRA",
-            lora=trainer.out("lora"),
-            prefix="srpo_flux",
-            steps=trainer.out("steps"),
-        )
-        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_flux_loss")
+        wf.add("SRPOSaveLoRA", lora=trainer.out("lora"), prefix=prefix, steps=trainer.out("steps"))
+        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix=f"{prefix}_loss")
         wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
         wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
     with wf.group("Before / after", 4):
-        sampling = flux_sampling(wf, flux)
+        samples = sampling(wf, models)
     sides = (
-        Side("before", flux.model, "srpo_before"),
-        Side("after", trainer.out("model"), "srpo_after"),
+        Side("before", models.model, sample_prefixes[0]),
+        Side("after", trainer.out("model"), sample_prefixes[1]),
     )
-    side_by_side(wf, "Before / after", 5, sides, sampling, Scoring(reward_model, SAMPLE_PROMPT))
-    return wf
+    side_by_side(wf, "Before / after", 5, sides, samples, Scoring(reward_model, SAMPLE_PROMPT))

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from scripts.workflow_gen.before_after import Sampling, Scoring, Side, side_by_side
+from scripts.workflow_gen.before_after import Sampling
 from scripts.workflow_gen.flux import (
     HPS_CHECKPOINT,
     HPS_FILES,
-    NOTE_HEIGHT,
-    NOTE_WIDTH,
     PROMPT_HEIGHT,
-    PROMPT_SET_HEIGHT,
     SAMPLE_PROMPT,
     SEED,
-    TRAIN_PROMPTS,
-    TRAIN_SIZE,
-    WORDS_HEIGHT,
-    hps_reward_model,
+    hps_finetune,
     models_tree,
 )
 from scripts.workflow_gen.graph import ModelFile, Out, Value, WorkflowSpec
@@ -129,46 +123,12 @@ def srpo_finetune_zimage() -> WorkflowSpec:
         "SRPO: fine-tune Z-Image Turbo",
         "Direct-Align + control-word reward (HPSv2.1) trains a Z-Image LoRA; before and after.",
     )
-    with wf.group("Models", 0):
-        models = zimage_loaders(wf)
-        reward_model = hps_reward_model(wf)
-        wf.note("Model files and memory", TRAIN_NOTE, NOTE_HEIGHT, NOTE_WIDTH)
-    with wf.group("Prompts and reward", 1):
-        reward = wf.add("SRPOControlWordReward", reward_model=reward_model, mode="cfg")
-        reward = reward.sized(wf, WORDS_HEIGHT)
-        prompts = wf.add("SRPOPromptSet", clip=models.clip, prompts="\n".join(TRAIN_PROMPTS))
-        prompts = prompts.sized(wf, PROMPT_SET_HEIGHT)
-        regularizer = wf.add("SRPOInversionRegularizer")
-    with wf.group("Training", 2):
-        trainer = wf.add(
-            "SRPODirectAlignTrainer",
-            model=models.model,
-            vae=models.vae,
-            prompts=prompts.out(),
-            reward=reward.out(),
-            regularizer=regularizer.out(),
-            steps=200,
-            learning_rate=1e-4,
-            rank=16,
-            width=TRAIN_SIZE,
-            height=TRAIN_SIZE,
-            seed=SEED,
-        )
-    with wf.group("Training results", 3):
-        wf.add(
-            "SRPOSaveLoRA",
-            lora=trainer.out("lora"),
-            prefix="srpo_zimage",
-            steps=trainer.out("steps"),
-        )
-        wf.add("LossGraphNode", loss=trainer.out("loss"), filename_prefix="srpo_zimage_loss")
-        wf.add("PreviewImage", "Training previews", images=trainer.out("previews"))
-        wf.add("PreviewAny", "Reward-hacking guard", source=trainer.out("guard_report"))
-    with wf.group("Before / after", 4):
-        sampling = zimage_sampling(wf, models)
-    sides = (
-        Side("before", models.model, "srpo_zimage_before"),
-        Side("after", trainer.out("model"), "srpo_zimage_after"),
+    hps_finetune(
+        wf,
+        zimage_loaders,
+        TRAIN_NOTE,
+        "srpo_zimage",
+        zimage_sampling,
+        ("srpo_zimage_before", "srpo_zimage_after"),
     )
-    side_by_side(wf, "Before / after", 5, sides, sampling, Scoring(reward_model, SAMPLE_PROMPT))
     return wf
