@@ -41,6 +41,10 @@ NAMED_FAMILIES = {
 }
 """ComfyUI model config classes -> ARCHITECTURES names; FLUX-layout models (the Flux class,
 Kontext, the toy world) are described from their own unet config instead."""
+FAMILY_SIZE_TOLERANCE = 0.05
+"""A named family's shapes describe the loaded model only when its parameter count is within this
+fraction of the released model's (the shape tables are of the released sizes; a smaller variant
+or a test's tiny instance gets no estimate rather than the released model's)."""
 OFFLOAD_SETTING = "offload_blocks"
 """The trainer setting block offloading answers to (SRPO Training Settings); until the pack has
 it, the ladder leaves offloading out."""
@@ -118,13 +122,24 @@ def architecture_of(model: Any, vae: Any, reward: Any) -> Architecture | None:
     name = type(config).__name__
     family = NAMED_FAMILIES.get(name)
     dec, rew = decoder_of(vae), reward_of(reward)
+    params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     if family is not None:
         known = ARCHITECTURES[family]
+        released = known.transformer.params
+        if abs(params - released) > FAMILY_SIZE_TOLERANCE * released:
+            log.info(
+                "SRPO memory estimate: %s has %d parameters, not the %d of the released %s;"
+                " no estimate (settings as set)",
+                name,
+                params,
+                released,
+                family,
+            )
+            return None
         return dataclasses.replace(known, decoder=dec, reward=rew)
     unet = config.unet_config
     if not all(key in unet for key in FLUX_LAYOUT_KEYS) or "context_in_dim" not in unet:
         return None
-    params = sum(p.numel() for p in model.model.diffusion_model.parameters())
     transformer = flux_from_config({"in_channels": 16, "out_channels": 16, **unet}, params)
     return Architecture(name, name, transformer, dec, rew)
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..srpo_core.rewards import release_inference_tensors
+from ..srpo_core.tiling import tiled_decode
 from ..srpo_core.training.memory import DECODER_TILE_OVERLAP
 from .block_wrappers import checkpointed_forwards, decoder_blocks
 from .guider import FRAME_AXIS, has_frame_axis
@@ -28,8 +29,12 @@ class VAEDecoder:
     activations. ``autocast``: run inside the caller's autocast; off, the decoder runs in its own
     dtype (where bf16 is not native, autocast sends convolutions to slow fallback kernels).
     ``tile``: a latent larger than this per side is decoded in feathered tiles of at most this
-    size, each checkpointed as a whole, with whole-image GroupNorm statistics on ComfyUI's KL
-    decoder (:mod:`.vae_tiles`); 0: never tiled.
+    size, each checkpointed as a whole (``srpo_core.tiling.tiled_decode``); 0: never tiled.
+    ``whole_image_norms`` (default): the tiles of ComfyUI's KL decoder normalise with whole-image
+    GroupNorm statistics and its latent-resolution head runs whole (:mod:`.vae_tiles`:
+    reward-gradient cosine 0.999 against the whole decode, where per-tile statistics give
+    0.991), after a whole-image no-grad decode that records the statistics; off: each tile
+    normalises alone.
     ``frames``: the VAE decodes video latents (B, C, T, H, W) (the Wan 2.1 VAE of Qwen-Image):
     each image latent is decoded as one frame. Its blocks keep causal caches that they update in
     place, so recomputing a single block in backward would read a later cache: such a VAE is
@@ -44,6 +49,7 @@ class VAEDecoder:
     autocast: bool = True
     tile: int = 0
     frames: bool = False
+    whole_image_norms: bool = True
 
     @classmethod
     def for_training(
@@ -54,6 +60,7 @@ class VAEDecoder:
         checkpointing: bool = False,
         autocast: bool = True,
         tile: int = 0,
+        whole_image_norms: bool = True,
     ) -> VAEDecoder:
         with torch.inference_mode(False):
             module = copy.deepcopy(vae.first_stage_model)
@@ -70,6 +77,7 @@ class VAEDecoder:
             autocast,
             tile,
             frames,
+            whole_image_norms,
         )
 
     def __call__(self, latent: torch.Tensor) -> torch.Tensor:
@@ -83,7 +91,11 @@ class VAEDecoder:
         with autocast:
             z = process_out(self.latent_format, latent).to(self.dtype)
             if self.tile and max(z.shape[-2:]) > self.tile:
-                image = decode_in_tiles(self, z, DECODER_TILE_OVERLAP)
+                image = (
+                    decode_in_tiles(self, z, DECODER_TILE_OVERLAP)
+                    if self.whole_image_norms
+                    else tiled_decode(self.decode, z, self.tile, DECODER_TILE_OVERLAP)
+                )
             else:
                 image = self.decode(z)
             return self.process_output(image)

@@ -106,12 +106,13 @@ def kl_vae() -> Any:
     )
 
 
+@pytest.mark.parametrize("whole_image_norms", [False, True], ids=["tile-norms", "image-norms"])
 def test_block_checkpointing_inside_checkpointed_tiles_keeps_the_result(
-    pack: ModuleType,
+    pack: ModuleType, whole_image_norms: bool
 ) -> None:
     """Per-block checkpoints (ResnetBlock, AttnBlock) nested in each tile's checkpoint: the same
-    image and gradient as the tiles without them (the blocks' recomputation in backward runs
-    with the whole-image GroupNorm statistics of the forward)."""
+    image and gradient as the tiles without them (with whole-image norms, the blocks'
+    recomputation in backward runs with the whole-image GroupNorm statistics of the forward)."""
     from comfyui_srpo.nodes.vae_decoder import VAEDecoder
 
     vae = kl_vae()
@@ -119,7 +120,12 @@ def test_block_checkpointing_inside_checkpointed_tiles_keeps_the_result(
     runs = [
         decode_with_grad(
             VAEDecoder.for_training(
-                vae, IDENTITY_FORMAT, checkpointing=blocks, autocast=False, tile=TILE
+                vae,
+                IDENTITY_FORMAT,
+                checkpointing=blocks,
+                autocast=False,
+                tile=TILE,
+                whole_image_norms=whole_image_norms,
             ),
             latent,
         )
@@ -188,7 +194,9 @@ def test_the_tiled_flux_layout_decode_has_the_whole_decodes_gradient(pack: Modul
     target = torch.randn(1, 3, 8 * side, 8 * side, generator=torch.Generator().manual_seed(3))
     grads = []
     for tile in (MIN_DECODER_TILE, 0):
-        decoder = bridge.VAEDecoder.for_training(vae, IDENTITY_FORMAT, autocast=False, tile=tile)
+        decoder = bridge.VAEDecoder.for_training(
+            vae, IDENTITY_FORMAT, autocast=False, tile=tile, whole_image_norms=True
+        )
         z = latent.clone().requires_grad_(True)
         (decoder(z) * target).mean().backward()
         grads.append(z.grad)
