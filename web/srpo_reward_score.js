@@ -5,7 +5,8 @@
 // at the bottom that shows the mean in a large font (the control words are the widgets above
 // it), so the before and after numbers of a workflow read at fit zoom beside their samples.
 // After a tab switch or a page reload the node is new: the display then reads the score from
-// ComfyUI's stored node outputs (app.nodeOutputs), as stock previews do.
+// ComfyUI's stored node outputs (app.nodeOutputs), as stock previews do; the extension files
+// each score under the open workflow itself as well (see remember).
 // The display is never serialised: workflows and queued prompts are the same without it.
 
 import { app } from "../../scripts/app.js";
@@ -33,6 +34,19 @@ function content(score) {
 /** The score to show: the last one this node received, else its stored output. */
 function shownScore(node) {
   return node.srpoScore ?? app.nodeOutputs?.[String(node.id)]?.[UI_KEY]?.[0] ?? null;
+}
+
+/**
+ * Files the output under the open workflow too. ComfyUI keeps a tab's outputs (restored on a
+ * tab switch) only for "executed" messages of a prompt whose POST /prompt answer it has already
+ * handled; a cached Reward Score reports at once when the prompt starts, and on a busy machine
+ * that message can come first, so the score would be gone after a tab switch.
+ */
+function remember(node, output) {
+  const tracker = app.extensionManager?.workflow?.activeWorkflow?.changeTracker;
+  if (!tracker || node.graph !== app.graph) return;
+  tracker.nodeOutputs ??= {};
+  tracker.nodeOutputs[String(node.id)] = output;
 }
 
 function displayWidget(node) {
@@ -93,6 +107,7 @@ app.registerExtension({
       const score = output?.[UI_KEY]?.[0];
       if (score) {
         this.srpoScore = score;
+        remember(this, output);
         this.setDirtyCanvas(true, true);
       }
     };

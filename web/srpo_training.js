@@ -197,6 +197,7 @@ function panelWidget(node) {
     serialize: false,
     options: { serialize: false },
     draw(ctx, _node, width, y) {
+      keepPreviewRoom(node);
       drawPanel(ctx, shownRun(node), width, y);
     },
     computeSize(width) {
@@ -223,6 +224,23 @@ function ensurePanel(node) {
   const previewShown = node.widgets.some((w) => w.name?.includes("image-preview"));
   const height = Math.max(node.size[1], minHeight + (previewShown ? 0 : PREVIEW_MIN_HEIGHT));
   if (width !== node.size[0] || height !== node.size[1]) node.setSize([width, height]);
+}
+
+/**
+ * Grows the node when its preview is shorter than PREVIEW_MIN_HEIGHT. The frontend gives the
+ * preview and any other growable widget (the progress-text box that a node text such as the
+ * memory plan adds) their minimums and splits the space left over evenly between them, so each
+ * of them gets the missing height.
+ */
+function keepPreviewRoom(node) {
+  const widgets = node.widgets ?? [];
+  const preview = widgets.find((w) => w.name?.includes("image-preview"));
+  const shown = preview?.computedHeight;
+  if (!shown || shown >= PREVIEW_MIN_HEIGHT) return;
+  const growable = widgets.filter((w) => !w.computeSize && w.computeLayoutSize).length;
+  const missing = (PREVIEW_MIN_HEIGHT - shown) * Math.max(1, growable);
+  node.setSize([node.size[0], node.size[1] + missing]);
+  node.setDirtyCanvas(true, true);
 }
 
 function onTraining(event) {
