@@ -331,16 +331,18 @@ def measure_world(
     rows: list[Row] = _PrintingList()
     g1_trainers: dict[str, Any] = {}
 
+    def g10(device: torch.device) -> list[Row]:
+        """G10: the guard's cost over a check interval."""
+        return guard_rows(
+            world.name,
+            lambda g: trainer(act, device, offline=None, rollout=rollout_steps, guard=g),
+            repeats,
+            clock,
+        )
+
     def body(device: torch.device) -> None:
         if guard_only:
-            rows.extend(
-                guard_rows(
-                    world.name,
-                    lambda g: trainer(act, device, offline=None, rollout=rollout_steps, guard=g),
-                    repeats,
-                    clock,
-                )
-            )
+            rows.extend(g10(device))
             return
         online = {
             v.form: trainer(v, device, offline=None, rollout=rollout_steps) for v in (act, merged)
@@ -428,18 +430,8 @@ def measure_world(
         rows.append(
             Row(world.name, "G6", "offline step / online step", g6["offline"], g6["online"])
         )
-        # G10: the guard's cost over a check interval
         if with_guard_row:
-            rows.extend(
-                guard_rows(
-                    world.name,
-                    lambda g: trainer(act, device, offline=None, rollout=rollout_steps, guard=g),
-                    repeats,
-                    clock,
-                )
-            )
-        if guard_only:
-            return
+            rows.extend(g10(device))
         # memory growth over 100 steps
         growth = trainer(act, device, offline=None, rollout=GROWTH_ROLLOUT)
         for _ in range(GROWTH_FROM):
