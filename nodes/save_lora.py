@@ -71,17 +71,31 @@ def next_run(folder: str, stem: str) -> int:
     return max(runs, default=0) + 1
 
 
+def run_of(path: str) -> int:
+    """The run number R of a name written by :func:`write_new_lora`."""
+    found = re.search(r"_run(\d+)(_step\d+)?\.safetensors$", path)
+    if found is None:
+        raise ValueError(f"not a run-numbered LoRA file name: {path}")
+    return int(found.group(1))
+
+
 def write_new_lora(
-    folder: str, prefix: str, steps: int | None, tensors: Mapping[str, torch.Tensor]
+    folder: str,
+    prefix: str,
+    steps: int | None,
+    tensors: Mapping[str, torch.Tensor],
+    run: int | None = None,
 ) -> str:
     """Write ``tensors`` to a new file ``folder/<prefix>_run<R>_step<S>.safetensors``; returns its
-    path. The name is reserved with ``O_CREAT | O_EXCL``: an existing file is never replaced."""
+    path. R is ``run`` when given (a run that saves several steps keeps its number), else one
+    more than the highest in the folder. The name is reserved with ``O_CREAT | O_EXCL``: an
+    existing file is never replaced (R moves on to the next free number)."""
     relative = clean_prefix(prefix)
     directory = os.path.join(folder, os.path.dirname(relative))
     stem = os.path.basename(relative)
     os.makedirs(directory, exist_ok=True)
     data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    run = next_run(directory, stem)
+    run = next_run(directory, stem) if run is None else run
     for _ in range(MAX_TRIES):
         path = os.path.join(directory, file_name(stem, run, steps))
         try:

@@ -10,14 +10,11 @@ shows them as the node's live preview and collects them for the trainer's ``vali
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import folder_paths
 import numpy as np
-import safetensors.torch
 import torch
 from comfy_api.latest import io
 from PIL import Image, ImageDraw
@@ -30,12 +27,11 @@ from ..srpo_core.training.validation import (
     validate,
 )
 from .prompts import PromptSet
+from .save_lora import LORA_FOLDER, lora_folder, run_of, write_new_lora
 from .types import CATEGORY, SRPOPrompts, SRPOValidation, default_of, help_of
 
 log = logging.getLogger(__name__)
 
-LORA_FOLDER = "loras"
-"""Sub-folder of the output folder for the LoRAs saved during training."""
 LABEL_HEIGHT = 14
 LABEL_MIN_WIDTH = 256
 """Smaller samples are enlarged (nearest neighbour, whole factors) so the label stays legible."""
@@ -92,7 +88,8 @@ class SRPOValidationNode(io.ComfyNode):
                     tooltip=help_of(
                         ValidationConfig,
                         "save_lora_every",
-                        f"Files: output/{LORA_FOLDER}/<checkpoint name>_step<N>.safetensors.",
+                        f"Files: output/{LORA_FOLDER}/<checkpoint name>_run<R>_step<N>.safetensors"
+                        " (R: the training session; no existing file is replaced).",
                     ),
                 ),
             ],
@@ -141,6 +138,8 @@ class Validator:
     lora_stem: str
     results: list[ValidationResult] = field(default_factory=list)
     saved: list[str] = field(default_factory=list)
+    lora_run: int | None = None
+    """Run number of this session's LoRA files (set at the first save)."""
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         positive, negative = self.reward.config.words.pair(0)
@@ -197,14 +196,13 @@ class Validator:
         return torch.stack(images).permute(0, 2, 3, 1).float()
 
     def save_lora(self, steps_done: int, state: Mapping[str, torch.Tensor]) -> str | None:
-        """Save the adapters when due: output/loras/<stem>_step<N>.safetensors."""
+        """Save the adapters when due: output/loras/<stem>_run<R>_step<N>.safetensors, R fixed
+        for this session at its first save (a retrained or resumed run gets a new R, so no
+        earlier file is replaced)."""
         if not self.settings.config.lora_due(steps_done):
             return None
-        folder = os.path.join(folder_paths.get_output_directory(), LORA_FOLDER)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, f"{self.lora_stem}_step{steps_done:05d}.safetensors")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        safetensors.torch.save_file(tensors, path)
+        path = write_new_lora(lora_folder(), self.lora_stem, steps_done, state, self.lora_run)
+        self.lora_run = run_of(path)
         self.saved.append(path)
         log.info("SRPO: LoRA at step %d saved to %s", steps_done, path)
         return path

@@ -105,3 +105,33 @@ def test_start_message_history_is_json_for_the_frontend() -> None:
     report.start(2, 10, "/x/run.ckpt", {"loss": [0.5, 0.25], "reward": [float("nan"), 0.1]})
     back = json.loads(json.dumps(report.sent[-1], allow_nan=False))
     assert back["history"] == {"loss": [0.5, 0.25], "reward": [None, 0.1]}
+
+
+def test_validation_saves_keep_their_run_and_never_replace_a_file(
+    pack: ModuleType, tmp_path: Path
+) -> None:
+    """SRPO Validation's periodic saves: one session keeps one run number; the same run trained
+    again from scratch (a new session, the same checkpoint stem) writes under the next number, so
+    the first session's step files stay as they were."""
+    import folder_paths
+    from comfyui_srpo.nodes.validation import ValidationSettings, Validator
+    from comfyui_srpo.srpo_core.training.validation import ValidationConfig
+
+    folder_paths.set_output_directory(str(tmp_path))
+    settings = ValidationSettings(None, ValidationConfig(every=100, seed=0, save_lora_every=2))  # type: ignore[arg-type]
+
+    def session(value: float) -> list[str]:
+        validator = Validator(settings, 0, None, 1, 1.0, "fp32", "toy")  # type: ignore[arg-type]
+        saved = [validator.save_lora(s, {"w": torch.full((2,), value)}) for s in (1, 2, 3, 4)]
+        return [Path(p).name for p in saved if p is not None]
+
+    assert session(1.0) == [
+        "toy_run00001_step00002.safetensors",
+        "toy_run00001_step00004.safetensors",
+    ]
+    assert session(2.0) == [
+        "toy_run00002_step00002.safetensors",
+        "toy_run00002_step00004.safetensors",
+    ]
+    first = load_file(tmp_path / "loras" / "toy_run00001_step00004.safetensors")["w"]
+    assert torch.equal(first, torch.full((2,), 1.0)), "the first session's file was replaced"
