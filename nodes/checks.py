@@ -102,20 +102,32 @@ def check_training_memory(model: Any, batch_size: int, latent: tuple[int, int, i
         )
 
 
-def require_latent(samples: torch.Tensor, model: Any, what: str) -> None:
-    """A LATENT for ``model``: (N, C, H, W) with the model's latent channel count."""
-    channels = int(model.get_model_object("latent_format").latent_channels)
+ONE_FRAME_AXIS = 2
+"""Frame axis of a one-frame video-layout latent (N, C, 1, H, W): what VAE Encode gives for an
+image under a video VAE (Qwen-Image's Wan 2.1 VAE)."""
+
+
+def image_latents(samples: torch.Tensor, model: Any, what: str) -> torch.Tensor:
+    """``samples`` as image latents (N, C, H, W) for ``model`` (raises with the fix otherwise).
+
+    A one-frame video-layout latent (N, C, 1, H, W) is an image: its frame axis is dropped.
+    Any other rank, more frames, or another channel count than the model's latents is refused."""
     shape = tuple(samples.shape)
+    if samples.ndim == 5 and shape[ONE_FRAME_AXIS] == 1:
+        samples = samples.squeeze(ONE_FRAME_AXIS)
     if samples.ndim != 4:
         raise ValueError(
-            f"{what} must be image latents (N, C, H, W); got a {samples.ndim}-D latent {shape}"
-            " (video or audio latents are not supported): encode images with this model's VAE"
+            f"{what} must be image latents (N, C, H, W), or one frame (N, C, 1, H, W); got a"
+            f" {len(shape)}-D latent {shape} (video or audio latents are not supported): encode"
+            " images with this model's VAE"
         )
-    if shape[1] != channels:
+    channels = int(model.get_model_object("latent_format").latent_channels)
+    if samples.shape[1] != channels:
         raise ValueError(
-            f"{what} has {shape[1]} channels but this model's latents have {channels}: encode the"
-            " images with this model's own VAE (VAE Encode)"
+            f"{what} has {samples.shape[1]} channels but this model's latents have {channels}:"
+            " encode the images with this model's own VAE (VAE Encode)"
         )
+    return samples
 
 
 def existing_lora_notes(

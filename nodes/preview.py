@@ -15,8 +15,9 @@ from comfy_api.latest import io
 from ..srpo_core.direct_align import direct_align, one_step_x0, x_t
 from ..srpo_core.schedules import TrainingInterval
 from . import checks
-from .guider import run_session
+from .guider import FRAME_AXIS, has_frame_axis, run_session
 from .types import CATEGORY
+from .vae_decoder import process_in
 
 PANELS = ("clean", "noisy", "one-step", "direct-align")
 DEFAULT_SPAN = TrainingInterval().span
@@ -88,8 +89,8 @@ class SRPODirectAlignPreview(io.ComfyNode):
         span: float,
         seed: int,
     ) -> io.NodeOutput:
-        checks.require_latent(latent["samples"], model, "latent")
-        x0 = model.model.process_latent_in(latent["samples"].float())
+        samples = checks.image_latents(latent["samples"], model, "latent")
+        x0 = process_in(model.get_model_object("latent_format"), samples.float())
         eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         panels: dict[str, torch.Tensor] = {}
 
@@ -101,8 +102,23 @@ class SRPODirectAlignPreview(io.ComfyNode):
                 panels.update(recover(v, x0, eps, sigma, span))
 
         run_session(model, [positive], tuple(x0.shape), session)
-        decoded = [vae.decode(model.model.process_latent_out(panels[name])) for name in PANELS]
+        latent_format = model.get_model_object("latent_format")
+        decoded = [image_of(vae.decode(vae_latent(latent_format, panels[n]))) for n in PANELS]
         return io.NodeOutput(torch.cat(decoded, dim=2))
+
+
+def vae_latent(latent_format: Any, latent: torch.Tensor) -> torch.Tensor:
+    """An image latent (B, C, H, W) in model space as the VAE takes it: ``process_out``, with a
+    one-frame axis (B, C, 1, H, W) where the format is a video one (Qwen-Image's Wan 2.1)."""
+    if has_frame_axis(latent_format):
+        latent = latent.unsqueeze(FRAME_AXIS)
+    return latent_format.process_out(latent)
+
+
+def image_of(decoded: torch.Tensor) -> torch.Tensor:
+    """An IMAGE (B, H, W, 3) from ``VAE.decode``'s output, whose video VAEs give one frame
+    (B, 1, H, W, 3)."""
+    return decoded.flatten(0, 1) if decoded.ndim == 5 else decoded
 
 
 NODES: list[type[io.ComfyNode]] = [SRPODirectAlignPreview]

@@ -51,7 +51,7 @@ from .resume import checkpoint_path
 from .run_export import export_run_file
 from .run_summary import largest_change, snapshot
 from .training_settings import TrainingSettings, block_mode
-from .vae_decoder import VAEDecoder
+from .vae_decoder import VAEDecoder, process_in
 from .validation import ValidationSettings, Validator
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,8 @@ def run_training(
 
         offline = None
         if real_latents is not None:
-            offline = mp.model.process_latent_in(real_latents["samples"]).to(device)
+            latent_format = mp.get_model_object("latent_format")
+            offline = process_in(latent_format, real_latents["samples"]).to(device)
         with (
             adapters.session(),
             block_checkpointing(mp.model.diffusion_model, cfg.gradient_checkpointing),

@@ -130,3 +130,11 @@ def process_out(latent_format: Any, latent: torch.Tensor) -> torch.Tensor:
     if not has_frame_axis(latent_format):
         return latent_format.process_out(latent)
     return latent_format.process_out(latent.unsqueeze(FRAME_AXIS)).squeeze(FRAME_AXIS)
+
+
+def process_in(latent_format: Any, latent: torch.Tensor) -> torch.Tensor:
+    """``latent_format.process_in`` (VAE space -> model space) on an image latent (B, C, H, W),
+    through a one-frame axis where the format is a video one (as :func:`process_out`)."""
+    if not has_frame_axis(latent_format):
+        return latent_format.process_in(latent)
+    return latent_format.process_in(latent.unsqueeze(FRAME_AXIS)).squeeze(FRAME_AXIS)

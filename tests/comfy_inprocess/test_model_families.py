@@ -174,3 +174,71 @@ def test_a_model_that_is_not_a_flow_is_refused_before_training(
         )
     for key, value in base.model.diffusion_model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+QWEN = next(f for f in FAMILIES if f.video_vae)
+
+
+def test_one_frame_latents_train_offline_and_preview_on_a_video_vae_family(
+    pack: ModuleType, clip_reward: Any
+) -> None:
+    """Qwen-Image's VAE Encode gives one-frame latents (N, C, 1, H, W): the trainer takes them as
+    real_latents (the same LoRA as the frame axis dropped by hand), the Direct-Align Preview
+    takes them, and the latent goes into model space with the Wan 2.1 statistics as
+    ``(z - mean) * scale / std`` per channel (a hand computation, not ComfyUI's own call)."""
+    from comfy_extras.nodes_train import TrainLoraNode  # noqa: F401  (ComfyUI's node set loads)
+    from comfyui_srpo.nodes.preview import SRPODirectAlignPreview
+    from comfyui_srpo.nodes.prompts import PromptSet
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+    from comfyui_srpo.nodes.vae_decoder import process_in
+
+    from nodes import VAEEncode
+
+    model, vae = build_model(QWEN), build_vae(QWEN)
+    image = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        (latent,) = VAEEncode().encode(vae, image)
+    samples = latent["samples"]
+    assert samples.shape == (1, QWEN.latent_channels, 1, *LATENT_HW), "a one-frame video latent"
+
+    fmt = model.get_model_object("latent_format")
+    z = samples.squeeze(2)
+    mean, std = fmt.latents_mean.view(1, -1, 1, 1), fmt.latents_std.view(1, -1, 1, 1)
+    expected = (z - mean) * fmt.scale_factor / std
+    assert torch.allclose(process_in(fmt, z), expected, rtol=1e-6, atol=1e-6)
+
+    prompts = PromptSet(["a red square"], [conditioning(QWEN, 1, LATENT_HW)])
+    offline = {**TRAIN, "steps": 1}
+    with torch.inference_mode():
+        five = SRPODirectAlignTrainer.execute(
+            model, vae, prompts, clip_reward, real_latents=latent, **node_inputs(**offline)
+        )
+        four = SRPODirectAlignTrainer.execute(
+            model, vae, prompts, clip_reward, real_latents={"samples": z}, **node_inputs(**offline)
+        )
+        (panels,) = SRPODirectAlignPreview.execute(
+            model, vae, prompts.conds[0], latent, 0.5, 0.1, 0
+        ).args
+    assert five.args[1].keys() == four.args[1].keys() and five.args[1]
+    for key, value in five.args[1].items():
+        assert torch.equal(value, four.args[1][key]), key
+    assert all(torch.isfinite(torch.tensor(five.args[2]["loss"])))
+    assert panels.ndim == 4 and panels.shape[0] == 1 and panels.shape[-1] == 3
+
+
+def test_a_video_latent_with_several_frames_is_refused(pack: ModuleType, clip_reward: Any) -> None:
+    """Real latents of a clip (more than one frame) get one sentence naming what to give."""
+    from comfyui_srpo.nodes.prompts import PromptSet
+    from comfyui_srpo.nodes.trainer import SRPODirectAlignTrainer
+
+    prompts = PromptSet(["a red square"], [conditioning(QWEN, 1, LATENT_HW)])
+    clip = {"samples": torch.zeros(1, QWEN.latent_channels, 3, *LATENT_HW)}
+    with pytest.raises(ValueError, match=r"real_latents must be image latents .* one frame"):
+        SRPODirectAlignTrainer.execute(
+            build_model(QWEN),
+            build_vae(QWEN),
+            prompts,
+            clip_reward,
+            real_latents=clip,
+            **node_inputs(**TRAIN),
+        )
