@@ -312,7 +312,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             raise ValueError("export_only needs an export_run_file name")
         report = server_report()
         if real_latents is not None:
-            latents = checks.image_latents(real_latents["latents"], model, "real_latents")
+            latents = checks.image_latents(real_latents["samples"], model, "real_latents")
             real_latents = {**real_latents, "samples": latents}
         if export_only:  # nothing trains here: no memory, checkpoint or resume checks
             settings = build_settings(model, vae, real_latents, kw)
