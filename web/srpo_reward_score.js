@@ -5,7 +5,8 @@
 // at the bottom that shows the mean in a large font (the control words are the widgets above
 // it), so the before and after numbers of a workflow read at fit zoom beside their samples.
 // After a tab switch or a page reload the node is new: the display then reads the score from
-// ComfyUI's stored node outputs (app.nodeOutputs), as stock previews do; the extension files
+// ComfyUI's stored node outputs (app.nodeOutputs), as stock previews do (after a reload
+// srpo_restore.js puts them back from the server's history); the extension files
 // each score under the open workflow itself as well (see remember).
 // The display is never serialised: workflows and queued prompts are the same without it.
 

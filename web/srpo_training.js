@@ -10,8 +10,9 @@
 // A resumed run's "start" message carries the losses and rewards of the steps before the resume
 // (from the checkpoint), so the chart shows the whole run. Save LoRA (SRPO) sends "saved" with the
 // file it wrote; the panel names it. At the end the trainer returns the whole run as its ui
-// output (srpo_training): when a workflow tab is reopened or the page reloaded, the panel redraws
-// from ComfyUI's stored node outputs, as stock previews do. A run that cannot have changed the
+// output (srpo_training): when a workflow tab is reopened the panel redraws from ComfyUI's
+// stored node outputs, as stock previews do; after a page reload srpo_restore.js puts them back
+// from the server's history first. A run that cannot have changed the
 // model (learning rate at its minimum, LoRA unchanged) shows its warning in orange.
 // The panel is a canvas widget that is never serialised: workflows and queued prompts are the
 // same with or without this extension.

@@ -6,11 +6,14 @@ real frontend, headless Chromium, queued from the page's own Run button.
   the node shows it naming the input. The same for the trainer's ``reward`` input disconnected.
 - After a short toy run, switching to a new workflow tab and back (the frontend rebuilds the
   graph's nodes) leaves the trainer's chart, its text naming the saved LoRA, and both Reward
-  Score numbers on screen, drawn from ComfyUI's stored node outputs.
+  Score numbers on screen, drawn from ComfyUI's stored node outputs. A page reload (the frontend
+  restores the persisted graph without any node outputs) shows them again, read back from the
+  server's /history by web/srpo_restore.js.
 
 Screenshots (test-artifacts/, git-ignored): editor_error_interval.png (the toast and the red box
 above the settings node), editor_error_reward.png, editor_after_tab_switch.png (the trainer's
-panel and the before/after scores after the tab switch).
+panel and the before/after scores after the tab switch), editor_after_reload.png (the same after
+a page reload).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import requests
 from scripts.comfy_harness.server import ComfyServer
 from tests.browser.test_frontend import (  # the same browser and page fixtures
     ARTIFACTS_DIR,
+    READY_JS,
     WORKFLOWS_DIR,
     Frontend,
     browser,
@@ -189,7 +193,47 @@ def wait_for_scores(page: Frontend) -> Any:
         time.sleep(POLL_S)
 
 
-def test_results_survive_a_tab_switch(frontend: Frontend, comfy: ComfyServer) -> None:
+def assert_results_shown(shown: Any, comfy: ComfyServer, scores: list[Any], when: str) -> None:
+    """The trainer's panel shows the finished 2-step run and its saved LoRA; the two Reward
+    Score nodes show ``scores``."""
+    run = shown["run"]
+    assert run is not None, f"the trainer shows no panel after {when}"
+    assert run["steps"] == [1, 2] and all(math.isfinite(v) for v in run["loss"]), (when, run)
+    assert run["phase"] == "done" and "SRPO training done" in run["text"], (when, run)
+    assert run["saved"] and run["saved"].endswith(".safetensors"), (when, run)
+    assert (comfy.dirs.output / "loras" / run["saved"]).is_file()
+    assert len(shown["scores"]) == 2
+    for score in shown["scores"]:
+        number, caption = score["shown"]
+        assert math.isfinite(float(number)) and caption.startswith("mean of"), (when, score)
+    assert [s["shown"] for s in shown["scores"]] == scores, when
+
+
+def reload_page(page: Frontend) -> None:
+    """Reload the page and wait until the frontend has its nodes registered again."""
+    page.driver.refresh()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not page.driver.execute_script(READY_JS, "SRPODirectAlignTrainer"):
+        if time.monotonic() > deadline:
+            pytest.fail("the frontend did not come back after the reload")
+        time.sleep(POLL_S)
+
+
+def wait_for_panel(page: Frontend) -> Any:
+    """SHOWN_JS once the trainer's panel shows a run (the restore reads /history after the
+    graph is configured), or as it is after MESSAGE_TIMEOUT_S."""
+    deadline = time.monotonic() + MESSAGE_TIMEOUT_S
+    while True:
+        shown = page.driver.execute_script(SHOWN_JS)
+        done = shown["run"] and shown["run"]["steps"] and shown["scores"]
+        if (done and all(s["shown"][0] != "-" for s in shown["scores"])) or (
+            time.monotonic() > deadline
+        ):
+            return shown
+        time.sleep(POLL_S)
+
+
+def test_results_survive_a_tab_switch_and_a_reload(frontend: Frontend, comfy: ComfyServer) -> None:
     page = frontend
     load(page, toy_workflow())
     page.driver.execute_script(SET_JS, "SRPODirectAlignTrainer", TINY_RUN)
@@ -197,23 +241,19 @@ def test_results_survive_a_tab_switch(frontend: Frontend, comfy: ComfyServer) ->
     wait_for_idle(comfy)
     before = wait_for_scores(page)
     assert before["run"] and before["run"]["steps"] == [1, 2], before
+    scores = [s["shown"] for s in before["scores"]]
     for command in ("Comfy.NewBlankWorkflow", "Workspace.PreviousOpenedWorkflow"):
         assert page.driver.execute_async_script(COMMAND_JS, command) is True, command
         time.sleep(1.0)
     after = page.driver.execute_script(SHOWN_JS)
     assert after["fresh"], "the tab switch did not rebuild the nodes (the test proves nothing)"
-    run = after["run"]
-    assert run is not None, "the trainer shows no panel after the tab switch"
-    assert run["steps"] == [1, 2] and all(math.isfinite(v) for v in run["loss"]), run
-    assert run["phase"] == "done" and "SRPO training done" in run["text"], run
-    assert run["saved"] and run["saved"].endswith(".safetensors"), run
-    assert (comfy.dirs.output / "loras" / run["saved"]).is_file()
-    assert len(after["scores"]) == 2
-    for score in after["scores"]:
-        number, caption = score["shown"]
-        assert math.isfinite(float(number)) and caption.startswith("mean of"), score
-    assert [s["shown"] for s in after["scores"]] == [s["shown"] for s in before["scores"]]
+    assert_results_shown(after, comfy, scores, "the tab switch")
     screenshot(page, "editor_after_tab_switch.png", after["trainer"], zoom=0.6)
+
+    reload_page(page)
+    reloaded = wait_for_panel(page)
+    assert_results_shown(reloaded, comfy, scores, "a page reload")
+    screenshot(page, "editor_after_reload.png", reloaded["trainer"], zoom=0.6)
 
 
 LR_JS = """
