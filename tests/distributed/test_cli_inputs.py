@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from srpo_core.distributed.runfile import ModelConfig, ParallelConfig
+from srpo_core.distributed.runfile import (
+    EFFECTIVE_FILE,
+    ModelConfig,
+    ParallelConfig,
+    absolute,
+    load,
+    with_world_size,
+)
 from srpo_core.rewards import ControlWordRewardConfig
 from srpo_core.rewards.control_reward import ControlWords
 from tests.distributed.tinyworld import REPO, build
@@ -65,6 +72,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = (run_file.parent / "out").resolve()
     assert f"output folder {out}" in done.stderr
     return run_file
+
+
+def test_the_run_saves_its_effective_run_file(tiny: Path) -> None:
+    """output_dir/effective_run.toml: the run as trained, paths absolute, reloadable anywhere."""
+    saved = load((tiny.parent / "out" / EFFECTIVE_FILE).resolve())
+    assert saved == absolute(with_world_size(load(tiny), 1))
+    assert Path(saved.paths.prompts).is_absolute() and Path(saved.paths.prompts).is_file()
 
 
 def copy_world(tiny: Path, dest: Path, edit: Callable[[str], str]) -> Path:
