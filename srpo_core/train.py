@@ -137,12 +137,12 @@ def subcommand(name: str, argv: Sequence[str]) -> int:
 
 def print_config(args: argparse.Namespace, overrides: Overrides) -> None:
     """``--print-default-config`` / ``--print-config``: the run file, as TOML, on stdout."""
-    if args.print_default_config:
+    if args.print_default_config or not args.config:
         run = build({}, overrides, default_run_file())
     else:
-        run = absolute(load(args.config, overrides) if args.config else build({}, overrides,
-                       default_run_file()))  # fmt: skip
-        run = with_world_size(run, int(os.environ.get("WORLD_SIZE", "1")))
+        run = load(args.config, overrides)
+    if args.print_config:
+        run = with_world_size(absolute(run), int(os.environ.get("WORLD_SIZE", "1")))
     sys.stdout.write(dumps(run))
 
 
