@@ -290,6 +290,8 @@ SECTIONS: dict[str, str] = {
 }
 HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
 #   (or: torchrun --nproc_per_node N -m srpo_core.train --config THIS_FILE)
+# Any key below can be set over this file on the command line (--train.lr 1e-4); a key left out
+# takes its default; --help lists them all, --print-config prints the result.
 format = "{FORMAT}"
 version = {VERSION}
 """
