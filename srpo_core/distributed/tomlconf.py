@@ -4,7 +4,11 @@ Any dataclass whose fields are bools, ints, floats, strings, tuples/lists of tho
 values or nested dataclasses round-trips: :func:`to_toml` writes one table per dataclass (nested
 ones as sub-tables) and :func:`from_dict` rebuilds it from ``tomllib``'s dict, so a field added to
 a config class appears in every run file without touching this module. TOML has no null, so a
-``None`` value is written as the string :data:`NONE` (and read back as None).
+``None`` value is written as the string :data:`NONE` (and read back as None). Keys a table leaves
+out keep the value of a base instance (the enclosing config's own default); a field's allowed
+values come from a ``Literal`` type or ``metadata["choices"]``; an unknown key or value is refused
+with the nearest known one suggested. The command line's overrides (:mod:`.overrides`) go through
+the same :func:`from_dict`.
 """
 
 from __future__ import annotations
