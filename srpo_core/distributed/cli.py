@@ -19,6 +19,7 @@ from ..training.loop import RolloutContext, StepCallback
 from .components import Components, load_provider
 from .dcp import full_state, save_export
 from .lora import add_alphas, add_lora, lora_export_state, lora_parameters
+from .overrides import Overrides
 from .parallel import (
     World,
     check_divisible,
@@ -33,7 +34,7 @@ from .parallel import (
 )
 from .preflight import InputError, agreed, preflight, resume_settings
 from .progress import Progress
-from .runfile import RunFile, dumps, load, with_world_size
+from .runfile import EFFECTIVE_FILE, RunFile, absolute, dumps, load, save, with_world_size
 from .shard_load import materialize
 from .trainer import ShardedTrainer, ShardPlan
 
@@ -131,11 +132,12 @@ def report(progress: Progress, world: World) -> StepCallback:
     return callback
 
 
-def load_for_world(path: str) -> RunFile:
-    """The run file with paths resolved and the global batch of this world size, checked to
-    split over the processes. Every rank reads the same file, so each raises the same error."""
+def load_for_world(path: str, overrides: Overrides | None = None) -> RunFile:
+    """The run file (and command-line ``overrides``) with paths resolved and the global batch of
+    this world size, checked to split over the processes. Every rank reads the same file and
+    arguments, so each raises the same error."""
     world_size = world_size_from_env()
-    run = with_world_size(load(path), world_size)
+    run = with_world_size(load(path, overrides), world_size)
     try:
         check_divisible(run.train.batch_size, world_size)
     except ValueError as e:
@@ -144,18 +146,21 @@ def load_for_world(path: str) -> RunFile:
 
 
 def announce(run: RunFile) -> None:
-    """Rank 0 names the absolute output folder and the global batch before anything loads."""
+    """Rank 0 names the absolute output folder and the global batch before anything loads, and
+    saves the effective run file there (:data:`.runfile.EFFECTIVE_FILE`)."""
     if int(os.environ.get("RANK", "0")) == 0:
         out = Path(run.paths.output_dir).resolve()
+        save(absolute(run), out / EFFECTIVE_FILE)
         sys.stderr.write(
             f"srpo_core.train: output folder {out} (global batch {run.train.batch_size} over"
             f" {world_size_from_env()} process(es))\n"
         )
 
 
-def run_from_file(path: str) -> Path:
-    """Check the run file, train on this rank, export; returns the exported file's path."""
-    run = load_for_world(path)
+def run_from_file(path: str, overrides: Overrides | None = None) -> Path:
+    """Check the run file (with command-line ``overrides``), train on this rank, export; returns
+    the exported file's path."""
+    run = load_for_world(path, overrides)
     world = init_world(timedelta(minutes=run.parallel.timeout_minutes))
     try:
         agreed(lambda: preflight(run, world.size))

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..rewards import ControlWordRewardConfig
 from ..training import TrainConfig
+from .overrides import Overrides, merge, nest
 from .tomlconf import RunFileError, from_dict, to_toml
 
 FORMAT = "srpo-run"
@@ -30,6 +31,8 @@ DEFAULT_LORA_RANK = 16
 DEFAULT_TIMEOUT_MINUTES = 30.0
 DEFAULT_KEEP = 2
 """Checkpoints kept by default (the newest and the one before, in case it is damaged)."""
+EFFECTIVE_FILE = "effective_run.toml"
+"""The run as trained (run file + command-line settings, absolute paths), saved in output_dir."""
 
 
 @dataclass(frozen=True)
@@ -110,13 +113,17 @@ class ParallelConfig:
 
     mode: str = field(
         default="lora",
-        metadata={"help": "'lora': LoRA adapters on a frozen base; 'full': every parameter."},
+        metadata={
+            "choices": MODES,
+            "help": "'lora': LoRA adapters on a frozen base; 'full': every parameter.",
+        },
     )
     strategy: str = field(
         default="ddp",
         metadata={
+            "choices": STRATEGIES,
             "help": "'ddp': replicate the model, all-reduce gradients (LoRA only); 'fsdp': FSDP2"
-            " fully_shard per transformer block (sharded parameters, gradients, optimiser state)."
+            " fully_shard per transformer block (sharded parameters, gradients, optimiser state).",
         },
     )
     lora_rank: int = field(default=DEFAULT_LORA_RANK, metadata={"help": "LoRA rank."})
@@ -125,11 +132,17 @@ class ParallelConfig:
     )
     param_dtype: str = field(
         default="bf16",
-        metadata={"help": "FSDP compute dtype of the gathered parameters ('bf16' or 'fp32')."},
+        metadata={
+            "choices": DTYPES,
+            "help": "FSDP compute dtype of the gathered parameters ('bf16' or 'fp32').",
+        },
     )
     reduce_dtype: str = field(
         default="fp32",
-        metadata={"help": "FSDP gradient reduce-scatter dtype ('fp32' or 'bf16')."},
+        metadata={
+            "choices": DTYPES,
+            "help": "FSDP gradient reduce-scatter dtype ('fp32' or 'bf16').",
+        },
     )
     checkpoint_every: int = field(
         default=50,
@@ -175,7 +188,10 @@ class ParallelConfig:
     )
     export_dtype: str = field(
         default="bf16",
-        metadata={"help": "dtype of the exported weights ('bf16' halves the file, or 'fp32')."},
+        metadata={
+            "choices": DTYPES,
+            "help": "dtype of the exported weights ('bf16' halves the file, or 'fp32').",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -211,8 +227,9 @@ class OptimConfig:
     schedule: str = field(
         default="constant",
         metadata={
+            "choices": SCHEDULES,
             "help": "After warm-up: 'constant' (lr), or 'cosine' (from lr down to"
-            " min_lr_ratio x lr at the last step)."
+            " min_lr_ratio x lr at the last step).",
         },
     )
     min_lr_ratio: float = field(
@@ -273,6 +290,8 @@ SECTIONS: dict[str, str] = {
 }
 HEADER = f"""# SRPO run file: python -m srpo_core.train --config THIS_FILE
 #   (or: torchrun --nproc_per_node N -m srpo_core.train --config THIS_FILE)
+# Any key below can be set over this file on the command line (--train.lr 1e-4); a key left out
+# takes its default; --help lists them all, --print-config prints the result.
 format = "{FORMAT}"
 version = {VERSION}
 """
@@ -315,8 +334,10 @@ def dumps(run: RunFile) -> str:
     return "\n".join(parts)
 
 
-def loads(text: str, source: str = "<run file>") -> RunFile:
-    """Parse and validate a run file; :class:`RunFileError` names what to fix."""
+def loads(text: str, source: str = "<run file>", overrides: Overrides | None = None) -> RunFile:
+    """Parse and validate a run file, with command-line ``overrides`` (:mod:`.overrides`) laid
+    over it; keys it leaves out keep :class:`RunFile`'s defaults. :class:`RunFileError` names
+    what to fix."""
     toml = toml_reader()
     try:
         data: dict[str, Any] = toml.loads(text)
@@ -329,25 +350,41 @@ def loads(text: str, source: str = "<run file>") -> RunFile:
             f"{FORMAT!r} version {VERSION}. Write a new one with --print-default-config or the"
             " trainer node's export and copy your settings over."
         )
-    return from_dict(RunFile, data, "run")
+    return build(data, overrides, RunFile())
 
 
-def load(path: str | Path) -> RunFile:
-    """Read a run file; relative paths in ``[paths]`` are resolved against its folder."""
+def build(data: dict[str, Any], overrides: Overrides | None, base: RunFile) -> RunFile:
+    """``base`` with the run-file tables ``data`` and then ``overrides`` laid over it."""
+    return from_dict(RunFile, merge(data, nest(overrides or {})), "", base)
+
+
+def load(path: str | Path, overrides: Overrides | None = None) -> RunFile:
+    """Read a run file (and ``overrides``). Relative paths in ``[paths]`` are resolved against
+    the file's folder, except those given on the command line (relative to the working
+    directory, as a shell argument is)."""
     path = Path(path)
     if not path.is_file():
         raise RunFileError(f"run file {path} does not exist")
-    run = loads(path.read_text(encoding="utf-8"), str(path))
-    return replace(run, paths=resolve_paths(run.paths, path.parent))
+    run = loads(path.read_text(encoding="utf-8"), str(path), overrides)
+    given = {k.split(".", 1)[1] for k in overrides or {} if k.startswith("paths.")}
+    return replace(run, paths=resolve_paths(run.paths, path.parent, keep=given))
 
 
-def resolve_paths(paths: PathsConfig, base: Path) -> PathsConfig:
-    """Relative non-empty paths become ``base / path``."""
+def resolve_paths(paths: PathsConfig, base: Path, keep: set[str] | None = None) -> PathsConfig:
+    """Relative non-empty paths become ``base / path`` (those named in ``keep`` stay)."""
+    keep = keep or set()
     values = {
-        k: str(base / v) if v and not Path(v).is_absolute() else v
+        k: str(base / v) if v and not Path(v).is_absolute() and k not in keep else v
         for k, v in paths.__dict__.items()
     }
     return PathsConfig(**values)
+
+
+def absolute(run: RunFile) -> RunFile:
+    """``run`` with every non-empty path absolute (resolved in the working directory), so its
+    TOML means the same from any folder: the effective config that is printed and saved."""
+    values = {k: str(Path(v).resolve()) if v else v for k, v in run.paths.__dict__.items()}
+    return replace(run, paths=PathsConfig(**values))
 
 
 def save(run: RunFile, path: str | Path) -> None:

@@ -4,22 +4,29 @@ Any dataclass whose fields are bools, ints, floats, strings, tuples/lists of tho
 values or nested dataclasses round-trips: :func:`to_toml` writes one table per dataclass (nested
 ones as sub-tables) and :func:`from_dict` rebuilds it from ``tomllib``'s dict, so a field added to
 a config class appears in every run file without touching this module. TOML has no null, so a
-``None`` value is written as the string :data:`NONE` (and read back as None).
+``None`` value is written as the string :data:`NONE` (and read back as None). Keys a table leaves
+out keep the value of a base instance (the enclosing config's own default); a field's allowed
+values come from a ``Literal`` type or ``metadata["choices"]``; an unknown key or value is refused
+with the nearest known one suggested. The command line's overrides (:mod:`.overrides`) go through
+the same :func:`from_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 NONE = "none"
 """How ``None`` is spelled in a run file."""
 COMMENT_WIDTH = 96
 """Help comments are wrapped to this width."""
+SUGGEST_CUTOFF = 0.6
+"""difflib similarity above which an unknown key's nearest known one is suggested."""
 
 T = TypeVar("T")
 
@@ -28,7 +35,7 @@ class RunFileError(ValueError):
     """A run file (or a table of it) does not fit the config it describes."""
 
 
-def _scalar(value: Any) -> str:
+def scalar(value: Any) -> str:
     """One TOML value: bool, int, float, str, list/tuple of those, None as :data:`NONE`."""
     if value is None:
         return json.dumps(NONE)
@@ -39,7 +46,7 @@ def _scalar(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_scalar(v) for v in value) + "]"
+        return "[" + ", ".join(scalar(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} value {value!r} to TOML")
 
 
@@ -65,12 +72,36 @@ def to_toml(obj: Any, table: str, help_text: str = "") -> str:
             nested.append(to_toml(value, f"{table}.{f.name}", help_))
             continue
         out += _comment(help_) if help_ else []
-        out.append(f"{f.name} = {_scalar(value)}")
+        out.append(f"{f.name} = {scalar(value)}")
     return "\n".join(out) + "\n" + "".join("\n" + n for n in nested)
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Coerce a TOML value to the field type ``hint`` (tuples, nested dataclasses, optionals)."""
+def choices_of(f: dataclasses.Field[Any], hint: Any) -> tuple[Any, ...]:
+    """The allowed values of a field: its ``Literal[...]`` type's, or ``metadata["choices"]``."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    return tuple(f.metadata.get("choices", ()))
+
+
+def closest(name: str, options: Iterable[str]) -> str | None:
+    """The option most similar to ``name`` (difflib ratio >= :data:`SUGGEST_CUTOFF`), if any."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=SUGGEST_CUTOFF)
+    return close[0] if close else None
+
+
+def nearest(name: str, options: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the :func:`closest` option, or ``""``."""
+    close = closest(name, options)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _convert(value: Any, hint: Any, where: str, base: Any = None) -> Any:
+    """Coerce a TOML value to the field type ``hint`` (tuples, nested dataclasses merged onto
+    ``base``, optionals, literals)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -78,12 +109,14 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return None
         rest = [o for o in options if o is not type(None)]
         return _convert(value, rest[0], where) if len(rest) == 1 else value
+    if origin is typing.Literal:
+        return _choice(value, typing.get_args(hint), where)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise RunFileError(f"{where} must be a table, got {value!r}")
-        return from_dict(hint, value, where)
+        return from_dict(hint, value, where, base if isinstance(base, hint) else None)
     if origin is tuple:
-        if not isinstance(value, list):
+        if not isinstance(value, list | tuple):
             raise RunFileError(f"{where} must be an array, got {value!r}")
         args = typing.get_args(hint)
         item = args[0] if args else Any
@@ -97,21 +130,36 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    """Build dataclass ``cls`` from a TOML table: unknown keys are errors, missing keys keep their
-    defaults, values are checked against the field types and then by the class itself."""
+def _choice(value: Any, options: tuple[Any, ...], where: str) -> Any:
+    if value not in options:
+        hint = nearest(str(value), map(str, options))
+        raise RunFileError(f"{where} must be one of {options}, got {value!r}{hint}")
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str, base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a TOML table: unknown keys are errors (the nearest known one
+    suggested), missing keys keep their value in ``base`` (default: the class defaults), values
+    are checked against the field types and choices, then by the class itself."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
+        table = f"[{where}]" if where else "the run file"
         raise RunFileError(
-            f"[{where}] has unknown keys {unknown}; known keys: {sorted(names)} (a run file from "
-            "another version of the pack? print a fresh one with --print-default-config)"
+            f"{table} has unknown keys {unknown}{nearest(unknown[0], fields)}; known keys:"
+            f" {sorted(fields)} (a run file from another version of the pack? print a fresh one"
+            " with --print-default-config)"
         )
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {n: getattr(base, n) for n, f in fields.items() if f.init} if base is not None else {}
+    for k, v in data.items():
+        inner = getattr(base, k) if base is not None else None
+        value = _convert(v, hints[k], _key(where, k), inner)
+        options = choices_of(fields[k], hints[k])
+        kwargs[k] = _choice(value, options, _key(where, k)) if options else value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise RunFileError(f"[{where}]: {e}") from e
+        raise RunFileError(f"[{where}]: {e}" if where else str(e)) from e

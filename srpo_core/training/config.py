@@ -50,9 +50,10 @@ def check_k_ends(name: str, ends: tuple[float, ...]) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def _help(text: str, *, hashed: bool = True) -> dict[str, Any]:
-    """Field metadata: help text, and whether the field enters the config hash."""
-    return {"help": text, "hashed": hashed}
+def _help(text: str, *, hashed: bool = True, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field metadata: help text, whether the field enters the config hash, and the allowed
+    values of a string choice (the run file and the command line check and list them)."""
+    return {"help": text, "hashed": hashed, **({"choices": choices} if choices else {})}
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class RegularizerConfig:
         metadata=_help(
             "'paired' (the reference): every denoise micro-step is followed by one inversion"
             " micro-step on the same samples, noise and sigma pair, so each update has exactly"
-            " as many of each. 'random': each micro-step is inversion with probability `share`."
+            " as many of each. 'random': each micro-step is inversion with probability `share`.",
+            choices=PAIRINGS,
         ),
     )
     share: float = field(
@@ -153,7 +155,8 @@ class TrainConfig:
         metadata=_help(
             "How the K levels are chosen: 'stratified', one uniform draw in each of K equal"
             " slices of the interval (noisiest first; K=1 is a uniform draw); 'random', K"
-            " independent uniform draws; 'levels', K fixed evenly spaced sigmas."
+            " independent uniform draws; 'levels', K fixed evenly spaced sigmas.",
+            choices=SIGMA_SAMPLING,
         ),
     )
     rollout_steps: int = field(
@@ -200,7 +203,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help("Seed of prompts, noise and sigma draws."))
     dtype: str = field(
         default="fp32",
-        metadata=_help("'fp32', or 'bf16' autocast (where the device supports it)."),
+        metadata=_help(
+            "'fp32', or 'bf16' autocast (where the device supports it).", choices=DTYPES
+        ),
     )
     offline: bool = field(
         default=False,

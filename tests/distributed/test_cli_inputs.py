@@ -10,12 +10,21 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
-from srpo_core.distributed.runfile import ModelConfig, ParallelConfig
+from srpo_core.distributed.runfile import (
+    EFFECTIVE_FILE,
+    ModelConfig,
+    ParallelConfig,
+    absolute,
+    load,
+    with_world_size,
+)
 from srpo_core.rewards import ControlWordRewardConfig
 from srpo_core.rewards.control_reward import ControlWords
 from tests.distributed.tinyworld import REPO, build
@@ -27,10 +36,12 @@ STEPS = 3
 KEEP = 2
 
 
-def train(run_file: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def train(
+    run_file: Path, cwd: Path = REPO, settings: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "srpo_core.train", "--config", str(run_file)]
+    cmd = [sys.executable, "-m", "srpo_core.train", "--config", str(run_file), *settings]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
 
 
@@ -65,6 +76,38 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = (run_file.parent / "out").resolve()
     assert f"output folder {out}" in done.stderr
     return run_file
+
+
+def test_the_run_saves_its_effective_run_file(tiny: Path) -> None:
+    """output_dir/effective_run.toml: the run as trained, paths absolute, reloadable anywhere."""
+    saved = load((tiny.parent / "out" / EFFECTIVE_FILE).resolve())
+    assert saved == absolute(with_world_size(load(tiny), 1))
+    assert Path(saved.paths.prompts).is_absolute() and Path(saved.paths.prompts).is_file()
+
+
+def test_command_line_settings_reach_the_run(tiny: Path, tmp_path: Path) -> None:
+    """--train.steps and --paths.output_dir (relative to the working directory) over the file:
+    the run trains that many steps into that folder and records them."""
+    run_file = copy_world(tiny, tmp_path / "w", lambda t: t)
+    settings = (
+        "--train.steps",
+        "1",
+        "--paths.output_dir",
+        "o2",
+        "--parallel.checkpoint_every",
+        "0",
+    )
+    done = train(run_file, cwd=tmp_path, settings=settings)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "o2"
+    assert not (run_file.parent / "out").exists()
+    with safe_open(str(out / "srpo_lora.safetensors"), framework="pt") as f:
+        assert f.metadata()["srpo_steps"] == "1"
+    saved = load(out / EFFECTIVE_FILE)
+    assert saved.train.steps == 1 and saved.paths.output_dir == str(out)
+    assert saved.parallel.checkpoint_every == 0 and saved.train == replace(
+        with_world_size(load(tiny), 1).train, steps=1
+    )
 
 
 def copy_world(tiny: Path, dest: Path, edit: Callable[[str], str]) -> Path:
