@@ -34,7 +34,6 @@ from .fsdp_trace import (
     tiny_shapes,
     trace,
 )
-from .memmodel import PHASES
 
 STRATEGY_NAMES = {"fsdp": "FSDP2", "ddp": "DDP"}
 ROW_NAMES = {OPTIMIZER: "optimizer state (+ update temporaries)"}
@@ -81,7 +80,7 @@ def breakdown(report: FsdpReport, gpu_gb: float, shapes_name: str = "FLUX.1-dev"
         f" {report.gathered_rollout / GB:.2f} GB",
         "",
         f"{'per GPU, GB, at each phase peak':<{NAME_WIDTH}}"
-        + "".join(f"{p:>{COLUMN_WIDTH}}" for p in PHASES),
+        + "".join(f"{p.name:>{COLUMN_WIDTH}}" for p in report.phases),
     ]
     for category in CATEGORIES:
         name = ROW_NAMES.get(category, category)

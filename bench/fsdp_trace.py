@@ -57,7 +57,7 @@ from .category_tracker import (
 )
 from .fake_dist import fake_world, in_place_allreduce
 from .fake_trace import PhasePeak, batch_constants, cuda_autocast_fp32_ops, fake_module_support
-from .memmodel import PHASES, saving
+from .memmodel import PHASES as STEP_PHASES
 
 FILE_DTYPE = torch.bfloat16
 """dtype of the released FLUX.1-dev transformer file (what ``materialize`` reads)."""
@@ -68,6 +68,8 @@ TRACED_ROLLOUT_STEPS = 1
 blocks stay from the first one)."""
 VAE_FACTOR = 8
 """Pixels per latent pixel of the FLUX VAE."""
+PHASES = (*STEP_PHASES, "guard")
+"""The step's phases (rollout, micro-step, update), then the reward-hacking guard's check."""
 
 
 @dataclass(frozen=True)
@@ -295,13 +297,43 @@ def trace(run: TraceRun, shapes: FakeShapes | None = None) -> FsdpReport:
             return traced_step(run, shapes, world, tracker)
 
 
-def traced_step(run: TraceRun, shapes: FakeShapes, world: Any, tracker: CategoryTracker) -> Any:
+def traced_step(
+    run: TraceRun, shapes: FakeShapes, world: Any, tracker: CategoryTracker
+) -> FsdpReport:
     """Prepare as ``cli.run_from_file`` does, then the phases of one SRPO step."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    trainer, held = build_trainer(run, shapes, world, tracker)
+    measured = run_phases(trainer, tracker)
+    states = optimizer_bytes(trainer.optimizer)
+    accumulating = trainer.config.grad_accum > 1
+    repeats = accumulating or measured.micro_steps > 1
+    missing = {
+        "rollout": {OPTIMIZER: states, GRADIENTS: measured.gradients if accumulating else 0},
+        "micro-step": {OPTIMIZER: states, GRADIENTS: measured.gradients if repeats else 0},
+    }
+    phases = [
+        steady(name, tracker.peaks[name], tracker.at_peak.get(name, {}), missing.get(name, {}))
+        for name in PHASES
+        if name in tracker.peaks
+    ]
+    return FsdpReport(
+        run=run,
+        strategy=run.chosen_strategy,
+        phases=phases,
+        parameters=local_bytes(held),
+        gradients=measured.gradients,
+        optimizer=states,
+        trainable_params=sum(p.numel() for p in trainer.params),
+        gathered_rollout=measured.gathered_rollout,
+    )
 
+
+def build_trainer(
+    run: TraceRun, shapes: FakeShapes, world: Any, tracker: CategoryTracker
+) -> tuple[Any, list[torch.Tensor]]:
+    """``cli.run_from_file`` up to the trainer, on fake models; every resident tensor registered
+    under its category. Returns the trainer and the tensors the wrapped module holds."""
     from srpo_core.distributed.cli import prepare_model, rollout_context
     from srpo_core.distributed.trainer import ShardedTrainer, ShardPlan
-    from srpo_core.training.step import clip_gradients, plan_micro_steps
 
     rf = run_file(run, shapes)
     parts = fake_components(rf, shapes, world.device)
@@ -331,6 +363,27 @@ def traced_step(run: TraceRun, shapes: FakeShapes, world: Any, tracker: Category
     tracker.register(REWARD, [*reward.model.parameters(), *reward.model.buffers()])
     trainer.decoder = tagged_call(tracker, VAE, trainer.decoder)
     trainer.reward = tagged_call(tracker, REWARD, trainer.reward)
+    return trainer, held
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the phases leave to report: gradient bytes after backward, gathered bytes at the
+    end of the rollout, micro-steps per batch."""
+
+    gradients: int
+    gathered_rollout: int
+    micro_steps: int
+
+
+def run_phases(trainer: Any, tracker: CategoryTracker) -> Measured:
+    """``train_step``'s pieces in its order, each a tracked phase, then a guard check (the
+    trainer's ``guard_samples``: its samples split over the ranks), which runs between steps
+    with the step's gradients still held."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from srpo_core.training.step import clip_gradients, plan_micro_steps
+
     gathered: list[int] = []
     context = trainer.rollout_context
 
@@ -347,34 +400,14 @@ def traced_step(run: TraceRun, shapes: FakeShapes, world: Any, tracker: Category
             batch = trainer.draw_batch()
         with unset_fake_temporarily():  # real sigmas: Direct-Align checks their values
             micro = plan_micro_steps(trainer.config, len(batch.prompts), trainer.generator)
-        trainer.model = saving(tracker, "transformer", trainer.model)
         with tracker.phase("micro-step"):
             trainer.run_plan(batch, micro)
-        grad_tensors = [p.grad for p in trainer.params if p.grad is not None]
-        tracker.reassign(GRADIENTS, tracker.keys(grad_tensors))  # DDP's: autograd made them
-        grads = local_bytes(grad_tensors)
+        grads = [p.grad for p in trainer.params if p.grad is not None]
+        tracker.reassign(GRADIENTS, tracker.keys(grads))  # DDP's: autograd made them
         with tracker.phase("update"), tracker.category(OPTIMIZER):
             clip_gradients(trainer.params, trainer.config.max_grad_norm)
             trainer.optimizer.step()
-    states = optimizer_bytes(trainer.optimizer)
-    accumulating = trainer.config.grad_accum > 1
-    repeats = accumulating or len(micro) > 1
-    missing = {
-        "rollout": {OPTIMIZER: states, GRADIENTS: grads if accumulating else 0},
-        "micro-step": {OPTIMIZER: states, GRADIENTS: grads if repeats else 0},
-        "update": {},
-    }
-    phases = [
-        steady(name, tracker.peaks[name], tracker.at_peak.get(name, {}), missing[name])
-        for name in PHASES
-    ]
-    return FsdpReport(
-        run=run,
-        strategy=run.chosen_strategy,
-        phases=phases,
-        parameters=local_bytes(held),
-        gradients=grads,
-        optimizer=states,
-        trainable_params=sum(p.numel() for p in trainer.params),
-        gathered_rollout=gathered[0] if gathered else 0,
-    )
+        if trainer.guard is not None:
+            with tracker.phase("guard"):
+                trainer.guard_samples()
+    return Measured(local_bytes(grads), gathered[0] if gathered else 0, len(micro))
