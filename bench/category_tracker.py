@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,12 +60,12 @@ class CategoryTracker(LiveStorageTracker):
         finally:
             self.current_category = previous
 
-    def _change(self, key: int, category: str, delta: int) -> None:
+    def _change(self, category: str, delta: int) -> None:
         self.live += delta
         self.by_category[category] += delta
         if self._current is not None and delta > 0:
             record = self.peaks[self._current]
-            if self.live > record.peak:
+            if self.live >= record.peak:  # (the base class may have raised it already)
                 record.peak = self.live
                 self.at_peak[self._current] = dict(self.by_category)
 
@@ -83,14 +82,13 @@ class CategoryTracker(LiveStorageTracker):
             inner, _ = tensor.__tensor_flatten__()
             parts = [getattr(tensor, name) for name in inner]
             return any([self.track(t) for t in parts if isinstance(t, torch.Tensor)])
-        storage = tensor.untyped_storage()
-        key = id(storage)
-        if key in self._refs:
+        before = self.live
+        if not super().track(tensor):
             return False
-        nbytes = int(storage.nbytes())
-        self._refs[key] = weakref.ref(storage, functools.partial(self._free, key, nbytes))
-        self._owner[key] = (self.current_category, nbytes)
-        self._change(key, self.current_category, nbytes)
+        nbytes = self.live - before
+        self.live = before
+        self._owner[id(tensor.untyped_storage())] = (self.current_category, nbytes)
+        self._change(self.current_category, nbytes)
         return True
 
     def _constant(self, value: Any) -> Any:
@@ -130,7 +128,7 @@ class CategoryTracker(LiveStorageTracker):
             return
         category, old = self._owner[key]
         self._owner[key] = (category, nbytes)
-        self._change(key, category, nbytes - old)
+        self._change(category, nbytes - old)
 
     @contextlib.contextmanager
     def following_resizes(self) -> Iterator[None]:
