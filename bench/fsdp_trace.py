@@ -110,10 +110,16 @@ def flux_dev() -> FakeShapes:
     return FakeShapes("FLUX.1-dev", dict(FLUX_DEV_CONFIG), FLUX_VAE, "ViT-H-14")
 
 
+TINY_VAE_LEVELS = 2
+TINY_VAE_WIDTH = 8
+TINY_VAE_GROUPS = 4
+"""The tiny VAE: 2 levels (factor 2) of 8 channels in 4 normalisation groups."""
+
+
 def tiny_shapes() -> FakeShapes:
     """The command line's tiny random world (``make-tiny-run``'s transformer, a 2-level VAE
     of the same layout as FLUX's, a tiny CLIP): the same code path in seconds."""
-    from srpo_core.distributed.tiny_run import TRANSFORMER
+    from srpo_core.distributed.tiny_run import T5_TOKENS, TRANSFORMER
 
     from .shapes import TINY_CLIP_CFG
 
@@ -126,12 +132,7 @@ def tiny_shapes() -> FakeShapes:
         "norm_num_groups": TINY_VAE_GROUPS,
     }
     factor = 2 ** (TINY_VAE_LEVELS - 1)
-    return FakeShapes("tiny", dict(TRANSFORMER), vae, "tiny-clip", TINY_CLIP_CFG, 8, factor)
-
-
-TINY_VAE_LEVELS = 2
-TINY_VAE_WIDTH = 8
-TINY_VAE_GROUPS = 4
+    return FakeShapes("tiny", dict(TRANSFORMER), vae, "tiny-clip", TINY_CLIP_CFG, T5_TOKENS, factor)
 
 
 @dataclass(frozen=True)
