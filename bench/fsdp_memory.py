@@ -51,7 +51,7 @@ def fits(peak: int, gpu_gb: float) -> bool:
 
 
 def last_line(report: FsdpReport, gpu_gb: float) -> str:
-    """``8 x 80 GB, full, 720 px: per-GPU peak 45.1 GB -> fits``."""
+    """``N x GB GB, MODE, PX px: per-GPU peak X GB -> fits`` (or ``-> does not fit``)."""
     run, peak = report.run, report.peak.peak
     verdict = "fits" if fits(peak, gpu_gb) else "does not fit"
     return (

@@ -12,10 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench.category_tracker import ACTIVATIONS, GATHERED, GRADIENTS, CategoryTracker
 from bench.fsdp_memory import breakdown, fits, last_line, main, need_gb
-from bench.fsdp_trace import GATHERED, GRADIENTS, FsdpReport, TraceRun, tiny_shapes, trace
-
-pytestmark = pytest.mark.slow
+from bench.fsdp_trace import FsdpReport, TraceRun, tiny_shapes, trace
 
 FULL_GPUS = 4
 LORA_GPUS = 2
@@ -45,6 +44,7 @@ def lora() -> FsdpReport:
     return trace(TraceRun(LORA_GPUS, "lora", RES), tiny_shapes())
 
 
+@pytest.mark.slow
 def test_full_fsdp_shards_parameters_gradients_and_adamw(full: FsdpReport) -> None:
     shapes = [tuple(p.shape) for p in tiny_transformer().parameters()]
     total = sum(math.prod(s) for s in shapes)
@@ -63,6 +63,7 @@ def test_full_fsdp_shards_parameters_gradients_and_adamw(full: FsdpReport) -> No
     assert phases["micro-step"].parts[GATHERED] < total * BF16  # per block in training
 
 
+@pytest.mark.slow
 def test_lora_ddp_replicates_the_model(lora: FsdpReport) -> None:
     model = tiny_transformer()
     base = sum(p.numel() for p in model.parameters())
@@ -82,6 +83,7 @@ def test_lora_ddp_replicates_the_model(lora: FsdpReport) -> None:
     assert update.parts[GRADIENTS] == 2 * adapters * FP32
 
 
+@pytest.mark.slow
 def test_breakdown_ends_with_the_verdict_line(full: FsdpReport) -> None:
     lines = breakdown(full, 80.0, "tiny")
     assert LAST_LINE.match(lines[-1]), lines[-1]
@@ -92,6 +94,33 @@ def test_breakdown_ends_with_the_verdict_line(full: FsdpReport) -> None:
     assert sum(full.peak.parts.values()) == pytest.approx(peak, rel=1e-9)
     assert fits(peak, need_gb(peak)) and not fits(peak, need_gb(peak) - 0.01)
     assert last_line(full, need_gb(peak) - 0.01).endswith("-> does not fit")
+
+
+def test_tracker_follows_storage_resizes_by_category() -> None:
+    """FSDP2 frees a gathered parameter by resizing its storage to 0 and re-allocates it by
+    resizing it back: the counts follow, under the category it was created in."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    n = 1000
+    fake_mode = FakeTensorMode()
+    with fake_mode:
+        tracker = CategoryTracker(fake_mode)
+        with tracker, tracker.following_resizes():
+            with tracker.phase("p"), tracker.category(GATHERED):
+                gathered = torch.empty(n, dtype=torch.bfloat16)
+            other = torch.empty(n)
+            assert tracker.by_category[GATHERED] == n * BF16
+            assert tracker.by_category[ACTIVATIONS] == n * FP32
+            gathered.untyped_storage().resize_(0)
+            assert tracker.by_category[GATHERED] == 0 and tracker.live == n * FP32
+            gathered.untyped_storage().resize_(n * BF16)
+            assert tracker.live == n * (FP32 + BF16)
+            assert tracker.at_peak["p"] == {
+                **dict.fromkeys(tracker.by_category, 0),
+                GATHERED: n * BF16,
+            }
+            del other
+            assert tracker.live == n * BF16
 
 
 def test_bad_arguments_say_what_to_fix(capsys: pytest.CaptureFixture[str]) -> None:
