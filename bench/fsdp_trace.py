@@ -333,8 +333,8 @@ def build_trainer(
 ) -> tuple[Any, list[torch.Tensor]]:
     """``cli.run_from_file`` up to the trainer, on fake models; every resident tensor registered
     under its category. Returns the trainer and the tensors the wrapped module holds."""
-    from srpo_core.distributed.cli import prepare_model, rollout_context
-    from srpo_core.distributed.trainer import ShardedTrainer, ShardPlan
+    from srpo_core.distributed.cli import make_trainer, prepare_model
+    from srpo_core.distributed.trainer import ShardPlan
 
     rf = run_file(run, shapes)
     parts = fake_components(rf, shapes, world.device)
@@ -346,17 +346,7 @@ def build_trainer(
         buckets = tracker.owned_by(PARAMETERS) - tracker.keys(held)  # DDP's gradient buckets
         tracker.reassign(GRADIENTS, buckets)
     plan = ShardPlan(rf.train, world, "unused", 0, frozen_base=run.mode == "lora", optim=rf.optim)
-    trainer = ShardedTrainer(
-        plan,
-        prepared.module,
-        model=prepared.model,
-        decoder=parts.decoder,
-        reward=parts.reward,
-        params=prepared.params,
-        prompts=parts.prompts,
-        collate_cond=parts.collate,
-        rollout_context=rollout_context(rf, parts.blocks),
-    )
+    trainer = make_trainer(rf, parts, prepared, plan)
     decoder: Any = parts.decoder
     reward: Any = parts.reward
     tracker.register(PARAMETERS, held)

@@ -84,6 +84,24 @@ def rollout_context(run: RunFile, blocks: list[nn.Module]) -> RolloutContext | N
     return lambda: gathered_once(blocks)
 
 
+def make_trainer(
+    run: RunFile, parts: Components, prepared: Prepared, plan: ShardPlan
+) -> ShardedTrainer:
+    """The trainer of ``plan`` on the prepared model and the run's components (decoder, reward,
+    prompts), rolling out with the blocks gathered once where the run asks for it."""
+    return ShardedTrainer(
+        plan,
+        prepared.module,
+        model=prepared.model,
+        decoder=parts.decoder,
+        reward=parts.reward,
+        params=prepared.params,
+        prompts=parts.prompts,
+        collate_cond=parts.collate,
+        rollout_context=rollout_context(run, parts.blocks),
+    )
+
+
 def export(run: RunFile, parts: Components, prepared: Prepared, steps: int, world: World) -> Path:
     """Gather the trained weights and write one safetensors file (rank 0)."""
     lora = run.parallel.mode == "lora"
@@ -179,17 +197,7 @@ def run_from_file(path: str, overrides: Overrides | None = None) -> Path:
             optim=run.optim,
             async_checkpoints=run.parallel.async_checkpoints,
         )
-        trainer = ShardedTrainer(
-            plan,
-            prepared.module,
-            model=prepared.model,
-            decoder=parts.decoder,
-            reward=parts.reward,
-            params=prepared.params,
-            prompts=parts.prompts,
-            collate_cond=parts.collate,
-            rollout_context=rollout_context(run, parts.blocks),
-        )
+        trainer = make_trainer(run, parts, prepared, plan)
         start = time.perf_counter()
         with Progress(run, world) as progress:
             result = trainer.run(callback=report(progress, world))
