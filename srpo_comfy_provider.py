@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from srpo_core.distributed.components import Components
 from srpo_core.distributed.conditioning import collate_pairs, load_conditioning
 from srpo_core.distributed.diffusers_provider import (
-    VAEDecoder,
     base_dtype,
     check_state,
+    decoder_of,
     load_reward_model,
     load_vae,
 )
@@ -144,7 +144,7 @@ def load_components(run: RunFile, device: torch.device) -> Components:
     return Components(
         velocity=ComfyFluxVelocity(flux, run.model.guidance),
         blocks=blocks,
-        decoder=VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift),
+        decoder=decoder_of(run, vae),
         reward=ControlWordReward(clip, run.reward),
         prompts=load_conditioning(paths.prompts, device),
         model_prefix="diffusion_model.",

@@ -189,7 +189,7 @@ def fake_components(run: Any, shapes: FakeShapes, device: torch.device) -> Any:
 
     from srpo_core.distributed.components import Components
     from srpo_core.distributed.conditioning import collate_pairs
-    from srpo_core.distributed.diffusers_provider import VAEDecoder, base_dtype
+    from srpo_core.distributed.diffusers_provider import base_dtype, decoder_of
     from srpo_core.distributed.flux_velocity import FluxVelocity
     from srpo_core.distributed.shard_load import MetaWeights
     from srpo_core.flux_layout import Source
@@ -207,7 +207,7 @@ def fake_components(run: Any, shapes: FakeShapes, device: torch.device) -> Any:
         "transformer.",
     )
     vae = diffusers.AutoencoderKL(**shapes.vae).to(device)
-    decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
+    decoder = decoder_of(run, vae)
     clip = load_open_clip_reward(
         shapes.reward_arch, None, device=device, model_cfg=shapes.reward_cfg
     )

@@ -143,17 +143,30 @@ def check_state(model: nn.Module, state: dict[str, Tensor], source: str) -> None
 
 class VAEDecoder(nn.Module):
     """Differentiable ``latent (model space) -> image in [0, 1]`` through a frozen diffusers VAE:
-    ``z = x / latent_scale + latent_shift``, ``image = clamp((vae.decode(z) + 1) / 2, 0, 1)``."""
+    ``z = x / latent_scale + latent_shift``, ``image = clamp((vae.decode(z) + 1) / 2, 0, 1)``.
+    ``checkpointing``: the decoder's blocks are recomputed in backward (diffusers' own gradient
+    checkpointing of the VAE) rather than keeping their activations."""
 
-    def __init__(self, vae: nn.Module, latent_scale: float, latent_shift: float) -> None:
+    def __init__(
+        self, vae: nn.Module, latent_scale: float, latent_shift: float, checkpointing: bool = False
+    ) -> None:
         super().__init__()
         self.vae: Any = vae.requires_grad_(False).eval()
         self.scale, self.shift = latent_scale, latent_shift
+        if checkpointing:
+            vae_any: Any = vae
+            vae_any.enable_gradient_checkpointing()
 
     def forward(self, x: Tensor) -> Tensor:
         z = x / self.scale + self.shift
         image = self.vae.decode(z.to(next(self.vae.parameters()).dtype), return_dict=False)[0]
         return ((image.float() + 1) / 2).clamp(0, 1)
+
+
+def decoder_of(run: RunFile, vae: nn.Module) -> VAEDecoder:
+    """The run's differentiable decoder on ``vae`` (its latent scale/shift and checkpointing)."""
+    m = run.model
+    return VAEDecoder(vae, m.latent_scale, m.latent_shift, m.decoder_checkpointing)
 
 
 def load_vae(folder: str) -> nn.Module:
@@ -190,7 +203,7 @@ def load_components(run: RunFile, device: torch.device) -> Components:
     )
     velocity = FluxVelocity(transformer, guidance=run.model.guidance)
     vae = load_vae(paths.vae).to(device)
-    decoder = VAEDecoder(vae, run.model.latent_scale, run.model.latent_shift)
+    decoder = decoder_of(run, vae)
     clip = load_reward_model(paths.reward, run.model.reward_arch, device)
     reward = ControlWordReward(clip, run.reward)
     t: Any = transformer
