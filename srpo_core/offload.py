@@ -154,10 +154,12 @@ class BlockOffloader:
         every frozen tensor is back on the device it had on entry (copied back if needed)."""
         origin = [[_get(slot).device for slot in slots] for slots in self.slots]
         pin = self.device.type == "cuda"
-        self.host = [[_host_copy(_get(slot), pin) for slot in slots] for slots in self.slots]
-        for slots, hosts in zip(self.slots, self.host, strict=True):
+        self.host = []
+        for slots in self.slots:  # block by block: one block's extra host copy at a time
+            hosts = [_host_copy(_get(slot), pin) for slot in slots]
             for slot, host in zip(slots, hosts, strict=True):
                 _set(slot, host)
+            self.host.append(hosts)
         saved = [block.__dict__.get("forward") for block in self.blocks]
         for index, block in enumerate(self.blocks):
             block.__dict__["forward"] = self._wrap(index, block.forward)

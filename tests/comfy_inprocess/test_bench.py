@@ -108,11 +108,18 @@ def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> 
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["device"] == "CPU"
     assert result["raw"]["capped"]["oom"] is False
+    offloaded = result["raw"]["capped_offload"]  # issue 17 item 8: the 16 and 12 GB cards
+    assert set(offloaded) == {"16", "12"}
+    for capped in offloaded.values():
+        assert capped["oom"] is False, capped
+        assert 0 < capped["max_resident"] <= capped["offload_blocks"] < capped["blocks"], capped
+        assert capped["moved_gb"] > 0, capped
     assert result["raw"]["srpo_step_flops"] > 0
     for name, value in result["ratios"].items():
         assert math.isfinite(value), name
     table = (tmp_path / "results.md").read_text()
-    for row in ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor"):
+    rows = ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor", "16 GB cap")
+    for row in (*rows, "12 GB cap"):
         assert row in table
     cli = result["raw"]["cli_torchrun"]
     assert cli["exit"] == 0 and cli["exported"], cli["last_line"]
