@@ -65,6 +65,7 @@ def workflow_settings(path: Path) -> tuple[Settings, dict[str, Any]]:
         "lora_form": "lora_form",
         "micro_steps": "micro_steps",
         "rollout_steps": "rollout_steps",
+        "offload_blocks": "offload_blocks",
     }
     changes = {field: extra[name] for name, field in names.items() if name in extra}
     if "gradient_checkpointing" in extra:

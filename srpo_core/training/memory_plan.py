@@ -93,15 +93,15 @@ def pick(
     context: bool = False,
 ) -> Choice:
     """The first rung of :func:`ladder` whose need fits ``budget`` bytes; when none does, the
-    last (least memory) with ``fits`` False. Offloading the ladder turns on keeps as many blocks
+    last (least memory) with ``fits`` False. Offloading the ladder sets keeps as many blocks
     resident as fit (:func:`most_resident`); a count set in ``s`` is kept when it fits."""
     choice = None
     for changes, settings in ladder(arch, s, change_base, offload):
         est = estimate(arch, settings)
         choice = Choice(settings, est, changes, budget, need_bytes(est, context))
         if choice.fits:
-            added = settings.offload_blocks and not s.offload_blocks  # the ladder turned it on
-            return most_resident(arch, choice, context) if added else choice
+            ladder_set = settings.offload_blocks != s.offload_blocks  # the ladder offloads
+            return most_resident(arch, choice, context) if ladder_set else choice
     assert choice is not None
     return choice
 

@@ -48,8 +48,10 @@ def flux4(pack: ModuleType) -> Any:
 
 @pytest.fixture
 def offloaders(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every BlockOffloader the trainer creates, each recording the direction of its loads;
-    device copies are clones (module doc)."""
+    """Every BlockOffloader the trainer creates, each recording the direction of its loads and
+    the bytes ComfyUI's loaded-model list counts for the model when it starts; device copies are
+    clones (module doc)."""
+    import comfy.model_management as mm
     from comfyui_srpo.nodes import offload as node_offload
     from comfyui_srpo.srpo_core import offload as core_offload
 
@@ -59,6 +61,14 @@ def offloaders(pack: ModuleType, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.backward_loads = 0
+            first = self.blocks[0]
+            self.accounted = [
+                loaded.model.loaded_size()
+                for loaded in mm.current_loaded_models
+                if loaded.model is not None
+                and hasattr(loaded.model.model, "diffusion_model")
+                and any(m is first for m in loaded.model.model.diffusion_model.modules())
+            ]
             made.append(self)
 
         def use(self, index: int, *, backward: bool) -> None:
@@ -116,17 +126,34 @@ def test_offloading_trains_the_same_lora_with_at_most_k_blocks_resident(
     prompts: Any,  # noqa: F811
     reward: Any,  # noqa: F811
     offloaders: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """offload_blocks 2 vs 0 on a model carrying a LoRA loaded before the trainer: the same ops
     in the same order on bit-identical copies of the (patched) weights, so the same LoRA bit for
     bit; without the earlier LoRA the trained one differs (the patches reached the blocks)."""
     import comfy.model_management as mm
+    from comfyui_srpo.nodes.memory import PatchedModule
+    from comfyui_srpo.nodes.offload import resident_weight_bytes
 
     patched = with_lora_before(flux4)
     plain = train(patched, tiny_vae, prompts, reward).args[1]
     assert not offloaders, "no offloading when offload_blocks is 0"
-    offloaded = train(patched, tiny_vae, prompts, reward, offload_blocks=RESIDENT).args[1]
+    loads: list[Any] = []
+    load = mm.load_models_gpu
+
+    def recording(models: list[Any], **kw: Any) -> None:
+        loads.extend(models)
+        load(models, **kw)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mm, "load_models_gpu", recording)
+        offloaded = train(patched, tiny_vae, prompts, reward, offload_blocks=RESIDENT).args[1]
+    assert loads and all(isinstance(m.model, PatchedModule) for m in loads), (
+        "only the reward and decoder are loaded by load_models_gpu, the model is placed in part"
+    )
     (offloader,) = offloaders
+    diffusion = patched.model.diffusion_model
+    assert offloader.accounted == [resident_weight_bytes(patched.model, diffusion, RESIDENT)]
     assert offloader.config.resident_blocks == RESIDENT
     assert offloader.config.prefetch == PREFETCH
     assert 1 < offloader.max_resident <= RESIDENT
