@@ -3,10 +3,10 @@
 The trainer's picker (``srpo_core.training.memory_plan.pick``, with the fp8 base allowed: a
 bench can choose the loader's weight dtype) chooses from the run's settings (a workflow's, or the
 trainer's defaults at ``--res``); the choice is traced on fake tensors (:mod:`bench.memmodel`)
-and judged with the trainer's margin. Block offloading has no runtime in this version of the
-pack: an offloading choice is traced without it and the weights of the blocks that would not be
-resident are taken off the traced peak (the estimate's model of offloading: resident blocks
-only), and the line says so.
+and judged with the trainer's margin. An offloading choice is traced with the trainer's own
+offloader (``nodes.offload.offloaded_blocks``, entered where the trainer enters it): the blocks'
+host copies are not counted as device memory, and each block's device copy counts for as long as
+it lives (prefetched, running, or kept by autograd for the backward's recomputation).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 from srpo_core.training.architectures import ARCHITECTURES, Architecture
 from srpo_core.training.memory_estimate import (
-    BASE_BYTES,
     CONTEXT_GB,
     GB,
     MARGIN_FRACTION,
@@ -66,6 +65,7 @@ def workflow_settings(path: Path) -> tuple[Settings, dict[str, Any]]:
         "lora_form": "lora_form",
         "micro_steps": "micro_steps",
         "rollout_steps": "rollout_steps",
+        "offload_blocks": "offload_blocks",
     }
     changes = {field: extra[name] for name, field in names.items() if name in extra}
     if "gradient_checkpointing" in extra:
@@ -76,7 +76,7 @@ def workflow_settings(path: Path) -> tuple[Settings, dict[str, Any]]:
 
 
 def model_run(s: Settings) -> ModelRun:
-    """The traced configuration of estimate settings (square images; no offloading)."""
+    """The traced configuration of estimate settings (square images)."""
     return ModelRun(
         resolution=s.width,
         rank=s.rank,
@@ -90,16 +90,8 @@ def model_run(s: Settings) -> ModelRun:
         decoder_tile=s.decoder_tile,
         micro_batch=s.micro_batch,
         regularizer=s.regularizer,
+        offload_blocks=s.offload_blocks,
     )
-
-
-def offloaded_bytes(arch: Architecture, s: Settings) -> float:
-    """Weights of the blocks offloading keeps off the device (0 without offloading)."""
-    t = arch.transformer
-    if not s.offload_blocks:
-        return 0.0
-    blocks = t.params - t.other_params
-    return max(blocks - s.offload_blocks * t.largest_block_params, 0) * BASE_BYTES[s.base_dtype]
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,7 @@ class CardResult:
     card_gb: float
     choice: Choice
     traced_peak: float
-    """Bytes: the trace's peak, less the offloaded blocks' weights when offloading."""
+    """Bytes: the trace's peak on the device (offloaded blocks' host copies not counted)."""
 
     @property
     def need(self) -> float:
@@ -136,8 +128,7 @@ def choose(arch: Architecture, s: Settings, card_gb: float) -> Choice:
 
 def traced_card(card_gb: float, s: Settings, report: RunReport, arch: Architecture) -> CardResult:
     """Judge a traced choice on the card."""
-    choice = choose(arch, s, card_gb)
-    return CardResult(card_gb, choice, report.peak - offloaded_bytes(arch, choice.settings))
+    return CardResult(card_gb, choose(arch, s, card_gb), float(report.peak))
 
 
 def describe_choice(choice: Choice) -> str:

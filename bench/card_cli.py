@@ -17,7 +17,6 @@ from .card import (
     describe_choice,
     family_table,
     model_run,
-    offloaded_bytes,
     traced_card,
     workflow_settings,
 )
@@ -197,10 +196,9 @@ def card_main(args: argparse.Namespace) -> int:
         return 1
     if chosen.offload_blocks:
         print(
-            f"block offloading: traced without it (no runtime in this version); the"
-            f" {offloaded_bytes(arch, chosen) / GB:.1f} GB of non-resident block weights are"
-            f" taken off the traced {report.peak / GB:.1f} GB; streams"
-            f" {choice.estimate.host_bytes / GB:.0f} GB per SRPO step"
+            f"block offloading: traced with the trainer's offloader ({chosen.offload_blocks} of"
+            f" {arch.transformer.blocks} blocks resident, prefetch 1; host copies not counted);"
+            f" streams {choice.estimate.host_bytes / GB:.0f} GB per SRPO step"
         )
     print(f"traced in {time.monotonic() - began:.0f} s")
     print(traced_card(args.card, base, report, arch).line())

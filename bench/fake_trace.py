@@ -91,6 +91,8 @@ class LiveStorageTracker(TorchDispatchMode):
         self.peaks: dict[str, PhasePeak] = {}
         self.registered: dict[str, int] = {}
         self._refs: dict[int, weakref.ref[Any]] = {}
+        self._elsewhere: dict[int, weakref.ref[Any]] = {}
+        """Storages :meth:`untrack` declared off the device (never counted)."""
         self._current: str | None = None
 
     def _free(self, key: int, nbytes: int, _ref: object = None) -> None:
@@ -101,7 +103,7 @@ class LiveStorageTracker(TorchDispatchMode):
         """Count ``tensor``'s storage if it is not counted yet; True when it was new."""
         storage = tensor.untyped_storage()
         key = id(storage)
-        if key in self._refs:
+        if key in self._refs or key in self._elsewhere:
             return False
         nbytes = int(storage.nbytes())
         self._refs[key] = weakref.ref(storage, functools.partial(self._free, key, nbytes))
@@ -120,6 +122,24 @@ class LiveStorageTracker(TorchDispatchMode):
                 added += self.live - before
         self.registered[category] = self.registered.get(category, 0) + added
         return added
+
+    def _forget(self, key: int, _ref: object = None) -> None:
+        self._elsewhere.pop(key, None)
+
+    def untrack(self, tensors: Iterable[torch.Tensor]) -> int:
+        """Stop counting the storages of ``tensors`` (they live off the device: host copies of
+        offloaded blocks); views of them are not counted later. Returns the bytes removed."""
+        removed = 0
+        for tensor in tensors:
+            storage = tensor.untyped_storage()
+            key = id(storage)
+            if key in self._elsewhere:
+                continue
+            self._elsewhere[key] = weakref.ref(storage, functools.partial(self._forget, key))
+            if self._refs.pop(key, None) is not None:
+                self.live -= int(storage.nbytes())
+                removed += int(storage.nbytes())
+        return removed
 
     @contextmanager
     def phase(self, name: str) -> Iterator[PhasePeak]:

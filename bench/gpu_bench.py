@@ -17,6 +17,9 @@ random text embeddings, built on the device: nothing is downloaded. Measures, in
   matmul rate (target <= 1.2), and peak memory;
 - in a child process capped at 22 GB (``set_per_process_memory_fraction``): one SRPO step with fp8
   base weights at 720 x 720, which must not run out of memory;
+- in children capped at 16 GB (720 px) and 12 GB (512 px): one SRPO step (one rollout step) with
+  the settings ``memory_budget`` picks for that card, block offloading included, through the
+  trainer's own memory path (:mod:`bench.gpu_offload`), which must not run out of memory;
 - the command line under torchrun with one process on tiny models (:mod:`bench.cli_run`): the
   CUDA/NCCL path of ``python -m srpo_core.train`` whenever a GPU is lent.
 
@@ -45,6 +48,8 @@ from .gpu_measures import (
     median_seconds,
     seconds,
 )
+from .gpu_offload import child_main, run_offload_children
+from .gpu_offload import rows as offload_rows
 from .shapes import FLUX_DEV, TINY, WorldShapes
 
 GB = 1e9
@@ -355,6 +360,7 @@ def markdown(config: BenchConfig, device_name: str, raw: dict[str, Any], ratios:
         (f"fp8 base under {config.cap_gb:.0f} GB cap",
          "OOM" if cap.get("oom") else f"ok, peak {_gb_or_na(cap.get('peak_gb', 0), config)}",
          "no OOM"),
+        *offload_rows(raw["capped_offload"], config.device == "cuda"),
         (f"command line, torchrun 1 process ({'NCCL' if config.device == 'cuda' else 'gloo'})",
          summary(raw["cli_torchrun"]), "ok"),
     ]  # fmt: skip
@@ -389,6 +395,7 @@ def benchmark(config: BenchConfig, out: Path) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     raw["capped"] = run_capped_child(config, out)
+    raw["capped_offload"] = run_offload_children(config, out, tiny=config.shapes_name == "tiny")
     raw["cli_torchrun"] = cli_torchrun(out / "cli")
     ratios = derived(raw)
     name = device_name(config.device)
@@ -403,18 +410,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="Folder for results.json/.md.")
     parser.add_argument("--tiny", action="store_true", help="Tiny models on the CPU (a test).")
     parser.add_argument("--capped-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--offload-child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = TINY_RUN if args.tiny else FULL
     if config.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device: run with --tiny on a CPU")
     import_comfy(config.device)
+    if args.offload_child is not None:
+        return child_main(config, args.offload_child, args.out)
     if args.capped_child:
         result = capped_step(config)
         (args.out / "capped.json").write_text(json.dumps(result))
         return CAP_EXIT_OOM if result.get("oom") else 0
     result = benchmark(config, args.out)
     print((args.out / "results.md").read_text())
-    return 0 if result["raw"]["capped"].get("oom") is False else CAP_EXIT_OOM
+    capped = [result["raw"]["capped"], *result["raw"]["capped_offload"].values()]
+    return 0 if all(c.get("oom") is False for c in capped) else CAP_EXIT_OOM
 
 
 if __name__ == "__main__":

@@ -100,6 +100,14 @@ class ModelRun:
         default=False,
         metadata={"help": "Inversion Regularizer connected (its default settings)."},
     )
+    offload_blocks: int = field(
+        default=0,
+        metadata={
+            "help": "Block offloading: transformer blocks resident (the trainer's offload_blocks;"
+            " 0 off). Traced with the trainer's offloader: host copies are not device memory,"
+            " each device copy counts while it lives."
+        },
+    )
 
     @property
     def label(self) -> str:
@@ -110,6 +118,7 @@ class ModelRun:
         extra = (
             batch
             + (" +inv" if self.regularizer else "")
+            + (f" offload={self.offload_blocks}" if self.offload_blocks else "")
             + lora
             + "".join(
                 f" {name}={getattr(self, name)}"
@@ -237,6 +246,8 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
     }
     if run.lora_dtype is not None:
         varied["lora_dtype"] = run.lora_dtype
+    if run.offload_blocks:
+        varied["offload_blocks"] = run.offload_blocks
     if run.regularizer:
         from comfyui_srpo.srpo_core.training import RegularizerConfig
 
@@ -350,11 +361,13 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     from comfyui_srpo.nodes import training_run as node
     from comfyui_srpo.nodes.block_wrappers import block_checkpointing
     from comfyui_srpo.nodes.guider import run_session
+    from comfyui_srpo.nodes.offload import offloaded_blocks
     from comfyui_srpo.srpo_core.training.loop import SRPOTrainer
     from comfyui_srpo.srpo_core.training.step import clip_gradients, plan_micro_steps
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     cfg = prepared.settings.config
+    offload = prepared.settings.memory.offload
     resident: list[int] = []
 
     def session(velocity: Any, device: torch.device) -> None:
@@ -367,17 +380,20 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
             prepared.adapters.parameters(),
             prepared.items,
             collate_cond=node.index_conds,
-            rollout_context=prepared.adapters.rollout,
+            rollout_context=None if offload.enabled else prepared.adapters.rollout,
         )
         tracker.register("weights", model_tensors(prepared))
         tracker.register("trainable", prepared.adapters.parameters())
-        resident.append(tracker.live)
         diffusion_model = prepared.mp.model.diffusion_model
         with (
+            offloaded_blocks(diffusion_model, device, offload, move=device_copy) as offloader,
             prepared.adapters.session(),
             block_checkpointing(diffusion_model, cfg.gradient_checkpointing),
             cuda_autocast_fp32_ops(),
         ):
+            if offloader is not None:  # the blocks' host copies are not on the device
+                tracker.untrack(t for hosts in offloader.host for t in hosts)
+            resident.append(tracker.live)
             loop.optimizer.zero_grad(set_to_none=True)
             with tracker.phase("rollout"):
                 batch = loop.draw_batch()
@@ -396,6 +412,12 @@ def run_phases(prepared: Prepared, tracker: LiveStorageTracker) -> int:
     with tracker:  # also answers the data-dependent scalars of ComfyUI's sampling setup
         run_session(prepared.mp, prepared.conds, shape, session)
     return resident[0]
+
+
+def device_copy(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The offloader's host -> device copy on the traced (CPU) device: a new storage, as a
+    copy to a GPU is (``Tensor.to`` would return the host tensor itself)."""
+    return host.clone()
 
 
 def saving(tracker: LiveStorageTracker, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

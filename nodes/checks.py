@@ -156,3 +156,14 @@ def existing_lora_notes(
             f" {str(dtype).removeprefix('torch.')}"
         )
     return notes
+
+
+def check_offload_mode(memory: Any, gradient_checkpointing: bool) -> None:
+    """Refuse block offloading with gradient_checkpointing "clone": autograd would keep every
+    block's device weights alive until backward, so nothing would be offloaded."""
+    if memory.offload_blocks and not gradient_checkpointing:
+        raise ValueError(
+            f"offload_blocks {memory.offload_blocks} needs gradient_checkpointing checkpoint"
+            " (clone keeps every block's weights on the device for backward): set"
+            " gradient_checkpointing to checkpoint or offload_blocks to 0"
+        )

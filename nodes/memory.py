@@ -7,17 +7,33 @@ last sampled model) is unloaded first and ComfyUI's free-memory accounting knows
 holds. Before anything is loaded, the memory the run needs is compared with what the device can
 give; a run that cannot fit fails early with both numbers. Afterwards the helpers go back to
 their offload device.
+
+With block offloading (``offload_blocks``) the diffusion model is not loaded fully: ComfyUI frees
+what the resident part needs (other models leave the device, a loaded clone of this model
+first, as ``load_models_gpu`` does), the patcher merges its weight patches (a LoRA loaded before
+the trainer) on the offload device (``ModelPatcher.patch_model`` there), everything but the
+transformer blocks moves to the device, and ComfyUI's loaded-model list records the resident
+bytes (non-block weights + the resident blocks). The session's sampling preparation is told (a
+``PREPARE_SAMPLING`` wrapper) not to load the model again; the blocks stay in host memory for
+:mod:`.offload`, which pins them and streams them in. On exit the model is unloaded the ComfyUI
+way (weights and patches restored on the offload device).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.sampler_helpers
 import torch
+
+from .block_wrappers import transformer_blocks
+from .offload import resident_weight_bytes
 
 TRAINING_KEY = "srpo_training"
 """Key of the reward / decoder patchers among the training model's additional models."""
@@ -73,12 +89,17 @@ def available_bytes(device: torch.device) -> int:
     return int(mm.get_free_memory(device)) + int(held)
 
 
-def check_fits(patchers: list[Any], extra_bytes: int, device: torch.device) -> int:
+def check_fits(
+    patchers: list[Any], extra_bytes: int, device: torch.device, resident_bytes: int = 0
+) -> int:
     """Raise :class:`TrainingMemoryError` unless weights + ``extra_bytes`` fit; return the need.
 
-    On a CPU device the weights are already in RAM, so only ``extra_bytes`` is counted.
+    ``resident_bytes``: device bytes of a model loaded only in part (block offloading), counted
+    beside the ``patchers``' full sizes. On a CPU device the weights are already in RAM, so only
+    ``extra_bytes`` is counted.
     """
-    weights = 0 if device.type == "cpu" else sum(int(p.model_size()) for p in patchers)
+    full = sum(int(p.model_size()) for p in patchers) + resident_bytes
+    weights = 0 if device.type == "cpu" else full
     need = weights + extra_bytes
     free = available_bytes(device)
     if need > free:
@@ -105,15 +126,81 @@ def release(patchers: list[Any]) -> None:
 
 
 @contextmanager
-def loaded_for_training(mp: Any, helpers: list[Any], extra_bytes: int) -> Iterator[None]:
-    """Check the fit, then load ``mp`` fully with its ``helpers`` (reward, decoder) for the
-    duration of the context; the helpers are unloaded and detached from ``mp`` on exit."""
+def loaded_for_training(
+    mp: Any, helpers: list[Any], extra_bytes: int, resident_blocks: int = 0
+) -> Iterator[None]:
+    """Check the fit, then load ``mp`` with its ``helpers`` (reward, decoder) for the duration of
+    the context: fully, or with ``resident_blocks`` > 0 without its transformer blocks (module
+    doc); the helpers (and an offloaded ``mp``) are unloaded and detached from ``mp`` on exit."""
     device = mp.load_device
-    check_fits([mp, *helpers], extra_bytes, device)
+    resident = 0
+    if resident_blocks:
+        resident = resident_weight_bytes(mp.model, mp.model.diffusion_model, resident_blocks)
+        check_fits(helpers, extra_bytes, device, resident_bytes=resident)
+    else:
+        check_fits([mp, *helpers], extra_bytes, device)
     mp.set_additional_models(TRAINING_KEY, helpers)
     try:
-        mm.load_models_gpu([mp, *helpers], memory_required=FULL_LOAD, force_full_load=True)
+        if resident_blocks:
+            load_offloaded(mp, helpers, resident, extra_bytes)
+        else:
+            mm.load_models_gpu([mp, *helpers], memory_required=FULL_LOAD, force_full_load=True)
         yield
     finally:
         mp.remove_additional_models(TRAINING_KEY)
         release(helpers)
+        if resident_blocks:
+            mp.remove_wrappers_with_key(PREPARE_SAMPLING, TRAINING_KEY)
+            release([mp])
+
+
+PREPARE_SAMPLING = comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING
+
+
+def unload_clones(mp: Any) -> None:
+    """Unload every loaded model sharing ``mp``'s weights (``load_models_gpu`` does the same
+    before it loads a clone), so no other patcher believes they are on the device."""
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        loaded = mm.current_loaded_models[i]
+        if loaded.model is not None and mp.is_clone(loaded.model):
+            mm.current_loaded_models.pop(i).model_unload()
+
+
+def load_offloaded(mp: Any, helpers: list[Any], resident: int, extra_bytes: int) -> None:
+    """Load ``helpers`` fully and ``mp`` without its transformer blocks (module doc).
+
+    ComfyUI frees ``resident + extra_bytes`` beside the helpers (other models leave first);
+    ``mp``'s weight patches are merged on its offload device; the tensors outside the blocks
+    move to the load device; ComfyUI's list records ``resident`` bytes loaded for ``mp``."""
+    device = mp.load_device
+    unload_clones(mp)
+    mm.load_models_gpu(helpers, memory_required=resident + extra_bytes, force_full_load=True)
+    mp.patch_model(device_to=mp.offload_device, load_weights=True)
+    blocks = transformer_blocks(mp.model.diffusion_model)
+    inside = {id(m) for block in blocks for m in block.modules()}
+    for module in mp.model.modules():
+        if id(module) not in inside:
+            module._apply(lambda t: t.to(device), recurse=False)
+    mp.model.device = device
+    mp.model.model_loaded_weight_memory = resident
+    mp.model.model_lowvram = False
+    loaded = mm.LoadedModel(mp)
+    loaded.real_model = weakref.ref(mp.model)
+    loaded.model_finalizer = weakref.finalize(mp.model, mm.cleanup_models)
+    mm.current_loaded_models.insert(0, loaded)
+    mp.remove_wrappers_with_key(PREPARE_SAMPLING, TRAINING_KEY)
+    mp.add_wrapper_with_key(PREPARE_SAMPLING, TRAINING_KEY, prepared_in_place)
+
+
+def prepared_in_place(
+    executor: Any, model: Any, noise_shape: Any, conds: Any, model_options: Any = None
+) -> tuple[Any, Any, list[Any]]:
+    """ComfyUI's ``prepare_sampling`` for an offloaded model: the models it would load are
+    gathered as ``_prepare_sampling`` does, but none is (re)loaded: the model is placed already
+    (a load would count its host-resident blocks as missing and pull them in) and the helpers
+    are loaded."""
+    helpers = comfy.sampler_helpers
+    models, _ = helpers.get_additional_models(conds, model.model_dtype())
+    models += helpers.get_additional_models_from_model_options(model_options)
+    models += model.get_nested_additional_models()
+    return model.model, conds, models

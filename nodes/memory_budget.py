@@ -46,8 +46,8 @@ FAMILY_SIZE_TOLERANCE = 0.05
 fraction of the released model's (the shape tables are of the released sizes; a smaller variant
 or a test's tiny instance gets no estimate rather than the released model's)."""
 OFFLOAD_SETTING = "offload_blocks"
-"""The trainer setting block offloading answers to (SRPO Training Settings); until the pack has
-it, the ladder leaves offloading out."""
+"""The trainer setting block offloading answers to (SRPO Training Settings, MemoryConfig); the
+ladder includes offloading where the settings node has it."""
 TORCH_BASE_DTYPES = {torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
 
 
@@ -170,6 +170,7 @@ def estimate_settings(settings: Any, base_dtype: str) -> Settings:
         regularizer=cfg.regularizer.enabled,
         micro_steps=cfg.micro_steps,
         rollout_steps=cfg.rollout_steps,
+        offload_blocks=mem.offload_blocks,
     )
 
 

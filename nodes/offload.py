@@ -33,3 +33,23 @@ def offloaded_blocks(
     offloader = BlockOffloader(blocks, device, config, move)
     with offloader.attached():
         yield offloader
+
+
+def offloading(diffusion_model: torch.nn.Module, config: OffloadConfig) -> bool:
+    """Whether ``config`` offloads this model's blocks (fewer resident than it has)."""
+    return config.enabled and config.resident_blocks < len(transformer_blocks(diffusion_model))
+
+
+def tensor_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of ``tensors`` (``numel * element_size`` each)."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def resident_weight_bytes(model: torch.nn.Module, diffusion_model: torch.nn.Module, k: int) -> int:
+    """Device bytes of ``model``'s weights when ``k`` transformer blocks are resident: every
+    parameter and buffer outside the blocks plus the ``k`` largest blocks."""
+    blocks = transformer_blocks(diffusion_model)
+    inside = {id(t) for b in blocks for t in (*b.parameters(), *b.buffers())}
+    outside = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in inside]
+    sizes = sorted((tensor_bytes([*b.parameters(), *b.buffers()]) for b in blocks), reverse=True)
+    return tensor_bytes(outside) + sum(sizes[:k])

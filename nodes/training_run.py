@@ -44,6 +44,7 @@ from .live import (
     run_identity,
     stopped_message,
 )
+from .offload import offloaded_blocks, offloading
 from .progress import Progress
 from .prompt_batch import per_prompt_velocity
 from .prompts import PromptSet
@@ -63,7 +64,15 @@ GUARD_CHOICES = (*GUARD_ACTIONS, GUARD_OFF)
 
 def memory_config(kw: dict[str, Any]) -> MemoryConfig:
     """MemoryConfig from the node inputs (absent optional widgets keep their defaults)."""
-    names = ("lora_dtype", "save_dtype", "lora_form", "decoder_checkpointing", "decoder_tile")
+    names = (
+        "lora_dtype",
+        "save_dtype",
+        "lora_form",
+        "decoder_checkpointing",
+        "decoder_tile",
+        "offload_blocks",
+        "offload_prefetch",
+    )
     return MemoryConfig(**{n: kw[n] for n in names if kw.get(n) is not None})
 
 
@@ -177,11 +186,13 @@ def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) 
         checkpoint_every=kw["checkpoint_every"],
         checkpoint_path=checkpoint_path(kw["checkpoint_name"]),
     )
+    memory = memory_config(kw)
+    checks.check_offload_mode(memory, config.gradient_checkpointing)
     return TrainerSettings(
         config=config,
         rank=kw["rank"],
         algorithm=kw["algorithm"],
-        memory=memory_config(kw),
+        memory=memory,
         width=shape[2] * int(vae.spacial_compression_decode()),
         height=shape[1] * int(vae.spacial_compression_decode()),
         guidance=kw["guidance"],
@@ -287,8 +298,16 @@ def run_training(
             validation, len(prompts.conds), reward, cfg.rollout_steps, cfg.shift, cfg.dtype, stem
         )
 
+    offload = offloading(mp.model.diffusion_model, mem.offload)
+
     def session(velocity: Any, device: torch.device) -> None:
         adapters.to(device)
+        with offloaded_blocks(mp.model.diffusion_model, device, mem.offload):
+            trained(velocity, device)
+
+    def trained(velocity: Any, device: torch.device) -> None:
+        """The session with the blocks offloaded (outside the block checkpointing, so that the
+        backward's recomputation loads its block too) or not."""
         policy = grouped_velocity(velocity)
 
         def validate(done: int) -> None:
@@ -325,7 +344,8 @@ def run_training(
                 items,
                 offline_latents=offline,
                 collate_cond=index_conds,
-                rollout_context=adapters.rollout,
+                # merged-form caches keep every block's merged weight: none when offloading
+                rollout_context=None if offload else adapters.rollout,
                 callback=on_step,
                 should_stop=comfy.model_management.processing_interrupted,
                 interrupts=(comfy.model_management.InterruptProcessingException,),
@@ -345,7 +365,8 @@ def run_training(
         est = settings.memory_choice.estimate
         extra = int(est.lora_states + est.activations)
     try:
-        with comfy_memory.loaded_for_training(mp, helpers, extra):
+        resident = mem.offload.resident_blocks if offload else 0
+        with comfy_memory.loaded_for_training(mp, helpers, extra, resident_blocks=resident):
             run_session(mp, conds, shape, session)
     finally:
         adapters.finish(mp)

@@ -24,6 +24,7 @@ from ..srpo_core.training.memory import (
 )
 from ..srpo_core.training.presets import CUSTOM, PRESETS, preset_values
 from .adapters import ADAPTER_ALGORITHMS
+from .checks import check_offload_mode
 from .memory_budget import parse_budget
 from .types import CATEGORY, K_MAX, SRPOTrainingSettings, default_of, help_of
 
@@ -130,6 +131,16 @@ class TrainingSettings:
         },
     )
     checkpoint_every: int = field(default=0, metadata=_help(TrainConfig, "checkpoint_every"))
+    offload_blocks: int = field(
+        default=default_of(MemoryConfig, "offload_blocks"),
+        metadata=_help(
+            MemoryConfig,
+            "offload_blocks",
+            "With clone the trainer refuses to start (saying to switch). memory_budget turns"
+            " offloading on by itself when nothing else fits (after switching to checkpoint), with"
+            " as many blocks resident as fit; the node text before step 1 names the count.",
+        ),
+    )
     memory_budget: str = field(
         default="auto",
         metadata={
@@ -137,8 +148,9 @@ class TrainingSettings:
             " a number of GiB (a whole card, e.g. 24). Before step 1 the trainer estimates the"
             " peak of these settings and, if they do not fit, switches on what saves memory,"
             " cheapest first (block checkpointing, decoder checkpointing, decoder tiles,"
-            " micro-batches of 1, block offloading where available); the node shows the estimate"
-            " and the choice. If nothing fits it stops before training with the memory needed."
+            " micro-batches of 1, then block offloading with as many blocks resident as fit); the"
+            " node shows the estimate and the choice (with the resident block count). If nothing"
+            " fits it stops before training with the memory needed."
         },
     )
 
@@ -153,6 +165,9 @@ MAX_CHECKPOINT_EVERY = 100000
 MAX_DECODER_TILE = 1024
 """Latent pixels (8192 image pixels): any larger tile is no tiling in practice."""
 DECODER_TILE_STEP = 8
+MAX_OFFLOAD_BLOCKS = 128
+"""More than any supported model has (FLUX.1-dev 57, Qwen-Image 60): a count at or above the
+model's blocks is no offloading."""
 
 
 def settings_inputs() -> list[Any]:
@@ -195,6 +210,7 @@ def settings_inputs() -> list[Any]:
         integer("decoder_tile", 0, MAX_DECODER_TILE, step=DECODER_TILE_STEP),
         choice("gradient_checkpointing", BLOCK_MODES),
         integer("checkpoint_every", 0, MAX_CHECKPOINT_EVERY),
+        integer("offload_blocks", 0, MAX_OFFLOAD_BLOCKS),
         io.String.Input("memory_budget", optional=True, **common("memory_budget")),
     ]
 
@@ -262,8 +278,8 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
             description="Rarely changed trainer settings: adapter algorithm, accumulation,"
             " micro-batches, micro-steps, rollout steps, guidance, the training interval, ReFL"
             " threshold, clipping, dtypes, LoRA form, gradient and decoder checkpointing,"
-            " decoder tiling, checkpoint interval, memory budget. Without this node the trainer"
-            " uses these same defaults.",
+            " decoder tiling, checkpoint interval, block offloading, memory budget. Without this"
+            " node the trainer uses these same defaults.",
             inputs=[preset_input(), *settings_inputs()],
             outputs=[SRPOTrainingSettings.Output(display_name="settings")],
         )
@@ -279,6 +295,8 @@ class SRPOTrainingSettingsNode(io.ComfyNode):
         kw.update(preset_inputs(str(kw.pop("preset", CUSTOM))))
         mode = block_mode(kw["gradient_checkpointing"])
         parse_budget(kw.get("memory_budget", "auto"))
+        offload = MemoryConfig(offload_blocks=kw.get("offload_blocks", 0))
+        check_offload_mode(offload, mode == "checkpoint")
         return io.NodeOutput(TrainingSettings(**{**kw, "gradient_checkpointing": mode}))
 
 

@@ -151,13 +151,16 @@ class BlockOffloader:
     @contextlib.contextmanager
     def attached(self) -> Iterator[BlockOffloader]:
         """Within the context the blocks are offloaded and their forwards load them; on exit
-        every frozen tensor is back on the device it had on entry (copied back if needed)."""
+        every frozen tensor is back on the device it had on entry (copied back if needed, in
+        pageable memory when it came from the host)."""
         origin = [[_get(slot).device for slot in slots] for slots in self.slots]
         pin = self.device.type == "cuda"
-        self.host = [[_host_copy(_get(slot), pin) for slot in slots] for slots in self.slots]
-        for slots, hosts in zip(self.slots, self.host, strict=True):
+        self.host = []
+        for slots in self.slots:  # block by block: one block's extra host copy at a time
+            hosts = [_host_copy(_get(slot), pin) for slot in slots]
             for slot, host in zip(slots, hosts, strict=True):
                 _set(slot, host)
+            self.host.append(hosts)
         saved = [block.__dict__.get("forward") for block in self.blocks]
         for index, block in enumerate(self.blocks):
             block.__dict__["forward"] = self._wrap(index, block.forward)
@@ -172,7 +175,7 @@ class BlockOffloader:
             self.loaded.clear()
             for slots, hosts, devices in zip(self.slots, self.host, origin, strict=True):
                 for slot, host, device in zip(slots, hosts, devices, strict=True):
-                    _set(slot, host if device == host.device else host.to(device))
+                    _set(slot, _restored(host, device))
             self.host = []
 
     def _wrap(self, index: int, forward: Callable[..., Any]) -> Callable[..., Any]:
@@ -237,6 +240,14 @@ class BlockOffloader:
     def resident(self) -> list[int]:
         """Indices of the blocks with a device copy now, least recently used first."""
         return list(self.loaded)
+
+
+def _restored(host: Tensor, device: torch.device) -> Tensor:
+    """What a slot gets back on exit: the host copy on its original device; a pinned copy
+    becomes pageable again (page-locked memory is not kept past the run)."""
+    if device != host.device:
+        return host.to(device)
+    return host.clone() if host.is_pinned() else host
 
 
 def _host_copy(tensor: Tensor, pin: bool) -> Tensor:

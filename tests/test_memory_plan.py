@@ -65,3 +65,13 @@ def test_small_cards_fit_flux_with_offloading(card: int, res: int, target: float
 
 def test_sizes_read_in_the_unit_that_fits() -> None:
     assert size(3.5 * 1024**3) == "3.5 GiB" and size(200 * 2**20) == "200 MiB"
+
+
+def test_a_resident_count_the_user_set_is_kept_when_it_fits() -> None:
+    """offload_blocks set on the node: used as set when it fits (the picker raises only a count
+    its own ladder set); when it does not, the ladder's offloading rung keeps as many as fit."""
+    user = Settings(base_dtype="fp8_e4m3fn", width=512, height=512, offload_blocks=5)
+    kept = pick(FLUX, user, 1e15)
+    assert kept.fits and kept.settings.offload_blocks == 5 and not kept.changes
+    tight = pick(FLUX, replace(user, offload_blocks=50), 12 * GB, context=True)
+    assert tight.fits and 2 <= tight.settings.offload_blocks < 50, tight.changes

@@ -10,10 +10,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .config import _help
+
+if TYPE_CHECKING:  # srpo_core.offload imports this package's config: import it when used
+    from ..offload import OffloadConfig
 
 LORA_STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 """Storage (master) dtype of the trained adapter weights."""
@@ -32,6 +36,8 @@ DEFAULT_DECODER_TILE = 96
 """Latent side (image pixels / 8) above which the differentiable VAE decode is tiled, and the
 largest tile: 768 px, so the shipped 720 px setting (latent 90) decodes whole as before and
 1024 px (latent 128) decodes as 2 x 2 tiles of 72 (576 px)."""
+DEFAULT_OFFLOAD_PREFETCH = 1
+"""Blocks copied to the device ahead of the one running when offloading (a side stream on CUDA)."""
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic."""
 
@@ -78,7 +84,31 @@ class MemoryConfig:
         ),
     )
 
+    offload_blocks: int = field(
+        default=0,
+        metadata=_help(
+            "Block offloading: transformer blocks kept on the device at once; the others wait in"
+            " pinned host memory and are copied in ahead of use (rollout, training forward and the"
+            " backward's recomputation), so a 12 or 16 GB card fits at the cost of streaming the"
+            " blocks every pass. 0: off (every block resident); at least the model's block count:"
+            " off. Needs gradient_checkpointing checkpoint (clone keeps every block's weights"
+            " alive for backward); the merged LoRA form then merges per call (no rollout cache)."
+        ),
+    )
+    offload_prefetch: int = field(
+        default=DEFAULT_OFFLOAD_PREFETCH,
+        metadata=_help(
+            "Block offloading: blocks copied ahead of the running one (at most offload_blocks"
+            " - 1; fewer are used when offload_blocks is smaller)."
+        ),
+    )
+
     def __post_init__(self) -> None:
+        if self.offload_blocks < 0 or self.offload_prefetch < 0:
+            raise ValueError(
+                "offload_blocks and offload_prefetch must be 0 or more, got"
+                f" {self.offload_blocks} and {self.offload_prefetch}"
+            )
         for name, allowed in (
             ("lora_dtype", tuple(LORA_STORAGE_DTYPES)),
             ("save_dtype", tuple(SAVE_DTYPES)),
@@ -99,6 +129,15 @@ class MemoryConfig:
     @property
     def save_torch_dtype(self) -> torch.dtype:
         return SAVE_DTYPES[self.save_dtype]
+
+    @property
+    def offload(self) -> OffloadConfig:
+        """The block offloading settings: ``offload_blocks`` resident, prefetching at most
+        ``offload_blocks - 1`` ahead (the running block and those fetched are resident together)."""
+        from ..offload import OffloadConfig
+
+        prefetch = min(self.offload_prefetch, max(self.offload_blocks - 1, 0))
+        return OffloadConfig(resident_blocks=self.offload_blocks, prefetch=prefetch)
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -93,13 +93,15 @@ def pick(
     context: bool = False,
 ) -> Choice:
     """The first rung of :func:`ladder` whose need fits ``budget`` bytes; when none does, the
-    last (least memory) with ``fits`` False."""
+    last (least memory) with ``fits`` False. Offloading the ladder sets keeps as many blocks
+    resident as fit (:func:`most_resident`); a count set in ``s`` is kept when it fits."""
     choice = None
     for changes, settings in ladder(arch, s, change_base, offload):
         est = estimate(arch, settings)
         choice = Choice(settings, est, changes, budget, need_bytes(est, context))
         if choice.fits:
-            return most_resident(arch, choice, context) if settings.offload_blocks else choice
+            ladder_set = settings.offload_blocks != s.offload_blocks  # the ladder offloads
+            return most_resident(arch, choice, context) if ladder_set else choice
     assert choice is not None
     return choice
 
@@ -138,7 +140,10 @@ def describe(choice: Choice, tflops: float | None = None) -> str:
     else:
         parts.append("Settings used as set.")
     if est.host_bytes:
-        parts.append(f"Streams {size(est.host_bytes)} of blocks per step.")
+        parts.append(
+            f"Block offloading: {choice.settings.offload_blocks} transformer blocks resident,"
+            f" the others stream from host memory ({size(est.host_bytes)} per step)."
+        )
     if tflops:
         parts.append(f"Step floor {est.floor_s(tflops):.1f} s at {tflops:.0f} TFLOP/s.")
     return " ".join(parts)

@@ -42,6 +42,28 @@ def test_memory_model_counts_the_weights_and_sees_checkpointing(pack: ModuleType
     assert off.micro_step_flops < on.micro_step_flops  # nothing to recompute without it
 
 
+def test_memory_model_traces_block_offloading(pack: ModuleType) -> None:
+    """Traced with the trainer's offloader, 1 of the tiny Flux's 2 blocks resident: the device
+    holds the other block's weights less (its host copy is not counted) and the peak is lower
+    by at most that (a device copy of each block lives while it runs)."""
+    from comfyui_srpo.nodes.block_wrappers import transformer_blocks
+
+    from bench.memmodel import ModelRun, trace
+    from bench.shapes import TINY
+    from bench.world import build_world
+
+    whole = trace(ModelRun(resolution=64, rank=4), TINY)
+    offloaded = trace(ModelRun(resolution=64, rank=4, offload_blocks=1), TINY)
+    world = build_world(TINY, torch.device("cpu"))
+    blocks = transformer_blocks(world.model.model.diffusion_model)
+    assert len(blocks) == 2
+    smallest = min(real_bytes([b]) for b in blocks)
+    assert whole.weights - offloaded.weights >= smallest
+    assert whole.weights - offloaded.weights <= real_bytes(blocks)
+    assert 0 < whole.peak - offloaded.peak <= real_bytes(blocks)
+    assert offloaded.flops == whole.flops  # the same computation
+
+
 def test_memory_model_measures_the_memory_switches(pack: ModuleType) -> None:
     """Block checkpointing drops the transformer's saved activations in both LoRA forms; the
     activations form keeps less than the merged one (no merged weights for backward); decoder
@@ -108,11 +130,18 @@ def test_gpu_bench_tiny_mode_runs_on_a_cpu(pack: ModuleType, tmp_path: Path) -> 
     result = json.loads((tmp_path / "results.json").read_text())
     assert result["device"] == "CPU"
     assert result["raw"]["capped"]["oom"] is False
+    offloaded = result["raw"]["capped_offload"]  # issue 17 item 8: the 16 and 12 GB cards
+    assert set(offloaded) == {"16", "12"}
+    for capped in offloaded.values():
+        assert capped["oom"] is False, capped
+        assert 0 < capped["max_resident"] <= capped["offload_blocks"] < capped["blocks"], capped
+        assert capped["moved_gb"] > 0, capped
     assert result["raw"]["srpo_step_flops"] > 0
     for name, value in result["ratios"].items():
         assert math.isfinite(value), name
     table = (tmp_path / "results.md").read_text()
-    for row in ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor"):
+    rows = ("G1 rollout", "G2 micro-step overhead", "G9 micro-step", "FLOP floor", "16 GB cap")
+    for row in (*rows, "12 GB cap"):
         assert row in table
     cli = result["raw"]["cli_torchrun"]
     assert cli["exit"] == 0 and cli["exported"], cli["last_line"]

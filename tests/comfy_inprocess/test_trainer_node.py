@@ -188,6 +188,7 @@ OLD_TRAINER_DEFAULTS = {
     "decoder_tile": 96,
     "gradient_checkpointing": "checkpoint",
     "checkpoint_every": 0,
+    "offload_blocks": 0,
     "memory_budget": "auto",
 }
 """The defaults these settings had as trainer widgets (before the settings node existed), with
