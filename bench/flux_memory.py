@@ -297,14 +297,18 @@ def main(argv: list[str] | None = None) -> int:
         "--check-mid", action="store_true", help="Estimate vs trace on the mid-size test world."
     )
     args = parser.parse_args(argv)
-    if args.list_models or args.families or args.cards or args.card or args.check or args.check_mid:
-        return card_main(args)
     if args.model:
         from srpo_core.training.memory_estimate import architecture
 
+        try:
+            architecture(args.model)
+        except ValueError as unknown:
+            parser.error(str(unknown))
+    if args.list_models or args.families or args.cards or args.card or args.check or args.check_mid:
+        return card_main(args)
+    if args.model:
         from .family_trace import family_main
 
-        architecture(args.model)  # one sentence naming the choices for an unknown name
         return family_main(args.model, args.res or 720, args.base, args.jobs)
     runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch, args.modes)
     began = time.monotonic()

@@ -152,15 +152,16 @@ class Estimate:
         return max(self.flops / (tflops * 1e12), self.host_bytes / link)
 
 
-def decode_unit(settings: Settings) -> tuple[int, int]:
-    """(image pixels of one decode unit, number of units): the whole image, or one tile."""
-    h, w = settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR
+def decode_unit(settings: Settings, factor: int = LATENT_FACTOR) -> tuple[int, int]:
+    """(image pixels of one decode unit, number of units): the whole image, or one tile of
+    ``decoder_tile`` pixels of the latent the trainer tiles (``factor`` image px each)."""
+    h, w = settings.height // factor, settings.width // factor
     tile = settings.decoder_tile
     if tile == 0 or (h <= tile and w <= tile):
         return settings.width * settings.height, 1
     ys = tile_spans(h, tile, DECODER_TILE_OVERLAP)
     xs = tile_spans(w, tile, DECODER_TILE_OVERLAP)
-    side = LATENT_FACTOR**2
+    side = factor**2
     return (ys[0][1] - ys[0][0]) * (xs[0][1] - xs[0][0]) * side, len(ys) * len(xs)
 
 
@@ -184,7 +185,7 @@ def activation_bytes(arch: Architecture, s: Settings, c: Calibration = CALIBRATI
     stream = m * tokens * t.hidden * ACT_BYTES
     t_kept = stream * t.blocks * (c.keep if s.block_checkpointing else c.clone)
     t_bwd = stream * c.block
-    pixels, units = decode_unit(s)
+    pixels, units = decode_unit(s, arch.decoder.tile_factor)
     dec = arch.decoder
     unit_bwd = m * ACT_BYTES * c.decoder_bwd * pixels * dec.ch
     unit_keep = m * ACT_BYTES * dec.channel_pixels(pixels)
@@ -213,7 +214,7 @@ def flops(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> floa
         t.linear_flops(image) * s.batch_size,
         t.attention_flops(image) * s.batch_size,
     )
-    pixels, units = decode_unit(s)
+    pixels, units = decode_unit(s, arch.decoder.tile_factor)
     dec = arch.decoder.forward_flops(pixels) * units * s.batch_size
     reward = arch.reward.forward_flops() * s.batch_size
     forwards = 2.0 if s.block_checkpointing else 1.0

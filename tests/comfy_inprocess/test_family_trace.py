@@ -215,33 +215,68 @@ def test_the_traced_rise_of_each_phase_is_what_the_cpu_allocator_sees_on_real_te
 
 ESTIMATE_TOLERANCE = 0.10
 """Issue 17: the estimate is within 10 % of the traced peak."""
-MID_QWEN_LAYERS = 2
-"""Qwen-Image's blocks in the mid-size world (released: 60); all else at released size."""
+MID_FAMILIES: dict[str, tuple[dict[str, Any], dict[str, int]]] = {
+    "qwen-image": ({"num_layers": 2}, {"double_blocks": 2}),
+    "flux2": ({"depth": 1, "depth_single_blocks": 1}, {"double_blocks": 1, "single_blocks": 1}),
+}
+"""Mid-size worlds: the released family with few blocks (unet config, and the estimate's block
+counts to match); VAE, reward and text sizes as released."""
+MID_ROWS = (
+    ("qwen-image", {"resolution": 512}),
+    ("qwen-image", {"resolution": 512, "decoder_tile": 32}),
+)
+"""Qwen-Image's Wan 2.1 VAE is never block-checkpointed by the trainer (whole and in tiles)."""
 
 
-@pytest.mark.parametrize("row", [{}, {"decoder_tile": 32}], ids=["whole", "tiled"])
-def test_qwen_image_estimate_is_within_ten_percent_of_its_trace(
-    pack: ModuleType, row: dict[str, Any]
+@pytest.mark.parametrize("name,row", MID_ROWS, ids=lambda v: str(v))
+def test_family_estimate_is_within_ten_percent_of_its_trace(
+    pack: ModuleType, name: str, row: dict[str, Any]
 ) -> None:
-    """Qwen-Image's Wan 2.1 VAE is never block-checkpointed by the trainer (the estimate's
-    ``Decoder.checkpointable``): traced with the released VAE, reward and text sizes and
-    MID_QWEN_LAYERS blocks at 512 px, whole and in tiles, the estimate of the same shapes is
-    within ESTIMATE_TOLERANCE of the traced peak."""
+    """The estimate's per-family decoder fact ``Decoder.checkpointable``: traced with the
+    released VAE, reward and text sizes and a few blocks, the estimate of the
+    same shapes is within ESTIMATE_TOLERANCE of the traced peak."""
     from bench.card_cli import settings_of
     from bench.families import family_shapes
     from bench.memmodel import ModelRun, trace
     from srpo_core.training.architectures import ARCHITECTURES
     from srpo_core.training.memory_estimate import estimate
 
-    shapes = family_shapes("qwen-image")
-    shapes = replace(shapes, unet={**shapes.unet, "num_layers": MID_QWEN_LAYERS})
-    released = ARCHITECTURES["qwen-image"]
-    arch = replace(
-        released, transformer=replace(released.transformer, double_blocks=MID_QWEN_LAYERS)
-    )
-    run = ModelRun(resolution=512, base_dtype="fp8_e4m3fn", **row)
+    unet, blocks = MID_FAMILIES[name]
+    shapes = family_shapes(name)
+    shapes = replace(shapes, unet={**shapes.unet, **unet})
+    released = ARCHITECTURES[name]
+    arch = replace(released, transformer=replace(released.transformer, **blocks))
+    run = ModelRun(base_dtype="fp8_e4m3fn", **row)
     report = trace(run, shapes)
     est = estimate(arch, settings_of(run))
     detail = f"{run.label}: traced {report.peak / 1e9:.3f} GB, estimate {est.peak / 1e9:.3f} GB"
     print(detail)
     assert est.peak == pytest.approx(report.peak, rel=ESTIMATE_TOLERANCE), detail
+
+
+def test_flux2_decodes_1024_px_whole_as_the_estimate_says(pack: ModuleType) -> None:
+    """FLUX.2's VAE takes 128-channel latents of 16 px (``Decoder.tile_factor``), so at 1024 px
+    the trainer's default tile (96 latent px) leaves the decode whole: the estimate's unit is the
+    whole image, and the traced decoder keeps for backward what the estimate's whole-image
+    decoder keeps (``decoder_keep`` per channel-pixel of its checkpointed blocks' inputs), within
+    ESTIMATE_TOLERANCE; a tile of the old 8 px reading would keep under half of it."""
+    from bench.card_cli import settings_of
+    from bench.families import family_shapes
+    from bench.memmodel import ModelRun, trace
+    from srpo_core.training.architectures import ARCHITECTURES
+    from srpo_core.training.memory_estimate import ACT_BYTES, CALIBRATION, decode_unit
+
+    unet, _ = MID_FAMILIES["flux2"]
+    shapes = family_shapes("flux2")
+    run = ModelRun(resolution=1024, base_dtype="fp8_e4m3fn")
+    report = trace(run, replace(shapes, unet={**shapes.unet, **unet}))
+    decoder, settings = ARCHITECTURES["flux2"].decoder, settings_of(run)
+    pixels, units = decode_unit(settings, decoder.tile_factor)
+    assert (pixels, units) == (1024 * 1024, 1)
+    keep = CALIBRATION.decoder_keep * ACT_BYTES * decoder.channel_pixels(pixels)
+    assert report.saved["decoder"] == pytest.approx(keep, rel=ESTIMATE_TOLERANCE)
+    tile_pixels, tiles = decode_unit(settings)
+    assert (
+        tiles > 1
+        and CALIBRATION.decoder_keep * ACT_BYTES * decoder.channel_pixels(tile_pixels) < keep / 2
+    )
