@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "--base",
         choices=("fp8", "bf16", "both"),
         default="fp8",
-        help="Base weight dtype of a --model trace (default fp8, the shipped setting).",
+        help="Base weight dtype of a --model trace (default fp8).",
     )
     parser.add_argument("--list-models", action="store_true", help="Model names and shapes.")
     parser.add_argument("--check", action="store_true", help="Estimate vs trace, calibration set.")

@@ -280,3 +280,26 @@ def test_flux2_decodes_1024_px_whole_as_the_estimate_says(pack: ModuleType) -> N
         tiles > 1
         and CALIBRATION.decoder_keep * ACT_BYTES * decoder.channel_pixels(tile_pixels) < keep / 2
     )
+
+
+def test_the_family_command_prints_the_traced_row_and_the_estimate_beside_it(
+    pack: ModuleType,
+) -> None:
+    """``--model NAME``'s output: the family-table row of the trace (peak, SRPO-step FLOPs,
+    H100 floor, the cards its peak x 1.1 + 1 GB fits, "traced") and the estimate / trace line."""
+    from bench.family_trace import FAMILY_CARDS_GB, H100_TFLOPS, family_lines, traced_need
+    from bench.memmodel import ModelRun, trace
+
+    (family,) = [f for f in FAMILIES if f.name == "z-image"]
+    run = ModelRun(resolution=RESOLUTION, rank=RANK)
+    report = trace(run, tiny_shapes(family))
+    lines = family_lines("z-image", [(run, report)])
+    (row,) = [line for line in lines if line.startswith("| z-image |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["z-image", str(RESOLUTION), "bf16"] and cells[-1] == "traced"
+    assert float(cells[3]) == round(report.peak / 1e9, 1)
+    assert float(cells[5]) == round(report.srpo_step_flops / 1e12 / H100_TFLOPS, 2)
+    need = report.peak * 1.1 + 1e9
+    assert traced_need(report) == pytest.approx(need)
+    assert cells[6:10] == ["yes" if need <= c * 1e9 else "no" for c in FAMILY_CARDS_GB]
+    assert any("est / trace" in line for line in lines)
