@@ -190,7 +190,10 @@ def card_main(args: argparse.Namespace) -> int:
     print(f"picked: {describe_choice(choice)}")
     print(f"changes: {', '.join(choice.changes) or 'none (settings as set)'}")
     print(f"estimate: peak {choice.estimate.peak / GB:.1f} GB, with margin {choice.need / GB:.1f}")
-    (report,) = trace_all([model_run(chosen)], 1)
+    from .families import family_shapes
+
+    shapes = family_shapes(args.model) if args.model else FLUX_DEV
+    (report,) = trace_all([model_run(chosen)], 1, shapes)
     if isinstance(report, str):
         print(report)
         return 1

@@ -15,8 +15,12 @@ shipped 720 px fp8 row; ``--micro-batch`` batch 2 whole and in micro-batches of 
 the workflow's trainer settings when given), traced; the last line says whether it fits
 (:mod:`bench.card`). ``--cards`` prints the user table (card -> what auto picks -> estimated
 peak -> step floor), ``--families`` the model x resolution x dtype table of the analytic
-estimate (``--model NAME`` for one family, ``--list-models`` for the names), ``--check`` traces
-the rows of the estimate's calibration set and prints estimate / trace.
+estimate (with ``--model NAME`` one family's rows; ``--list-models`` for the names), ``--check``
+traces the rows of the estimate's calibration set and prints estimate / trace.
+
+``--model NAME [--res PX] [--base fp8|bf16|both]`` alone traces that family's real ComfyUI
+model class at its released shapes (:mod:`bench.family_trace`); with ``--card GB --workflow
+FILE`` the card's choice is traced on that family.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 from .card_cli import card_main
 from .memmodel import GB, TFLOP, FeatureGap, ModelRun, RunReport
+from .shapes import FLUX_DEV, WorldShapes
 
 RESOLUTIONS = (720, 1024)
 RANKS = (16, 32)
@@ -135,20 +140,23 @@ def _worker_init() -> None:
     import_pack()
 
 
-def _trace(run: ModelRun) -> RunReport | str:
+def _trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport | str:
     from .memmodel import trace
 
     try:
-        return trace(run)
+        return trace(run, shapes)
     except FeatureGap as gap:
         return f"gap: {gap}"
 
 
-def trace_all(runs: list[ModelRun], jobs: int) -> list[RunReport | str]:
-    """Trace every run in ``jobs`` fresh processes (each imports ComfyUI once)."""
+def trace_all(
+    runs: list[ModelRun], jobs: int, shapes: WorldShapes = FLUX_DEV
+) -> list[RunReport | str]:
+    """Trace every run of the ``shapes`` models in ``jobs`` fresh processes (each imports
+    ComfyUI once)."""
     context = get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
-        return list(pool.map(_trace, runs))
+        return list(pool.map(_trace, runs, [shapes] * len(runs)))
 
 
 def _gb(value: float) -> str:
@@ -272,15 +280,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow", type=Path, help="API-format workflow to take settings from.")
     parser.add_argument("--cards", action="store_true", help="User table: card -> auto's choice.")
     parser.add_argument("--families", action="store_true", help="Model x res x dtype table.")
-    parser.add_argument("--model", help="One family of --list-models (with --families/--cards).")
+    parser.add_argument(
+        "--model",
+        help="One family of --list-models: alone, trace it (at --res, default 720, with --base);"
+        " with --families/--cards/--card, that family's rows.",
+    )
+    parser.add_argument(
+        "--base",
+        choices=("fp8", "bf16", "both"),
+        default="fp8",
+        help="Base weight dtype of a --model trace (default fp8).",
+    )
     parser.add_argument("--list-models", action="store_true", help="Model names and shapes.")
     parser.add_argument("--check", action="store_true", help="Estimate vs trace, calibration set.")
     parser.add_argument(
         "--check-mid", action="store_true", help="Estimate vs trace on the mid-size test world."
     )
     args = parser.parse_args(argv)
+    if args.model:
+        from srpo_core.training.memory_estimate import architecture
+
+        try:
+            architecture(args.model)
+        except ValueError as unknown:
+            parser.error(str(unknown))
     if args.list_models or args.families or args.cards or args.card or args.check or args.check_mid:
         return card_main(args)
+    if args.model:
+        from .family_trace import family_main
+
+        return family_main(args.model, args.res or 720, args.base, args.jobs)
     runs = grid(args.quick, args.features, args.targets, args.tiling, args.micro_batch, args.modes)
     began = time.monotonic()
     results = list(zip(runs, trace_all(runs, args.jobs), strict=True))

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,8 @@ class RunReport:
     flops: dict[str, int]
     saved: dict[str, int] = field(default_factory=dict)
     """Bytes left alive by the micro-step's transformer call, decode and reward (see saving)."""
+    rollout_traced: int = TRACED_ROLLOUT_STEPS
+    """Rollout steps the trace ran (``flops["rollout"]`` is their total)."""
 
     @property
     def peak(self) -> int:
@@ -177,7 +180,7 @@ class RunReport:
     @property
     def rollout_step_flops(self) -> float:
         """FLOPs of one Euler step of the no-grad rollout (one model call)."""
-        return self.flops["rollout"] / TRACED_ROLLOUT_STEPS
+        return self.flops["rollout"] / self.rollout_traced
 
     @property
     def micro_step_flops(self) -> float:
@@ -296,11 +299,8 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
     replace_inference_parameters(mp)
     mp.model.requires_grad_(False)
     use_sdpa(mp)
-    conds = [
-        node_helpers.conditioning_set_values(
-            prompt_conditioning(world), {"guidance": settings.guidance}
-        )
-    ]
+    conditioning = prompt_conditioning(world, settings.config.latent_shape)
+    conds = [node_helpers.conditioning_set_values(conditioning, {"guidance": settings.guidance})]
     items = [PromptItem("a photo of a cat", 0)]
     decoder = VAEDecoder.for_training(
         world.vae,
@@ -314,11 +314,12 @@ def prepare(world: World, run: ModelRun, **node_inputs: Any) -> Prepared:
     return Prepared(mp, adapters, decoder, reward, conds, items, settings)
 
 
-def prompt_conditioning(world: World) -> list[Any]:
-    """One FLUX prompt's conditioning (random T5 and CLIP-L features of FLUX's sizes)."""
+def prompt_conditioning(world: World, latent: tuple[int, ...] | None = None) -> list[Any]:
+    """One prompt's conditioning in the family's layout (random text-encoder features of its
+    sizes; FLUX: T5 and CLIP-L; a reference latent of ``latent`` size for FLUX.1 Kontext)."""
     from .world import flux_conditioning
 
-    return flux_conditioning(world.shapes, torch.device("cpu"), seed=0)
+    return flux_conditioning(world.shapes, torch.device("cpu"), seed=0, latent=latent)
 
 
 def use_sdpa(mp: Any) -> None:
@@ -333,12 +334,36 @@ def use_sdpa(mp: Any) -> None:
     options["optimized_attention_override"] = override
 
 
+SDPA_GLOBALS = ("comfy.ldm.modules.diffusionmodules.mmdit",)
+"""Modules that call ComfyUI's attention through a module global, without transformer_options
+(SD3's MMDiT), so the per-model override of :func:`use_sdpa` does not reach them."""
+
+
+@contextmanager
+def sdpa_in_module_globals() -> Iterator[None]:
+    """Within the context the :data:`SDPA_GLOBALS` modules' ``optimized_attention`` is PyTorch
+    SDPA, as ComfyUI picks it on NVIDIA GPUs (under --cpu it picks sub-quadratic attention)."""
+    from comfy.ldm.modules.attention import attention_pytorch
+
+    modules = [importlib.import_module(name) for name in SDPA_GLOBALS]
+    saved = [module.optimized_attention for module in modules]
+    for module in modules:
+        module.optimized_attention = attention_pytorch
+    try:
+        yield
+    finally:
+        for module, previous in zip(modules, saved, strict=True):
+            module.optimized_attention = previous
+
+
 def use_sdpa_in_vae(module: torch.nn.Module) -> None:
-    """The VAE's attention blocks use PyTorch SDPA, as ComfyUI's VAE does on NVIDIA GPUs."""
-    from comfy.ldm.modules.diffusionmodules.model import AttnBlock, pytorch_attention
+    """The VAE's attention blocks (ComfyUI's AttnBlock, the Wan VAE's AttentionBlock: every
+    block holding an ``optimized_attention``) use PyTorch SDPA, as ComfyUI's VAE does on NVIDIA
+    GPUs."""
+    from comfy.ldm.modules.diffusionmodules.model import pytorch_attention
 
     for sub in module.modules():
-        if isinstance(sub, AttnBlock):
+        if hasattr(sub, "optimized_attention"):
             sub.optimized_attention = pytorch_attention
 
 
@@ -445,7 +470,7 @@ def trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport:
     check_features(run)
     cpu = torch.device("cpu")
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    with fake_mode, fake_module_support(), batch_constants():
+    with fake_mode, fake_module_support(), batch_constants(), sdpa_in_module_globals():
         world = build_world(shapes, cpu, base_dtype=run.base_dtype)
         prepared = prepare(world, run)
         tracker = LiveStorageTracker(fake_mode)
@@ -459,4 +484,5 @@ def trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport:
         phase_peaks={name: record.peak for name, record in tracker.peaks.items()},
         saved=dict(tracker.saved),
         flops=dict(tracker.flops),
+        rollout_traced=TRACED_ROLLOUT_STEPS,
     )

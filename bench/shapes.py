@@ -87,15 +87,31 @@ class WorldShapes:
     text_tokens: int = field(
         default=512, metadata={"help": "T5 tokens of a prompt (FLUX.1-dev pads to 512)."}
     )
+    model_class: str = field(
+        default="Flux", metadata={"help": "comfy.supported_models class that builds the model."}
+    )
+    text: tuple[int, int | None] | None = field(
+        default=None,
+        metadata={
+            "help": "(context width, pooled width or None) of the text encoder's output; None:"
+            " FLUX's, read from the unet config (context_in_dim, vec_in_dim)."
+        },
+    )
+    reference_latent: bool = field(
+        default=False,
+        metadata={"help": "The stock workflow attaches a reference latent (FLUX.1 Kontext)."},
+    )
 
     @property
     def context_dim(self) -> int:
-        """Width of the T5 context the transformer reads."""
-        return int(self.unet["context_in_dim"])
+        """Width of the text context the transformer reads."""
+        return int(self.unet["context_in_dim"]) if self.text is None else self.text[0]
 
     @property
-    def pooled_dim(self) -> int:
-        """Width of the pooled CLIP-L vector."""
+    def pooled_dim(self) -> int | None:
+        """Width of the pooled text vector (CLIP-L's for FLUX), None where there is none."""
+        if self.text is not None:
+            return self.text[1]
         return int(self.unet["vec_in_dim"])
 
 

@@ -58,7 +58,8 @@ def randomize(module: torch.nn.Module, seed: int, std: float = WEIGHT_STD) -> No
 
 
 def build_flux(shapes: WorldShapes, base_dtype: str, device: torch.device) -> Any:
-    """A ModelPatcher around ``comfy.model_base.Flux`` as UNETLoader builds it for this dtype.
+    """A ModelPatcher around the ``shapes.model_class`` model (``comfy.model_base.Flux`` for
+    FLUX.1) as UNETLoader builds it for this dtype.
 
     ``base_dtype`` is a key of :data:`BASE_DTYPES`; fp8 and bf16 compute in bf16 (the weights are
     cast per layer by ComfyUI's manual-cast ops), fp32 computes in fp32.
@@ -69,7 +70,7 @@ def build_flux(shapes: WorldShapes, base_dtype: str, device: torch.device) -> An
     if base_dtype not in BASE_DTYPES:
         raise ValueError(f"base_dtype must be one of {sorted(BASE_DTYPES)}, got {base_dtype!r}")
     weight_dtype = BASE_DTYPES[base_dtype]
-    config = comfy.supported_models.Flux(dict(shapes.unet))
+    config = getattr(comfy.supported_models, shapes.model_class)(dict(shapes.unet))
     manual_cast = COMPUTE_DTYPE if base_dtype in FP8_DTYPES else None
     config.set_inference_dtype(weight_dtype, manual_cast)
     with torch.inference_mode():  # as ComfyUI's loaders run
@@ -79,13 +80,30 @@ def build_flux(shapes: WorldShapes, base_dtype: str, device: torch.device) -> An
 
 def vae_state_dict(shapes: WorldShapes) -> dict[str, torch.Tensor]:
     """A state dict with the FLUX VAE's keys and shapes (values uninitialised or fake), or a
-    TAESD's for TAESD_VAE."""
-    from comfy.ldm.models.autoencoder import AutoencodingEngine
+    TAESD's for TAESD_VAE, a Wan 2.1 VAE's for ``{"wan_dim": ...}`` (Qwen-Image's), or an
+    AutoencoderKL's with a latent BatchNorm for a ddconfig with ``batch_norm_latent`` (FLUX.2's):
+    the layouts ``comfy.sd.VAE`` recognises by their keys."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
+    from comfy.ldm.wan.vae import WanVAE
     from comfy.taesd.taesd import TAESD
 
     if "taesd_latent_channels" in shapes.vae:
         state = TAESD(latent_channels=shapes.vae["taesd_latent_channels"]).state_dict()
         return {**state, "vae_scale": torch.ones(()), "vae_shift": torch.zeros(())}
+    if "wan_dim" in shapes.vae:
+        wan = WanVAE(
+            dim=shapes.vae["wan_dim"],
+            z_dim=shapes.vae["z_dim"],
+            dim_mult=[1, 2, 4, 4],
+            num_res_blocks=2,
+            attn_scales=[],
+            temperal_downsample=[False, True, True],
+            dropout=0.0,
+        )
+        return dict(wan.state_dict())
+    if shapes.vae.get("batch_norm_latent"):
+        kl = AutoencoderKL(ddconfig=dict(shapes.vae), embed_dim=shapes.vae["z_channels"])
+        return dict(kl.state_dict())
 
     engine = AutoencodingEngine(
         regularizer_config={"target": VAE_REGULARIZER},
@@ -117,12 +135,28 @@ def build_reward(shapes: WorldShapes, device: torch.device, dtype: torch.dtype) 
     )
 
 
-def flux_conditioning(shapes: WorldShapes, device: torch.device, seed: int) -> list[Any]:
-    """A ComfyUI FLUX conditioning: T5 context (1, tokens, 4096) and pooled CLIP-L (1, 768)."""
+def flux_conditioning(
+    shapes: WorldShapes,
+    device: torch.device,
+    seed: int,
+    latent: tuple[int, ...] | None = None,
+) -> list[Any]:
+    """A ComfyUI conditioning as the family's stock text encoder gives it: context (1, tokens,
+    width) (FLUX: T5's 4096), the pooled vector (FLUX: CLIP-L's (1, 768)) where the family has
+    one, and for a reference-latent family (FLUX.1 Kontext) one ``reference_latents`` entry of
+    ``latent`` (C, H, W) size, as the stock ReferenceLatent node attaches the encoded image."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     context = torch.randn(1, shapes.text_tokens, shapes.context_dim, generator=generator)
-    pooled = torch.randn(1, shapes.pooled_dim, generator=generator)
-    return [[context.to(device), {"pooled_output": pooled.to(device)}]]
+    extras: dict[str, Any] = {"pooled_output": None}  # CLIPTextEncode's key, None without one
+    if shapes.pooled_dim is not None:
+        pooled = torch.randn(1, shapes.pooled_dim, generator=generator)
+        extras["pooled_output"] = pooled.to(device)
+    if shapes.reference_latent:
+        if latent is None:
+            raise ValueError(f"{shapes.name} needs the latent size for its reference latent")
+        reference = torch.randn(1, *latent, generator=generator)
+        extras["reference_latents"] = [reference.to(device)]
+    return [[context.to(device), extras]]
 
 
 def build_world(

@@ -111,6 +111,13 @@ class Decoder:
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     latent_channels: int = 16
+    tile_factor: int = LATENT_FACTOR
+    """Image pixels per pixel of the latent the trainer's decoder tiling measures (FLUX.2: 16,
+    its VAE takes 128-channel latents and unpatchifies them 2x2 inside ``decode``)."""
+    checkpointable: bool = True
+    """False: the trainer never checkpoints this decoder's blocks (the Wan 2.1 VAE's blocks
+    update causal caches in place; ``nodes/vae_decoder.py``), so it keeps every block's
+    activations whatever ``decoder_checkpointing`` says."""
 
     @property
     def params(self) -> int:
@@ -343,12 +350,20 @@ ARCHITECTURES: dict[str, Architecture] = {
             "FLUX.1 Kontext dev (12 B, reference image in the sequence)",
             Transformer(**{**FLUX1.__dict__, "image_copies": 2}),
         ),
-        Architecture("flux2", "FLUX.2-dev (32 B)", FLUX2, Decoder(latent_channels=32)),
-        Architecture("qwen-image", "Qwen-Image (20 B)", QWEN_IMAGE, Decoder(ch=96)),
+        Architecture(
+            "flux2",
+            "FLUX.2-dev (32 B)",
+            FLUX2,
+            Decoder(latent_channels=32, tile_factor=LATENT_FACTOR * IMAGE_PATCH),
+        ),
+        Architecture(
+            "qwen-image", "Qwen-Image (20 B)", QWEN_IMAGE, Decoder(ch=96, checkpointable=False)
+        ),
         Architecture("z-image", "Z-Image (6 B)", Z_IMAGE),
         Architecture("chroma", "Chroma (8.9 B)", CHROMA),
         Architecture("sd35", "Stable Diffusion 3.5 Large (8 B)", SD35),
     )
 }
 """Every family by its ``--model`` name. Qwen-Image's Wan 2.1 VAE (3D, base width 96) is counted
-as a 2D decoder of width 96 for one frame."""
+as a 2D decoder of width 96 for one frame, never block-checkpointed (as the trainer runs it; the
+family traces of docs/PERFORMANCE.md check this)."""

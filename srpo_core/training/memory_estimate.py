@@ -15,7 +15,9 @@ with, per micro-batch chunk of m samples over L joint tokens of width d (2-byte 
 ``T_kept = c_keep m L d 2 n_blocks`` (checkpoint) or ``c_clone m L d 2 n_blocks`` (clone),
 ``T_bwd = c_block m L d 2``; the decoder keeps ``c_dec * sum(channels x pixels)`` of its
 checkpointed blocks' inputs (the whole decode unit: the image, or one tile) and its backward
-adds ``c_dec_bwd m P ch 2``; the reward keeps ``c_vit m layers tokens width 2``.
+adds ``c_dec_bwd m P ch 2``; the reward keeps ``c_vit m layers tokens width 2``. A decoder the
+trainer cannot checkpoint per block (``Decoder.checkpointable``: Qwen-Image's Wan 2.1 VAE) keeps
+``c_dec_nockpt * sum(channels x pixels)``, also inside a tile's recompute.
 
 Block offloading (``offload_blocks`` > 0, the block-swap hook): only that many transformer
 blocks' weights are resident; everything else is unchanged, and the weights of the other blocks
@@ -150,15 +152,16 @@ class Estimate:
         return max(self.flops / (tflops * 1e12), self.host_bytes / link)
 
 
-def decode_unit(settings: Settings) -> tuple[int, int]:
-    """(image pixels of one decode unit, number of units): the whole image, or one tile."""
-    h, w = settings.height // LATENT_FACTOR, settings.width // LATENT_FACTOR
+def decode_unit(settings: Settings, factor: int = LATENT_FACTOR) -> tuple[int, int]:
+    """(image pixels of one decode unit, number of units): the whole image, or one tile of
+    ``decoder_tile`` pixels of the latent the trainer tiles (``factor`` image px each)."""
+    h, w = settings.height // factor, settings.width // factor
     tile = settings.decoder_tile
     if tile == 0 or (h <= tile and w <= tile):
         return settings.width * settings.height, 1
     ys = tile_spans(h, tile, DECODER_TILE_OVERLAP)
     xs = tile_spans(w, tile, DECODER_TILE_OVERLAP)
-    side = LATENT_FACTOR**2
+    side = factor**2
     return (ys[0][1] - ys[0][0]) * (xs[0][1] - xs[0][0]) * side, len(ys) * len(xs)
 
 
@@ -182,7 +185,7 @@ def activation_bytes(arch: Architecture, s: Settings, c: Calibration = CALIBRATI
     stream = m * tokens * t.hidden * ACT_BYTES
     t_kept = stream * t.blocks * (c.keep if s.block_checkpointing else c.clone)
     t_bwd = stream * c.block
-    pixels, units = decode_unit(s)
+    pixels, units = decode_unit(s, arch.decoder.tile_factor)
     dec = arch.decoder
     unit_bwd = m * ACT_BYTES * c.decoder_bwd * pixels * dec.ch
     unit_keep = m * ACT_BYTES * dec.channel_pixels(pixels)
@@ -190,8 +193,10 @@ def activation_bytes(arch: Architecture, s: Settings, c: Calibration = CALIBRATI
     r_kept = m * ACT_BYTES * c.vit_keep * r.layers * r.tokens * r.width
     if units > 1:  # each tile recomputed alone, after the reward's backward
         tile = c.decoder_keep * unit_keep + unit_bwd * c.tile_bwd / c.decoder_bwd
+        if not dec.checkpointable:  # the tile's recompute keeps all its blocks' activations
+            tile = c.decoder_nockpt * unit_keep
         return t_kept + max(r_kept, tile, t_bwd)
-    if s.decoder_checkpointing:
+    if s.decoder_checkpointing and dec.checkpointable:
         d_kept, d_bwd = c.decoder_keep * unit_keep, unit_bwd
     else:
         d_kept, d_bwd = c.decoder_nockpt * unit_keep, 0.0
@@ -209,12 +214,13 @@ def flops(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> floa
         t.linear_flops(image) * s.batch_size,
         t.attention_flops(image) * s.batch_size,
     )
-    pixels, units = decode_unit(s)
+    pixels, units = decode_unit(s, arch.decoder.tile_factor)
     dec = arch.decoder.forward_flops(pixels) * units * s.batch_size
     reward = arch.reward.forward_flops() * s.batch_size
     forwards = 2.0 if s.block_checkpointing else 1.0
     transformer = forwards * (linear + attention) + linear + c.attention_bwd_passes * attention
-    recompute = c.decoder_recompute_passes if s.decoder_checkpointing else 0.0
+    checkpointed = s.decoder_checkpointing and arch.decoder.checkpointable
+    recompute = c.decoder_recompute_passes if checkpointed else 0.0
     dec_passes = 1.0 + c.decoder_bwd_passes + (units > 1) + recompute
     micro = transformer + dec_passes * dec + (2 + c.attention_bwd_passes) * reward
     return s.rollout_steps * (linear + attention) + s.micro_steps_per_step * micro
