@@ -9,10 +9,17 @@ block's own module attributes then point at the host copy. Calling a block (its 
 forward, installed *inside* the checkpoint wrapper so that the recomputation in backward calls
 it too) makes the block resident: its device copies are put in the module attributes, and the
 next ``prefetch`` blocks in the direction of travel (up in a no-grad pass, down in backward's
-recomputation, which runs with grad) are copied ahead on a side stream. When more than
-``resident`` blocks would be on the device, the least recently used one that is neither being
-called nor prefetched is evicted: its attributes point at the host copy again, and its device
-copy is freed once nothing (autograd included) refers to it.
+recomputation, which runs with grad) are copied ahead on a side stream.
+
+Which blocks stay: the forwards scan the blocks cyclically (every rollout step, 0..N-1 again),
+the access pattern where least-recently-used eviction keeps nothing useful (the next pass
+starts at the blocks evicted first, so every pass streams all N). Instead ``resident - prefetch
+- 1`` blocks are *pinned* (:func:`pinned_blocks`: the largest, so the fewest bytes cross the
+link): loaded once, never evicted. The other ``prefetch + 1`` places hold the block running and
+those fetched ahead; when a load needs a place, the least recently used unpinned block that is
+neither running nor prefetched is evicted: its attributes point at the host copy again, and its
+device copy is freed once nothing (autograd included) refers to it. Each pass then streams only
+the unpinned blocks.
 
 Trainable tensors (LoRA parameters, which the optimizer holds) are never moved: they stay where
 they are, the same tensors, and their gradients reach the optimizer as without offloading.
@@ -143,6 +150,8 @@ class BlockOffloader:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.moved_bytes = 0
         self.max_resident = 0
+        sizes = [self.block_bytes(i) for i in range(len(self.blocks))]
+        self.pinned = pinned_blocks(sizes, config.resident_blocks - config.prefetch - 1)
 
     def block_bytes(self, index: int) -> int:
         """Bytes of block ``index``'s frozen tensors (what one load copies)."""
@@ -205,7 +214,7 @@ class BlockOffloader:
             self.loaded.move_to_end(index)
             return
         while len(self.loaded) >= self.config.resident_blocks:
-            victim = next((i for i in self.loaded if i not in keep), None)
+            victim = next((i for i in self.loaded if i not in keep and i not in self.pinned), None)
             if victim is None:
                 break
             self._evict(victim)
@@ -240,6 +249,15 @@ class BlockOffloader:
     def resident(self) -> list[int]:
         """Indices of the blocks with a device copy now, least recently used first."""
         return list(self.loaded)
+
+
+def pinned_blocks(sizes: Sequence[int], count: int) -> frozenset[int]:
+    """Indices of the ``count`` largest blocks (``sizes``: bytes per block; among equals the
+    earlier), which block offloading keeps resident (module doc); none for ``count`` <= 0."""
+    if count <= 0:
+        return frozenset()
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    return frozenset(order[:count])
 
 
 def _restored(host: Tensor, device: torch.device) -> Tensor:

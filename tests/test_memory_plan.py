@@ -44,16 +44,32 @@ def test_nothing_fits_a_tiny_budget_and_the_choice_says_so() -> None:
 
 
 def test_offloading_keeps_only_the_resident_blocks_weights() -> None:
+    """K resident of FLUX.1-dev's 19 double blocks (D weights each) and 38 single ones (S):
+    at most the K largest are resident, and each pass streams the blocks that are not pinned
+    (the K - prefetch - 1 largest), by hand."""
     s = Settings()
     t = FLUX.transformer
-    for blocks in (2, 10):
+    double, single = t.block_params("double"), t.block_params("single")
+    assert (t.double_blocks, t.single_blocks) == (19, 38) and double > single
+    base = BASE_BYTES[s.base_dtype]
+    for blocks, resident, pinned in (
+        (2, 2 * double, 0),
+        (10, 10 * double, 8 * double),
+        (22, 19 * double + 3 * single, 19 * double + 1 * single),
+    ):
         off = estimate(FLUX, replace(s, offload_blocks=blocks))
-        gone = (t.params - t.other_params - blocks * t.largest_block_params) * BASE_BYTES[
-            s.base_dtype
-        ]
+        gone = (t.params - t.other_params - resident) * base
         assert estimate(FLUX, s).weights - off.weights == pytest.approx(gone)
-        streamed = gone * (s.rollout_steps + 2)  # every forward, and the backward's recompute
+        passes = s.rollout_steps + 2  # every forward, and the backward's recompute
+        streamed = (19 * double + 38 * single - pinned) * base * passes
         assert off.host_bytes == pytest.approx(streamed)
+
+
+def test_the_estimate_prefetches_as_the_offloader_does() -> None:
+    from srpo_core.offload import OffloadConfig
+    from srpo_core.training.memory_estimate import OFFLOAD_PREFETCH
+
+    assert OffloadConfig().prefetch == OFFLOAD_PREFETCH
 
 
 @pytest.mark.parametrize(("card", "res", "target"), CARD_TARGETS)

@@ -148,3 +148,36 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match=">= 0"):
         OffloadConfig(resident_blocks=-1)
     assert not OffloadConfig().enabled
+
+
+def test_repeated_passes_stream_only_the_unpinned_blocks() -> None:
+    """Rollout-like passes 0..N-1 again and again: resident - prefetch - 1 blocks stay pinned
+    (loaded once), so each later pass copies only the other N - pinned blocks (least recently
+    used eviction alone would copy all N every pass); training still gives the same LoRA."""
+    config = OffloadConfig(resident_blocks=4, prefetch=1)
+    blocks, _ = build()
+    offloader = BlockOffloader(blocks, torch.device("cpu"), config, move=lambda t, d: t.clone())
+    pinned = config.resident_blocks - config.prefetch - 1
+    assert offloader.pinned == frozenset(range(pinned)), "equal sizes: the earliest are pinned"
+    per_block = offloader.block_bytes(0)
+    moved = []
+    with offloader.attached(), torch.no_grad():
+        x = torch.randn(2, WIDTH, generator=torch.Generator().manual_seed(3))
+        for _ in range(4):
+            before = offloader.moved_bytes
+            x = run(blocks, x.clone())
+            moved.append((offloader.moved_bytes - before) // per_block)
+            assert offloader.pinned <= set(offloader.resident())
+            assert len(offloader.resident()) <= config.resident_blocks
+    assert moved == [BLOCKS, *[BLOCKS - pinned] * 3], moved
+    reference, _ = train(None)
+    trained, _ = train(config)
+    for name, value in reference.items():
+        assert torch.equal(trained[name], value), name
+
+
+def test_the_largest_blocks_are_pinned() -> None:
+    from srpo_core.offload import pinned_blocks
+
+    assert pinned_blocks([3, 9, 3, 9, 1], 3) == {1, 3, 0}
+    assert pinned_blocks([3, 9], 0) == frozenset() and pinned_blocks([3, 9], -1) == frozenset()

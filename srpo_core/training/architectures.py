@@ -72,6 +72,18 @@ class Transformer:
     def largest_block_params(self) -> int:
         return max(self.block_params("double"), self.block_params("single") if self.single else 0)
 
+    def block_sizes(self) -> list[int]:
+        """Weights of each block in the order the forward calls them: doubles, then singles."""
+        return [self.block_params("double")] * self.double_blocks + [
+            self.block_params("single")
+        ] * self.single_blocks
+
+    def largest_blocks_params(self, k: int) -> int:
+        """Weights of the ``k`` largest blocks: what block offloading keeps resident at most
+        (its pinned blocks are the largest, the running and prefetched ones come from the
+        rest; ``srpo_core.offload``)."""
+        return sum(sorted(self.block_sizes(), reverse=True)[: max(k, 0)])
+
     def lora_params(self, rank: int) -> int:
         """LoRA parameters on every block Linear: ``rank * (n_in + n_out)`` each."""
         per = {

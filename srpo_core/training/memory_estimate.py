@@ -19,10 +19,11 @@ adds ``c_dec_bwd m P ch 2``; the reward keeps ``c_vit m layers tokens width 2``.
 trainer cannot checkpoint per block (``Decoder.checkpointable``: Qwen-Image's Wan 2.1 VAE) keeps
 ``c_dec_nockpt * sum(channels x pixels)``, also inside a tile's recompute.
 
-Block offloading (``offload_blocks`` > 0, the block-swap hook): only that many transformer
-blocks' weights are resident; everything else is unchanged, and the weights of the other blocks
-cross the host link once per forward (rollout steps) and twice per micro-step (forward, then the
-recompute in backward).
+Block offloading (``offload_blocks`` = K > 0, :mod:`srpo_core.offload`): K - prefetch - 1 of
+the largest blocks stay pinned on the device, the running and prefetched blocks take the other
+places, so at most the K largest blocks' weights are resident. Every forward and every backward
+recomputation streams the unpinned blocks (at most; a pass that reverses direction finds the
+last ones still there).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ MARGIN_FRACTION = 0.10
 """Kept on top of the peak for allocator fragmentation and kernel workspaces."""
 CONTEXT_GB = 1.0
 """CUDA context and library handles: device memory torch's allocator never sees."""
+OFFLOAD_PREFETCH = 1
+"""Blocks block offloading fetches ahead (``OffloadConfig.prefetch``'s default; a test keeps
+them equal)."""
 HOST_LINK_BYTES_PER_S = 25e9
 """Host-to-device bandwidth of a PCIe 4.0 x16 link in practice (the offloading floor)."""
 
@@ -166,14 +170,12 @@ def decode_unit(settings: Settings, factor: int = LATENT_FACTOR) -> tuple[int, i
 
 
 def weight_bytes(arch: Architecture, settings: Settings, c: Calibration = CALIBRATION) -> float:
-    """Resident frozen weights: the transformer (all blocks, or ``offload_blocks`` of them),
-    the decoder and the reward in bf16."""
+    """Resident frozen weights: the transformer (all blocks, or under offloading the K largest),
+    the decoder and the reward in bf16 (module docstring)."""
     t = arch.transformer
     base = BASE_BYTES[settings.base_dtype]
-    if settings.offload_blocks:
-        kept = min(settings.offload_blocks, t.blocks) * t.largest_block_params + t.other_params
-    else:
-        kept = t.params
+    k = settings.offload_blocks
+    kept = t.largest_blocks_params(k) + t.other_params if 0 < k < t.blocks else t.params
     helpers = (arch.decoder.params + arch.reward.params) * HELPER_BYTES
     return kept * base + helpers + c.fixed_bytes
 
@@ -227,14 +229,17 @@ def flops(arch: Architecture, s: Settings, c: Calibration = CALIBRATION) -> floa
 
 
 def host_bytes(arch: Architecture, s: Settings) -> float:
-    """Block weights streamed per SRPO step when offloading: all non-resident blocks once per
-    rollout forward and twice per micro-step forward + backward, per chunk."""
-    if not s.offload_blocks:
-        return 0.0
+    """Block weights streamed per SRPO step when offloading, per chunk: the unpinned blocks in
+    every forward (rollout steps and micro-steps) and every backward (module docstring)."""
     t = arch.transformer
-    streamed = max(t.params - t.other_params - s.offload_blocks * t.largest_block_params, 0)
-    passes = s.chunks * (s.rollout_steps + 2 * s.micro_steps_per_step)
-    return float(streamed * BASE_BYTES[s.base_dtype] * passes)
+    k = s.offload_blocks
+    if not 0 < k < t.blocks:
+        return 0.0
+    pinned = t.largest_blocks_params(k - OFFLOAD_PREFETCH - 1)
+    passes = s.rollout_steps + 2 * s.micro_steps_per_step
+    return float(
+        s.chunks * passes * (t.params - t.other_params - pinned) * BASE_BYTES[s.base_dtype]
+    )
 
 
 def estimate(arch: Architecture | str, s: Settings, c: Calibration = CALIBRATION) -> Estimate:
