@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import guard_trace  # noqa: E402
 from scripts.comfy_harness.inprocess import import_comfy, import_pack  # noqa: E402
 from scripts.workflow_gen.toyworld import SETTINGS, TRAIN, TRAIN_PROMPTS  # noqa: E402
 from srpo_core import image_signals as sig  # noqa: E402
@@ -97,6 +98,8 @@ class Outcome:
     unseen: Stats | None
     report: str
     probe_saturation: float = float("nan")
+    trace: dict[str, Any] | None = None
+    """The guard's recorded measurements (bench/guard_trace.py); None in older JSON files."""
 
 
 @dataclass
@@ -118,8 +121,17 @@ class ToyBench:
             return
         import_comfy()
         import_pack()
-        for name in ("trainer", "rewards", "prompts", "toyworld", "preview", "guider"):
+        for name in (
+            "trainer",
+            "rewards",
+            "prompts",
+            "toyworld",
+            "preview",
+            "guider",
+            "training_run",
+        ):
             self.modules[name] = importlib.import_module(f"comfyui_srpo.nodes.{name}")
+        self.modules["loop"] = importlib.import_module("comfyui_srpo.srpo_core.training.loop")
         config = importlib.import_module("comfyui_srpo.toyworld.runtime.config")
         self.world = self.modules["toyworld"].load_toyworld(config.default_assets_dir())
         with torch.inference_mode():
@@ -233,13 +245,17 @@ class ToyBench:
         key = f"{run!r}|{seed}"
         if key in self.cache:
             return self.cache[key]
-        model, report = self.train(run, seed)
+        self.load()
+        trace: dict[str, Any] = {}
+        with guard_trace.recording(self.modules["loop"], trace):
+            model, report = self.train(run, seed)
         unseen = run == DEFAULT
         outcome = Outcome(
             self.stats(model, EVAL_PROMPT, run),
             _mean_stats([self.stats(model, p, run) for p in UNSEEN_PROMPTS]) if unseen else None,
             report,
             self.probe_saturation(model),
+            trace if trace.get("baseline") is not None else None,
         )
         self.cache[key] = outcome
         return outcome
@@ -336,6 +352,7 @@ class ToyBench:
                 Stats(**unseen) if unseen else None,
                 value["report"],
                 float(value.get("probe_saturation", float("nan"))),
+                value.get("trace"),
             )
         self.base.update({k: Stats(**v) for k, v in payload["base"].items()})
         self.recovery.update(payload["recovery"])
@@ -488,19 +505,36 @@ PRECISION_RUNS = {
 brightness pair, the grain axis and a late interval."""
 
 
+def node_guard(bench: ToyBench) -> GuardConfig:
+    """The trainer node's guard settings (its hacking_guard "warn")."""
+    bench.load()
+    return GuardConfig(**asdict(bench.modules["training_run"].guard_config("warn")))
+
+
+def guard_firing(outcome: Outcome, config: GuardConfig, steps: int) -> int | None:
+    """First firing step of the guard ``config`` on this run: replayed on the recorded trace
+    when there is one (bench/guard_trace.py), else read from the live run's report."""
+    if outcome.trace is None:
+        return first_firing(outcome.report)
+    return guard_trace.first_firing(outcome.trace, config, steps)
+
+
 def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
     """Per run: where the guard first fired, and the truth it should match (over
     SATURATION_LIMIT of the 16 probe samples' pixels saturated); then its misses and false
     alarms over these runs."""
     lines = [
-        "| run | seed | guard fired at step | probe samples saturated | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | seed | guard fired at step | (live run's report) | probe samples saturated"
+        " | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     misses = alarms = hacked = 0
+    cfg = node_guard(bench)
     for name, run in PRECISION_RUNS.items():
         for s in seeds:
             outcome = bench.trained(run, s)
-            step = first_firing(outcome.report)
+            step = guard_firing(outcome, cfg, bench.steps)
+            live = first_firing(outcome.report)
             truth = outcome.probe_saturation > SATURATION_LIMIT
             fired = step is not None
             verdict = {
@@ -513,14 +547,20 @@ def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
             misses += truth and not fired
             alarms += fired and not truth
             shown = "never" if step is None else str(step)
-            lines.append(f"| {name} | {s} | {shown} | {outcome.probe_saturation:.1%} | {verdict} |")
+            lived = "never" if live is None else str(live)
+            lines.append(
+                f"| {name} | {s} | {shown} | {lived} | {outcome.probe_saturation:.1%} | {verdict} |"
+            )
     total = len(PRECISION_RUNS) * len(seeds)
     lines += [
         "",
         f"Over {total} runs ({hacked} over {SATURATION_LIMIT:.0%} saturated on"
         f" {PROBE_PER_PROMPT * len(TRAIN_PROMPTS)} probe samples): {misses} missed,"
-        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard's"
-        f" source: '{GuardConfig().source}' (the trainer node's), every 5 steps.",
+        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard: the"
+        f" trainer node's (source '{cfg.source}', every {cfg.every} steps,"
+        f" window {cfg.window} steps, baseline {cfg.baseline_samples} fixed-seed samples),"
+        " its firing step replayed from the measurements recorded in the run"
+        " (bench/guard_trace.py); the live run's report is beside it.",
     ]
     return lines
 

@@ -5,10 +5,12 @@ One "interval" is ``every`` optimiser steps and the guard check that ends it (th
 trainer's interval, B the same steps of an unguarded one; both trainers start from the same
 LoRA and seed. Rows (bench.cpu, target for the default guard):
 
-- G10: rollout guard (default: measures the rollout's own samples, decoded without grad) /
-  no guard. Target <= 1.05.
-- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the former default) /
-  no guard (informational).
+- G10: rollout guard (the trainer node's: measures the rollout's own samples, decoded without
+  grad) / no guard. Target <= 1.05.
+- G10b: the rollout guard's baseline (``baseline_samples`` fixed-seed samples of the base model,
+  drawn once before training) / one step without guard (informational: a one-off cost, in steps).
+- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the command line's
+  default) / no guard (informational).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ G10_TARGET = 1.05
 
 def interval(trainer: Any) -> Callable[[], float]:
     """Run ``every`` steps and the check that ends them; returns the last loss. A guarded
-    trainer gets its baseline first (fixed: its sampler; rollout: step 0's batch)."""
+    trainer gets its baseline first (its fixed-seed samples, untimed: G10b times it)."""
     from comfyui_srpo.srpo_core.training.guard import DEFAULT_GUARD_EVERY
 
     every = trainer.guard.config.every if trainer.guard is not None else DEFAULT_GUARD_EVERY
-    if trainer.guard is not None and not trainer.guard.observes:
+    if trainer.guard is not None:
         trainer.guard.baseline(trainer.step)
 
     def run() -> float:
@@ -48,12 +50,14 @@ def guard_rows(
     repeats: int,
     clock: Callable[[], float],
 ) -> list[Row]:
-    """G10 and G10f (module docstring); ``make_trainer(source)``: a trainer with the guard's
-    ``source`` ("rollout", "fixed") or without a guard (None)."""
-    variants = {name: interval(make_trainer(name)) for name in ("rollout", "fixed", None)}
-    medians = interleaved_medians(
-        {str(name): fn for name, fn in variants.items()}, repeats, clock=clock
-    )
+    """G10, G10b and G10f (module docstring); ``make_trainer(source)``: a trainer with the
+    guard's ``source`` ("rollout", "fixed") or without a guard (None)."""
+    trainers = {name: make_trainer(name) for name in ("rollout", "fixed", None)}
+    variants = {str(name): interval(t) for name, t in trainers.items()}
+    unguarded = trainers[None]
+    variants["baseline"] = trainers["rollout"].guard_samples
+    variants["step"] = lambda: unguarded.train_step().loss
+    medians = interleaved_medians(variants, repeats, clock=clock)
     base = medians["None"]
     return [
         Row(
@@ -63,6 +67,13 @@ def guard_rows(
             medians["rollout"],
             base,
             G10_TARGET,
+        ),
+        Row(
+            world_name,
+            "G10b",
+            "rollout guard's baseline (fixed-seed samples, once) / one step without guard",
+            medians["baseline"],
+            medians["step"],
         ),
         Row(
             world_name,

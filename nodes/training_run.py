@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 GUARD_OFF = "off"
 GUARD_CHOICES = (*GUARD_ACTIONS, GUARD_OFF)
 """Trainer's hacking_guard input: warn, stop (keep the best state), off."""
+GUARD_SOURCE = "rollout"
+"""The trainer node's guard measures its training rollout's own samples against fixed-seed
+samples of the base model (srpo_core.training.guard; its precision and cost: docs/FIDELITY.md,
+docs/PERFORMANCE.md G10). The command line keeps GuardConfig's default ("fixed"): a rollout
+guard's windows would differ between ranks."""
 
 
 def memory_config(kw: dict[str, Any]) -> MemoryConfig:
@@ -134,7 +139,7 @@ def guard_config(choice: str) -> GuardConfig:
         raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
     if choice == GUARD_OFF:
         return GuardConfig(enabled=False)
-    return GuardConfig(action=choice)
+    return GuardConfig(action=choice, source=GUARD_SOURCE)
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:
