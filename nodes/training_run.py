@@ -28,7 +28,7 @@ from ..srpo_core.training import (
     config_hash,
     train,
 )
-from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig
+from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig, rollout_guard
 from ..srpo_core.training.memory import (
     bf16_native,
     resolve_training_dtype,
@@ -59,11 +59,6 @@ log = logging.getLogger(__name__)
 GUARD_OFF = "off"
 GUARD_CHOICES = (*GUARD_ACTIONS, GUARD_OFF)
 """Trainer's hacking_guard input: warn, stop (keep the best state), off."""
-GUARD_SOURCE = "rollout"
-"""The trainer node's guard measures its training rollout's own samples against fixed-seed
-samples of the base model (srpo_core.training.guard; its precision and cost: docs/FIDELITY.md,
-docs/PERFORMANCE.md G10). The command line keeps GuardConfig's default ("fixed"): a rollout
-guard's windows would differ between ranks."""
 
 
 def memory_config(kw: dict[str, Any]) -> MemoryConfig:
@@ -139,7 +134,11 @@ def guard_config(choice: str) -> GuardConfig:
         raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
     if choice == GUARD_OFF:
         return GuardConfig(enabled=False)
-    return GuardConfig(action=choice, source=GUARD_SOURCE)
+    # The rollout guard (srpo_core.training.guard.rollout_guard): the training rollout's own
+    # samples against 16 fixed-seed samples of the base model; precision and cost in
+    # docs/FIDELITY.md and docs/PERFORMANCE.md (G10). The command line keeps GuardConfig's
+    # default ("fixed"): a rollout guard's windows would differ between ranks.
+    return rollout_guard(choice)
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:

@@ -269,3 +269,22 @@ def test_rollout_window_spans_several_checks() -> None:
     assert guard.checks[2].signals.saturation == pytest.approx(4.5 / 1000)
     assert guard.checks[3].signals.saturation == pytest.approx(9.5 / 1000)
     assert min(guard.observed) == 10  # steps 10-14 reach the check at 20
+
+
+def test_rollout_guard_counts_pixels_near_black_or_white() -> None:
+    """rollout_guard(): tolerance 64/255 (0.2 counts as near black, 0.3 does not) and a rise of
+    more than 4 points of the image fires."""
+    from srpo_core.training.guard import measure_batch, rollout_guard
+
+    cfg = rollout_guard("stop")
+    assert (cfg.source, cfg.action, cfg.window) == ("rollout", "stop", 10)
+    images = torch.cat([torch.full((1, 3, 4, 4), 0.2), torch.full((1, 3, 4, 4), 0.3)])
+    assert measure_batch(images, cfg.saturation_tolerance).saturation == pytest.approx(0.5)
+    assert measure_batch(images).saturation == 0.0  # the default 2/255
+    base = dataclasses.replace(BASE, saturation=0.25)
+    assert drift_reasons(dataclasses.replace(base, saturation=0.28), base, cfg) == []
+    assert drift_reasons(dataclasses.replace(base, saturation=0.30), base, cfg) == [
+        "pixels within 64/255 of black or white 25.0% -> 30.0%"
+    ]
+    with pytest.raises(ValueError, match=r"saturation_tolerance must be in \(0, 0.5\)"):
+        GuardConfig(saturation_tolerance=0.5)

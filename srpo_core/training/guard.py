@@ -59,6 +59,15 @@ DEFAULT_HF_FLOOR = 0.0
 so a smooth base model's tiny texture energy does not make every later texture a doubling."""
 DEFAULT_MIN_DIVERSITY_RATIO = 0.5
 DEFAULT_MAX_BASE_DISTANCE = 0.5
+ROLLOUT_WINDOW = 10
+ROLLOUT_SATURATION_TOL = 64.0 / 255.0
+ROLLOUT_MAX_SATURATION_RISE = 0.04
+"""The rollout guard's settings (:func:`rollout_guard`), chosen on the fidelity bench's 14 runs
+(docs/FIDELITY.md): the training rollout (few steps, no CFG) saturates far less than what a user
+samples (KSampler, CFG), so it counts pixels *near* black or white (every channel within 64/255)
+and fires on a rise of 4 points of the image, pooled over the last 10 steps (20 samples at
+batch 2). On those runs the 2/255 saturation of the rollout missed a run whose user samples were
+2.5 % saturated while its rollouts were under 1 %."""
 TINY = 1e-8
 """Guards ratios of signals that are zero at baseline."""
 
@@ -241,6 +250,18 @@ def pool(observations: list[Observation]) -> GuardSignals:
     )
 
 
+def rollout_guard(action: str = "warn") -> GuardConfig:
+    """The rollout guard with its calibrated settings (ROLLOUT_WINDOW and the saturation
+    tolerance and rise above): the trainer node's guard."""
+    return GuardConfig(
+        action=action,
+        source="rollout",
+        window=ROLLOUT_WINDOW,
+        saturation_tolerance=ROLLOUT_SATURATION_TOL,
+        max_saturation_rise=ROLLOUT_MAX_SATURATION_RISE,
+    )
+
+
 def _ratio(now: float, base: float) -> float:
     """``now / base`` (with a tiny floor on base)."""
     return now / max(base, TINY)
@@ -250,7 +271,11 @@ def drift_reasons(now: GuardSignals, base: GuardSignals, config: GuardConfig) ->
     """The signals beyond their thresholds, each as a short readable reason (empty: none)."""
     reasons = []
     if now.saturation - base.saturation > config.max_saturation_rise:
-        reasons.append(f"saturated pixels {base.saturation:.1%} -> {now.saturation:.1%}")
+        tol = config.saturation_tolerance
+        what = "saturated pixels"
+        if tol != sig.SATURATION_TOL:
+            what = f"pixels within {tol * 255:.0f}/255 of black or white"
+        reasons.append(f"{what} {base.saturation:.1%} -> {now.saturation:.1%}")
     if 1.0 - _ratio(now.colourfulness, base.colourfulness) > config.max_colour_loss:
         reasons.append(f"colourfulness {base.colourfulness:.3f} -> {now.colourfulness:.3f}")
     hf_base = max(base.hf_energy, config.hf_floor)

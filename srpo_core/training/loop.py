@@ -292,9 +292,11 @@ class SRPOTrainer:
         check sees the same inputs; the training generator and global RNGs are not touched.
         Rolled out and decoded in chunks of ``micro_batch`` (or ``batch_size``) samples, the
         training rollout's size (sample i has the same noise at any chunk size). The reward is
-        the first control-word pair's (step 0) at k = 0.
+        the first control-word pair's (step 0) at k = 0; the rollout guard's baseline takes its
+        reward from step 0's training instead, so it skips the reward pass (NaN rewards).
         """
         cfg, n = self.config, self.guard_sample_count()
+        scored = self.guard is None or not self.guard.observes
         items = [self.prompts[i % len(self.prompts)] for i in range(n)]
         generator = torch.Generator().manual_seed(cfg.guard.seed)
         eps = draw_eps(n, cfg.latent_shape, generator, self.device)
@@ -306,10 +308,14 @@ class SRPOTrainer:
                 velocity = bind_cond(self.model, cond)
                 x0 = online_x0(velocity, eps[start:stop], cfg.rollout_steps, cfg.shift)
                 image = self.decoder(x0).float().clamp(0.0, 1.0)
-                k = torch.zeros(len(chunk), device=self.device)
-                terms = self.reward(image, [i.text for i in chunk], branch="denoise", k=k, step=0)
+                reward = torch.full((len(chunk),), math.nan)
+                if scored:
+                    k = torch.zeros(len(chunk), device=self.device)
+                    texts = [i.text for i in chunk]
+                    terms = self.reward(image, texts, branch="denoise", k=k, step=0)
+                    reward = terms.total.detach().float()
             images.append(image.cpu())
-            rewards.append(terms.total.detach().float().cpu())
+            rewards.append(reward.cpu())
         return torch.cat(images), torch.cat(rewards)
 
     def _observe(self, x0: Tensor) -> None:
