@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -519,6 +519,49 @@ def guard_firing(outcome: Outcome, config: GuardConfig, steps: int) -> int | Non
     return guard_trace.first_firing(outcome.trace, config, steps)
 
 
+def guard_variants(node: GuardConfig) -> dict[str, GuardConfig]:
+    """Guard settings replayed beside the node's on the same recorded runs (what each part of
+    the node's settings does)."""
+    rollout = GuardConfig(source="rollout")
+    return {
+        "saturation 2/255, rise > 2 points, window 5": replace(rollout, window=5),
+        "saturation 2/255, rise > 2 points, window 10": replace(rollout, window=10),
+        "within 64/255, rise > 4 points, window 5": replace(node, window=5),
+        "within 64/255, rise > 2 points, window 10": replace(node, max_saturation_rise=0.02),
+        "within 64/255, rise > 6 points, window 10": replace(node, max_saturation_rise=0.06),
+        "the trainer node's: within 64/255, rise > 4 points, window 10": node,
+        "the node's, window 10, with the high-frequency rule off": replace(node, max_hf_rise=1e9),
+    }
+
+
+def variant_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> list[str]:
+    """Misses, false alarms and lr 2e-3's first firing of each guard variant, replayed on the
+    recorded runs (empty when a run has no trace)."""
+    outcomes = [(run, s, bench.trained(run, s)) for run in PRECISION_RUNS.values() for s in seeds]
+    if any(o.trace is None for _, _, o in outcomes):
+        return []
+    lines = [
+        "",
+        "The same recorded runs replayed with other settings (rollout guard, 16-sample baseline):",
+        "",
+        "| settings | missed | false alarms | lr 2e-3 fired at step (per seed) |",
+        "| --- | --- | --- | --- |",
+    ]
+    hack = PRECISION_RUNS["lr 2e-3 (hacked)"]
+    for name, cfg in guard_variants(node).items():
+        misses = alarms = 0
+        hacked_steps = []
+        for run, _, outcome in outcomes:
+            step = guard_firing(outcome, cfg, bench.steps)
+            truth = outcome.probe_saturation > SATURATION_LIMIT
+            misses += truth and step is None
+            alarms += step is not None and not truth
+            if run == hack:
+                hacked_steps.append("never" if step is None else str(step))
+        lines.append(f"| {name} | {misses} | {alarms} | {', '.join(hacked_steps)} |")
+    return lines
+
+
 def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
     """Per run: where the guard first fired, and the truth it should match (over
     SATURATION_LIMIT of the 16 probe samples' pixels saturated); then its misses and false
@@ -557,12 +600,14 @@ def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
         f"Over {total} runs ({hacked} over {SATURATION_LIMIT:.0%} saturated on"
         f" {PROBE_PER_PROMPT * len(TRAIN_PROMPTS)} probe samples): {misses} missed,"
         f" {alarms} false alarms (target: no miss, at most one false alarm). The guard: the"
-        f" trainer node's (source '{cfg.source}', every {cfg.every} steps,"
+        f" trainer node's (source '{cfg.source}': pixels within"
+        f" {cfg.saturation_tolerance * 255:.0f}/255 of black or white rising by more than"
+        f" {cfg.max_saturation_rise * 100:.0f} points, every {cfg.every} steps,"
         f" window {cfg.window} steps, baseline {cfg.baseline_samples} fixed-seed samples),"
         " its firing step replayed from the measurements recorded in the run"
         " (bench/guard_trace.py); the live run's report is beside it.",
     ]
-    return lines
+    return lines + variant_lines(bench, seeds, cfg)
 
 
 ROW_BUILDERS: dict[str, tuple[str, Callable[[ToyBench, Sequence[int]], list[str]]]] = {

@@ -389,7 +389,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),
-            guard_summary(result),
+            guard_summary(result, settings.config.guard),
             ui={UI_KEY: [summary]},
         )
 

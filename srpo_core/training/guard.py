@@ -2,24 +2,28 @@
 
 What it measures (``source``):
 
-- "rollout": the samples the training rollout already draws every step (the current
-  policy's images, what a user would sample), decoded without grad; the reward is the step's
-  own denoise-branch training reward (no extra reward pass). Each step's batch is measured when
-  it is drawn; a check pools the ``every`` steps since the previous one, the baseline is step
-  0's batch (the base model, before any update). Cost: one no-grad decode per sample, no extra
-  rollout. Its samples change every step, so there is no distance from fixed base samples.
-- "fixed" (default): every ``every`` steps a fixed set of ``samples`` images (fixed noise, the
-  first prompts) is drawn with its own no-grad rollout; the first, before any update, is the
-  baseline. Always used for offline training (no rollout to reuse). It stays the default
-  because "rollout", measured on the fidelity bench (docs/FIDELITY.md), warned on the shipped
-  toy run in 2 of 2 seeds (its step-0 baseline is one batch).
+- "rollout" (the trainer node's, :func:`rollout_guard`): the samples the training rollout
+  already draws every step (the current policy's images), decoded without grad; a check pools
+  the batches of the last ``window`` steps. The baseline is ``baseline_samples`` fixed-seed
+  samples of the base model, drawn once before training with the training rollout's sampler (in
+  chunks of its batch size; saved in the checkpoint, so a resume keeps it); its reward is step
+  0's training reward (the same quantity the checks pool). Cost: one no-grad decode per rollout
+  sample and the one-off baseline; no extra rollout per check. No distance from base samples
+  (the samples change every step). Its settings were chosen on the fidelity bench's recorded
+  signals (docs/FIDELITY.md).
+- "fixed" (GuardConfig's default, the command line's): every ``every`` steps a fixed set of
+  ``samples`` images (fixed noise, the first prompts) is drawn with its own no-grad rollout;
+  the first, before any update, is the baseline. Always used for offline training (no rollout
+  to reuse) and under torchrun (every rank sees the same images).
 
 A check *fires* when the reward is at or above its baseline (it climbs or stalls) while at least
 one signal has drifted beyond its threshold:
 
-- saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels);
+- saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels: every
+  channel within ``saturation_tolerance`` of 1 or 0);
 - colourfulness: ``1 - C / C_base > max_colour_loss`` (colour drained);
-- high-frequency energy: ``E / E_base - 1 > max_hf_rise`` (texture turning into noise);
+- high-frequency energy: ``E / max(E_base, hf_floor) - 1 > max_hf_rise`` (texture turning into
+  noise);
 - diversity: ``D / D_base < min_diversity_ratio`` (samples collapse onto one picture);
 - distance from base: ``mean_b d_b > max_base_distance`` (far from the base model's samples).
 
@@ -250,6 +254,13 @@ def pool(observations: list[Observation]) -> GuardSignals:
     )
 
 
+def saturation_label(tol: float) -> str:
+    """What the saturation signal counts, in words, for the tolerance ``tol``."""
+    if tol == sig.SATURATION_TOL:
+        return "saturated pixels"
+    return f"pixels within {tol * 255:.0f}/255 of black or white"
+
+
 def rollout_guard(action: str = "warn") -> GuardConfig:
     """The rollout guard with its calibrated settings (ROLLOUT_WINDOW and the saturation
     tolerance and rise above): the trainer node's guard."""
@@ -271,10 +282,7 @@ def drift_reasons(now: GuardSignals, base: GuardSignals, config: GuardConfig) ->
     """The signals beyond their thresholds, each as a short readable reason (empty: none)."""
     reasons = []
     if now.saturation - base.saturation > config.max_saturation_rise:
-        tol = config.saturation_tolerance
-        what = "saturated pixels"
-        if tol != sig.SATURATION_TOL:
-            what = f"pixels within {tol * 255:.0f}/255 of black or white"
+        what = saturation_label(config.saturation_tolerance)
         reasons.append(f"{what} {base.saturation:.1%} -> {now.saturation:.1%}")
     if 1.0 - _ratio(now.colourfulness, base.colourfulness) > config.max_colour_loss:
         reasons.append(f"colourfulness {base.colourfulness:.3f} -> {now.colourfulness:.3f}")
