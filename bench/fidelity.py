@@ -562,6 +562,29 @@ def variant_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> l
     return lines
 
 
+def baseline_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> list[str]:
+    """The recorded baseline (the same for every run: the base model and the guard's seed) and
+    step 0's rollout batch of each seed (the former rollout guard's baseline)."""
+    first = [bench.trained(PRECISION_RUNS["shipped (lr 3e-4)"], s) for s in seeds]
+    if any(o.trace is None for o in first):
+        return []
+    tol = node.saturation_tolerance
+    base = guard_trace.signals_of(first[0].trace["baseline"], tol)  # type: ignore[index]
+    steps0 = [
+        guard_trace.signals_of(o.trace["batches"][0], tol)  # type: ignore[index]
+        for o in first
+    ]
+    pairs = zip(steps0, seeds, strict=True)
+    shown = ", ".join(f"{s.hf_energy:.4f} (seed {seed})" for s, seed in pairs)
+    return [
+        "",
+        f"Recorded baseline ({node.baseline_samples} fixed-seed samples of the base model):"
+        f" {base.saturation:.1%} of the pixels within {tol * 255:.0f}/255 of black or white,"
+        f" high-frequency energy {base.hf_energy:.4f}. Step 0's rollout batch of the shipped"
+        f" run (the former rollout guard's baseline) had high-frequency energy {shown}.",
+    ]
+
+
 def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
     """Per run: where the guard first fired, and the truth it should match (over
     SATURATION_LIMIT of the 16 probe samples' pixels saturated); then its misses and false
@@ -607,7 +630,7 @@ def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
         " its firing step replayed from the measurements recorded in the run"
         " (bench/guard_trace.py); the live run's report is beside it.",
     ]
-    return lines + variant_lines(bench, seeds, cfg)
+    return lines + baseline_lines(bench, seeds, cfg) + variant_lines(bench, seeds, cfg)
 
 
 ROW_BUILDERS: dict[str, tuple[str, Callable[[ToyBench, Sequence[int]], list[str]]]] = {

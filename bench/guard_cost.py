@@ -55,7 +55,8 @@ def guard_rows(
     trainers = {name: make_trainer(name) for name in ("rollout", "fixed", None)}
     variants = {str(name): interval(t) for name, t in trainers.items()}
     unguarded = trainers[None]
-    variants["baseline"] = trainers["rollout"].guard_samples
+    sampler = trainers["rollout"].guard_samples
+    variants["baseline"] = lambda: sampler()[0]  # the images (its rewards are NaN: unused)
     variants["step"] = lambda: unguarded.train_step().loss
     medians = interleaved_medians(variants, repeats, clock=clock)
     base = medians["None"]
