@@ -288,3 +288,34 @@ def test_rollout_guard_counts_pixels_near_black_or_white() -> None:
     ]
     with pytest.raises(ValueError, match=r"saturation_tolerance must be in \(0, 0.5\)"):
         GuardConfig(saturation_tolerance=0.5)
+
+
+def test_a_replayed_record_makes_the_same_checks_as_the_live_guard() -> None:
+    """bench/guard_trace.py: the signals recorded in a run, replayed through HackingGuard, give
+    the live run's checks (fidelity bench's guard row); other settings replay on the same record."""
+    from bench import guard_trace
+    from srpo_core.training import loop
+    from srpo_core.training.guard import HackingGuard
+
+    cfg = dataclasses.replace(guarded(0.2), guard=GuardConfig(source="rollout", every=4, window=8))
+    trace: dict[str, object] = {}
+    with guard_trace.recording(loop, trace):
+        _, live = run(cfg)
+    assert loop.HackingGuard is HackingGuard  # the recording class is gone again
+    assert trace["baseline"] is not None and trace["batches"]
+    replayed = guard_trace.replay(trace, cfg.guard, cfg.steps)
+    assert [c.step for c in replayed] == [c.step for c in live.guard_checks]
+    for a, b in zip(replayed, live.guard_checks, strict=True):
+        assert a.fired == b.fired and a.reasons == b.reasons
+        assert a.signals.saturation == pytest.approx(b.signals.saturation, abs=1e-6)
+        assert a.signals.reward == pytest.approx(b.signals.reward, nan_ok=True)
+    first = guard_trace.first_firing(trace, cfg.guard, cfg.steps)
+    assert first == next(c.step for c in live.guard_checks if c.fired)
+    never = dataclasses.replace(
+        cfg.guard,
+        max_saturation_rise=0.99,
+        max_colour_loss=0.99,
+        max_hf_rise=1e9,
+        min_diversity_ratio=1e-9,
+    )
+    assert guard_trace.first_firing(trace, never, cfg.steps) is None
