@@ -5,8 +5,9 @@ online rollout of the current policy from that eps, or offline latents), run the
 micro-steps (:mod:`.step`, gradients accumulate), then clip, step AdamW, checkpoint, report.
 A step with a non-finite loss or gradient is skipped (no update); too many in a row raise
 :class:`TrainingDivergedError` without touching the last checkpoint. The reward-hacking guard
-(:mod:`.guard`) samples fixed seeds before training and every ``guard.every`` steps; with action
-"stop" a firing check ends the run and the best state seen before it is restored and saved.
+(:mod:`.guard`) samples fixed seeds before training (its baseline) and checks every
+``guard.every`` steps (fixed seeds again, or the rollout's own samples decoded without grad); with
+action "stop" a firing check ends the run and the best state seen before it is restored and saved.
 """
 
 from __future__ import annotations
