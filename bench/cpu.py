@@ -39,7 +39,7 @@ from typing import Any
 import psutil
 import torch
 
-from bench.guard_cost import guard_rows
+from bench.guard_cost import flux_flop_line, guard_rows
 from bench.timing import CLOCKS, REPEATS, Row, assert_finite, interleaved_medians, profile_top
 from bench.worlds import World, both_worlds
 
@@ -523,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             guard_only=args.guard_only,
         )
     text = table(rows, time.perf_counter() - start, args.clock)
+    if args.guard_only:
+        text += "\n\n" + flux_flop_line(ROOT)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

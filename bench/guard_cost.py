@@ -16,6 +16,7 @@ LoRA and seed. Rows (bench.cpu, target for the default guard):
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.timing import Row, interleaved_medians
@@ -84,3 +85,32 @@ def guard_rows(
             base,
         ),
     ]
+
+
+FLUX_WORKFLOW = "workflows/api/srpo_finetune_flux.json"
+"""The shipped FLUX.1-dev fine-tune workflow, whose trainer settings the FLOP estimate takes."""
+
+
+def flux_flop_line(root: Path) -> str:
+    """The rollout guard's cost on FLUX.1-dev at the shipped workflow's settings, from the FLOP
+    model (srpo_core.training.memory_estimate, not a timing): per step one decoder forward per
+    rollout sample against the SRPO step; once, its baseline (``baseline_samples`` rollouts of
+    ``rollout_steps`` transformer forwards and a decode each) in steps."""
+    from bench.card import workflow_settings
+    from srpo_core.training.guard import DEFAULT_BASELINE_SAMPLES
+    from srpo_core.training.memory_estimate import architecture, flops
+
+    s, _ = workflow_settings(root / FLUX_WORKFLOW)
+    arch = architecture("flux1")
+    step = flops(arch, s)
+    decode = arch.decoder.forward_flops(s.width * s.height)
+    tokens = arch.image_tokens(s.width, s.height)
+    forward = arch.transformer.linear_flops(tokens) + arch.transformer.attention_flops(tokens)
+    baseline = DEFAULT_BASELINE_SAMPLES * (s.rollout_steps * forward + decode)
+    return (
+        f"FLOP model, FLUX.1-dev at {FLUX_WORKFLOW}'s settings ({s.width}x{s.height}, batch"
+        f" {s.batch_size}, {s.rollout_steps} rollout steps): the rollout guard's decodes"
+        f" {decode * s.batch_size / 1e12:.1f} TFLOP per step / SRPO step {step / 1e12:.0f} TFLOP"
+        f" = {decode * s.batch_size / step:.2%}; its baseline"
+        f" ({DEFAULT_BASELINE_SAMPLES} samples, once) = {baseline / step:.1f} steps."
+    )
