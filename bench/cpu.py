@@ -19,8 +19,9 @@ this process's CPU time with one torch thread: on a shared machine other jobs ch
   TrainLoraNode's step on the same model, latent size and rank, both in bf16 (the stock node's
   working dtype). Its step time is (T(1 + K steps) - T(1 step)) / K. Target <= 1.0.
 - G6: an offline step vs an online step (informational).
-- G10 / G10f: trainer steps with the reward-hacking guard / without, over a check interval
-  (bench/guard_cost.py). Target for the default (rollout) guard <= 1.05.
+- G10 / G10b / G10f: trainer steps with the reward-hacking guard / without, over a check
+  interval; the rollout guard's one-off baseline in steps (bench/guard_cost.py). Target for the
+  trainer node's (rollout) guard <= 1.05.
 - Memory growth: RSS after 100 trainer steps minus after 10 (target: none).
 Where a target is missed the row names the functions with the most own time (cProfile).
 """
@@ -38,7 +39,7 @@ from typing import Any
 import psutil
 import torch
 
-from bench.guard_cost import guard_rows
+from bench.guard_cost import flux_flop_line, guard_rows
 from bench.timing import CLOCKS, REPEATS, Row, assert_finite, interleaved_medians, profile_top
 from bench.worlds import World, both_worlds
 
@@ -522,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
             guard_only=args.guard_only,
         )
     text = table(rows, time.perf_counter() - start, args.clock)
+    if args.guard_only:
+        text += "\n\n" + flux_flop_line(ROOT)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

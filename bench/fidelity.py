@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import guard_trace  # noqa: E402
 from scripts.comfy_harness.inprocess import import_comfy, import_pack  # noqa: E402
 from scripts.workflow_gen.toyworld import SETTINGS, TRAIN, TRAIN_PROMPTS  # noqa: E402
 from srpo_core import image_signals as sig  # noqa: E402
@@ -97,6 +98,8 @@ class Outcome:
     unseen: Stats | None
     report: str
     probe_saturation: float = float("nan")
+    trace: dict[str, Any] | None = None
+    """The guard's recorded measurements (bench/guard_trace.py); None in older JSON files."""
 
 
 @dataclass
@@ -118,8 +121,17 @@ class ToyBench:
             return
         import_comfy()
         import_pack()
-        for name in ("trainer", "rewards", "prompts", "toyworld", "preview", "guider"):
+        for name in (
+            "trainer",
+            "rewards",
+            "prompts",
+            "toyworld",
+            "preview",
+            "guider",
+            "training_run",
+        ):
             self.modules[name] = importlib.import_module(f"comfyui_srpo.nodes.{name}")
+        self.modules["loop"] = importlib.import_module("comfyui_srpo.srpo_core.training.loop")
         config = importlib.import_module("comfyui_srpo.toyworld.runtime.config")
         self.world = self.modules["toyworld"].load_toyworld(config.default_assets_dir())
         with torch.inference_mode():
@@ -233,13 +245,17 @@ class ToyBench:
         key = f"{run!r}|{seed}"
         if key in self.cache:
             return self.cache[key]
-        model, report = self.train(run, seed)
+        self.load()
+        trace: dict[str, Any] = {}
+        with guard_trace.recording(self.modules["loop"], trace):
+            model, report = self.train(run, seed)
         unseen = run == DEFAULT
         outcome = Outcome(
             self.stats(model, EVAL_PROMPT, run),
             _mean_stats([self.stats(model, p, run) for p in UNSEEN_PROMPTS]) if unseen else None,
             report,
             self.probe_saturation(model),
+            trace if trace.get("baseline") is not None else None,
         )
         self.cache[key] = outcome
         return outcome
@@ -336,6 +352,7 @@ class ToyBench:
                 Stats(**unseen) if unseen else None,
                 value["report"],
                 float(value.get("probe_saturation", float("nan"))),
+                value.get("trace"),
             )
         self.base.update({k: Stats(**v) for k, v in payload["base"].items()})
         self.recovery.update(payload["recovery"])
@@ -488,19 +505,102 @@ PRECISION_RUNS = {
 brightness pair, the grain axis and a late interval."""
 
 
+def node_guard(bench: ToyBench) -> GuardConfig:
+    """The trainer node's guard settings (its hacking_guard "warn")."""
+    bench.load()
+    return GuardConfig(**asdict(bench.modules["training_run"].guard_config("warn")))
+
+
+def guard_firing(outcome: Outcome, config: GuardConfig, steps: int) -> int | None:
+    """First firing step of the guard ``config`` on this run: replayed on the recorded trace
+    when there is one (bench/guard_trace.py), else read from the live run's report."""
+    if outcome.trace is None:
+        return first_firing(outcome.report)
+    return guard_trace.first_firing(outcome.trace, config, steps)
+
+
+def guard_variants(node: GuardConfig) -> dict[str, GuardConfig]:
+    """Guard settings replayed beside the node's on the same recorded runs (what each part of
+    the node's settings does)."""
+    rollout = GuardConfig(source="rollout")
+    return {
+        "saturation 2/255, rise > 2 points, window 5": replace(rollout, window=5),
+        "saturation 2/255, rise > 2 points, window 10": replace(rollout, window=10),
+        "within 64/255, rise > 4 points, window 5": replace(node, window=5),
+        "within 64/255, rise > 2 points, window 10": replace(node, max_saturation_rise=0.02),
+        "within 64/255, rise > 6 points, window 10": replace(node, max_saturation_rise=0.06),
+        "the trainer node's: within 64/255, rise > 4 points, window 10": node,
+        "the node's, window 10, with the high-frequency rule off": replace(node, max_hf_rise=1e9),
+    }
+
+
+def variant_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> list[str]:
+    """Misses, false alarms and lr 2e-3's first firing of each guard variant, replayed on the
+    recorded runs (empty when a run has no trace)."""
+    outcomes = [(run, s, bench.trained(run, s)) for run in PRECISION_RUNS.values() for s in seeds]
+    if any(o.trace is None for _, _, o in outcomes):
+        return []
+    lines = [
+        "",
+        "The same recorded runs replayed with other settings (rollout guard, 16-sample baseline):",
+        "",
+        "| settings | missed | false alarms | lr 2e-3 fired at step (per seed) |",
+        "| --- | --- | --- | --- |",
+    ]
+    hack = PRECISION_RUNS["lr 2e-3 (hacked)"]
+    for name, cfg in guard_variants(node).items():
+        misses = alarms = 0
+        hacked_steps = []
+        for run, _, outcome in outcomes:
+            step = guard_firing(outcome, cfg, bench.steps)
+            truth = outcome.probe_saturation > SATURATION_LIMIT
+            misses += truth and step is None
+            alarms += step is not None and not truth
+            if run == hack:
+                hacked_steps.append("never" if step is None else str(step))
+        lines.append(f"| {name} | {misses} | {alarms} | {', '.join(hacked_steps)} |")
+    return lines
+
+
+def baseline_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> list[str]:
+    """The recorded baseline (the same for every run: the base model and the guard's seed) and
+    step 0's rollout batch of each seed (the former rollout guard's baseline)."""
+    first = [bench.trained(PRECISION_RUNS["shipped (lr 3e-4)"], s) for s in seeds]
+    if any(o.trace is None for o in first):
+        return []
+    tol = node.saturation_tolerance
+    base = guard_trace.signals_of(first[0].trace["baseline"], tol)  # type: ignore[index]
+    steps0 = [
+        guard_trace.signals_of(o.trace["batches"][0], tol)  # type: ignore[index]
+        for o in first
+    ]
+    pairs = zip(steps0, seeds, strict=True)
+    shown = ", ".join(f"{s.hf_energy:.4f} (seed {seed})" for s, seed in pairs)
+    return [
+        "",
+        f"Recorded baseline ({node.baseline_samples} fixed-seed samples of the base model):"
+        f" {base.saturation:.1%} of the pixels within {tol * 255:.0f}/255 of black or white,"
+        f" high-frequency energy {base.hf_energy:.4f}. Step 0's rollout batch of the shipped"
+        f" run (the former rollout guard's baseline) had high-frequency energy {shown}.",
+    ]
+
+
 def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
     """Per run: where the guard first fired, and the truth it should match (over
     SATURATION_LIMIT of the 16 probe samples' pixels saturated); then its misses and false
     alarms over these runs."""
     lines = [
-        "| run | seed | guard fired at step | probe samples saturated | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | seed | guard fired at step | (live run's report) | probe samples saturated"
+        " | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     misses = alarms = hacked = 0
+    cfg = node_guard(bench)
     for name, run in PRECISION_RUNS.items():
         for s in seeds:
             outcome = bench.trained(run, s)
-            step = first_firing(outcome.report)
+            step = guard_firing(outcome, cfg, bench.steps)
+            live = first_firing(outcome.report)
             truth = outcome.probe_saturation > SATURATION_LIMIT
             fired = step is not None
             verdict = {
@@ -513,16 +613,24 @@ def row_guard(bench: ToyBench, seeds: Sequence[int]) -> list[str]:
             misses += truth and not fired
             alarms += fired and not truth
             shown = "never" if step is None else str(step)
-            lines.append(f"| {name} | {s} | {shown} | {outcome.probe_saturation:.1%} | {verdict} |")
+            lived = "never" if live is None else str(live)
+            lines.append(
+                f"| {name} | {s} | {shown} | {lived} | {outcome.probe_saturation:.1%} | {verdict} |"
+            )
     total = len(PRECISION_RUNS) * len(seeds)
     lines += [
         "",
         f"Over {total} runs ({hacked} over {SATURATION_LIMIT:.0%} saturated on"
         f" {PROBE_PER_PROMPT * len(TRAIN_PROMPTS)} probe samples): {misses} missed,"
-        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard's"
-        f" source: '{GuardConfig().source}' (the trainer node's), every 5 steps.",
+        f" {alarms} false alarms (target: no miss, at most one false alarm). The guard: the"
+        f" trainer node's (source '{cfg.source}': pixels within"
+        f" {cfg.saturation_tolerance * 255:.0f}/255 of black or white rising by more than"
+        f" {cfg.max_saturation_rise * 100:.0f} points, every {cfg.every} steps,"
+        f" window {cfg.window} steps, baseline {cfg.baseline_samples} fixed-seed samples),"
+        " its firing step replayed from the measurements recorded in the run"
+        " (bench/guard_trace.py); the live run's report is beside it.",
     ]
-    return lines
+    return lines + baseline_lines(bench, seeds, cfg) + variant_lines(bench, seeds, cfg)
 
 
 ROW_BUILDERS: dict[str, tuple[str, Callable[[ToyBench, Sequence[int]], list[str]]]] = {

@@ -5,15 +5,18 @@ One "interval" is ``every`` optimiser steps and the guard check that ends it (th
 trainer's interval, B the same steps of an unguarded one; both trainers start from the same
 LoRA and seed. Rows (bench.cpu, target for the default guard):
 
-- G10: rollout guard (default: measures the rollout's own samples, decoded without grad) /
-  no guard. Target <= 1.05.
-- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the former default) /
-  no guard (informational).
+- G10: rollout guard (the trainer node's: measures the rollout's own samples, decoded without
+  grad) / no guard. Target <= 1.05.
+- G10b: the rollout guard's baseline (``baseline_samples`` fixed-seed samples of the base model,
+  drawn once before training) / one step without guard (informational: a one-off cost, in steps).
+- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the command line's
+  default) / no guard (informational).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.timing import Row, interleaved_medians
@@ -23,11 +26,11 @@ G10_TARGET = 1.05
 
 def interval(trainer: Any) -> Callable[[], float]:
     """Run ``every`` steps and the check that ends them; returns the last loss. A guarded
-    trainer gets its baseline first (fixed: its sampler; rollout: step 0's batch)."""
+    trainer gets its baseline first (its fixed-seed samples, untimed: G10b times it)."""
     from comfyui_srpo.srpo_core.training.guard import DEFAULT_GUARD_EVERY
 
     every = trainer.guard.config.every if trainer.guard is not None else DEFAULT_GUARD_EVERY
-    if trainer.guard is not None and not trainer.guard.observes:
+    if trainer.guard is not None:
         trainer.guard.baseline(trainer.step)
 
     def run() -> float:
@@ -48,12 +51,15 @@ def guard_rows(
     repeats: int,
     clock: Callable[[], float],
 ) -> list[Row]:
-    """G10 and G10f (module docstring); ``make_trainer(source)``: a trainer with the guard's
-    ``source`` ("rollout", "fixed") or without a guard (None)."""
-    variants = {name: interval(make_trainer(name)) for name in ("rollout", "fixed", None)}
-    medians = interleaved_medians(
-        {str(name): fn for name, fn in variants.items()}, repeats, clock=clock
-    )
+    """G10, G10b and G10f (module docstring); ``make_trainer(source)``: a trainer with the
+    guard's ``source`` ("rollout", "fixed") or without a guard (None)."""
+    trainers = {name: make_trainer(name) for name in ("rollout", "fixed", None)}
+    variants = {str(name): interval(t) for name, t in trainers.items()}
+    unguarded = trainers[None]
+    sampler = trainers["rollout"].guard_samples
+    variants["baseline"] = lambda: sampler()[0]  # the images (its rewards are NaN: unused)
+    variants["step"] = lambda: unguarded.train_step().loss
+    medians = interleaved_medians(variants, repeats, clock=clock)
     base = medians["None"]
     return [
         Row(
@@ -66,9 +72,45 @@ def guard_rows(
         ),
         Row(
             world_name,
+            "G10b",
+            "rollout guard's baseline (fixed-seed samples, once) / one step without guard",
+            medians["baseline"],
+            medians["step"],
+        ),
+        Row(
+            world_name,
             "G10f",
             "steps with fixed-seed guard / without, per check interval",
             medians["fixed"],
             base,
         ),
     ]
+
+
+FLUX_WORKFLOW = "workflows/api/srpo_finetune_flux.json"
+"""The shipped FLUX.1-dev fine-tune workflow, whose trainer settings the FLOP estimate takes."""
+
+
+def flux_flop_line(root: Path) -> str:
+    """The rollout guard's cost on FLUX.1-dev at the shipped workflow's settings, from the FLOP
+    model (srpo_core.training.memory_estimate, not a timing): per step one decoder forward per
+    rollout sample against the SRPO step; once, its baseline (``baseline_samples`` rollouts of
+    ``rollout_steps`` transformer forwards and a decode each) in steps."""
+    from bench.card import workflow_settings
+    from srpo_core.training.guard import DEFAULT_BASELINE_SAMPLES
+    from srpo_core.training.memory_estimate import architecture, flops
+
+    s, _ = workflow_settings(root / FLUX_WORKFLOW)
+    arch = architecture("flux1")
+    step = flops(arch, s)
+    decode = arch.decoder.forward_flops(s.width * s.height)
+    tokens = arch.image_tokens(s.width, s.height)
+    forward = arch.transformer.linear_flops(tokens) + arch.transformer.attention_flops(tokens)
+    baseline = DEFAULT_BASELINE_SAMPLES * (s.rollout_steps * forward + decode)
+    return (
+        f"FLOP model, FLUX.1-dev at {FLUX_WORKFLOW}'s settings ({s.width}x{s.height}, batch"
+        f" {s.batch_size}, {s.rollout_steps} rollout steps): the rollout guard's decodes"
+        f" {decode * s.batch_size / 1e12:.1f} TFLOP per step / SRPO step {step / 1e12:.0f} TFLOP"
+        f" = {decode * s.batch_size / step:.2%}; its baseline"
+        f" ({DEFAULT_BASELINE_SAMPLES} samples, once) = {baseline / step:.1f} steps."
+    )

@@ -16,6 +16,7 @@ from comfy_execution.utils import get_executing_context
 from PIL import Image
 
 from ..srpo_core.training import StepMetrics, TrainResult
+from ..srpo_core.training.guard import GuardConfig, saturation_label
 from .live import HISTORY_KEYS, History, LiveReport, empty_history
 
 log = logging.getLogger(__name__)
@@ -182,16 +183,18 @@ def distance_text(distance: float) -> str:
     return f", distance from base {distance:.3f}" if math.isfinite(distance) else ""
 
 
-def guard_summary(result: TrainResult) -> str:
-    """The guard's verdict over a run, as text for the node's output."""
+def guard_summary(result: TrainResult, config: GuardConfig | None = None) -> str:
+    """The guard's verdict over a run, as text for the node's output (``config``: the guard's
+    settings, for what its saturation signal counts; None: the default)."""
     checks = result.guard_checks
     if not checks:
         return "reward-hacking guard: off"
     base, last = checks[0].signals, checks[-1].signals
     fired = [c for c in checks if c.fired]
+    tol = (config or GuardConfig()).saturation_tolerance
     lines = [
         f"reward-hacking guard: {len(checks) - 1} checks, {len(fired)} fired",
-        f"reward {base.reward:+.4f} -> {last.reward:+.4f}; saturated pixels"
+        f"reward {base.reward:+.4f} -> {last.reward:+.4f}; {saturation_label(tol)}"
         f" {base.saturation:.1%} -> {last.saturation:.1%}{distance_text(last.base_distance)}",
     ]
     lines += [c.message() for c in fired]

@@ -177,10 +177,11 @@ def _trainer_inputs() -> list[Any]:
             "hacking_guard",
             options=list(GUARD_CHOICES),
             default="warn",
-            tooltip="Reward-hacking guard: every few steps, sample fixed seeds and watch what the"
-            " reward cannot fake (blown-out pixels, colour, texture, diversity, distance from the"
-            " base samples). warn: log and show it on the node; stop: also end training and keep"
-            " the best state before it fired; off: no checks (saves a rollout every few steps).",
+            tooltip="Reward-hacking guard: before training it samples 16 fixed seeds of the base"
+            " model, then every few steps compares the training rollout's own images (decoded"
+            " without grad) with them on what the reward cannot fake (blown-out pixels, colour,"
+            " texture, diversity). warn: log and show it on the node; stop: also end training"
+            " and keep the best state before it fired; off: no checks (saves one decode a step).",
         ),
         io.Int.Input(
             "preview_every",
@@ -389,7 +390,7 @@ class SRPODirectAlignTrainer(io.ComfyNode):
             progress.preview_batch(),
             result.steps_done,
             samples if samples is not None else blank_image(),
-            guard_summary(result),
+            guard_summary(result, settings.config.guard),
             ui={UI_KEY: [summary]},
         )
 

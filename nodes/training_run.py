@@ -28,7 +28,7 @@ from ..srpo_core.training import (
     config_hash,
     train,
 )
-from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig
+from ..srpo_core.training.guard import GUARD_ACTIONS, GuardConfig, rollout_guard
 from ..srpo_core.training.memory import (
     bf16_native,
     resolve_training_dtype,
@@ -143,7 +143,11 @@ def guard_config(choice: str) -> GuardConfig:
         raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
     if choice == GUARD_OFF:
         return GuardConfig(enabled=False)
-    return GuardConfig(action=choice)
+    # The rollout guard (srpo_core.training.guard.rollout_guard): the training rollout's own
+    # samples against 16 fixed-seed samples of the base model; precision and cost in
+    # docs/FIDELITY.md and docs/PERFORMANCE.md (G10). The command line keeps GuardConfig's
+    # default ("fixed"): a rollout guard's windows would differ between ranks.
+    return rollout_guard(choice)
 
 
 def build_settings(model: Any, vae: Any, real_latents: Any, kw: dict[str, Any]) -> TrainerSettings:

@@ -191,3 +191,131 @@ def test_rollout_window_pools_batches_by_size_and_skips_unknown_values() -> None
     assert pooled.diversity == pytest.approx((0.4 + 0.2) / 2)
     assert math.isnan(pooled.base_distance)
     assert math.isnan(pool([Observation(1, 1, signals(math.nan, 0.0, math.nan))]).reward)
+
+
+# --- the rollout guard's baseline, floor and window (hand-computed) ------------------------------
+
+
+def _fixed_images() -> Tensor:
+    """Four 4x4 images: blown white (sat 1, E 0), mid grey (0, 0), top half blown over mid grey
+    (sat 0.5; luma steps 0.5 at one of 3 row boundaries in each of 4 columns: E = 4 * 0.25 / 12)
+    and black (sat 1, E 0)."""
+    white = torch.ones(1, 3, 4, 4)
+    grey = torch.full((1, 3, 4, 4), 0.5)
+    half = grey.clone()
+    half[..., :2, :] = 1.0
+    black = torch.zeros(1, 3, 4, 4)
+    return torch.cat([white, grey, half, black])
+
+
+def test_rollout_baseline_is_the_mean_of_its_fixed_seed_samples_and_step_0s_reward() -> None:
+    import math
+
+    from srpo_core.training.guard import HackingGuard
+
+    calls: list[int] = []
+
+    def sampler() -> tuple[Tensor, Tensor]:
+        calls.append(1)
+        return _fixed_images(), torch.tensor([9.0, 9.0, 9.0, 9.0])  # not the rollout's reward
+
+    guard = HackingGuard(GuardConfig(baseline_samples=4), sampler, observes=True)
+    check = guard.baseline(0)
+    assert calls == [1] and check.step == 0 and guard.base is check.signals
+    assert guard.base.saturation == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert guard.base.hf_energy == pytest.approx((4 * 0.25 / 12) / 4, rel=1e-6)
+    assert math.isnan(guard.base.reward)  # until step 0's training reward
+    assert guard.base_images is None  # the rollout guard keeps no images (no distance)
+    guard.record_reward(0, 0.25)
+    guard.record_reward(1, 0.75)  # later steps do not move the baseline
+    assert guard.base.reward == 0.25 and guard.checks[0].signals.reward == 0.25
+
+
+def test_high_frequency_floor_by_hand() -> None:
+    """Rise measured from max(E_base, floor): base 0.0003, floor 0.005, rise limit 1.0 (double)."""
+    base = dataclasses.replace(BASE, hf_energy=0.0003)
+    floored = GuardConfig(hf_floor=0.005)
+    assert drift_reasons(dataclasses.replace(base, hf_energy=0.0099), base, floored) == []
+    assert drift_reasons(dataclasses.replace(base, hf_energy=0.0101), base, floored) == [
+        "high-frequency energy 0.0050 -> 0.0101"
+    ]
+    # without a floor the same 0.0099 is 33x the base
+    assert drift_reasons(
+        dataclasses.replace(base, hf_energy=0.0099), base, GuardConfig(hf_floor=0.0)
+    ) == ["high-frequency energy 0.0003 -> 0.0099"]
+    with pytest.raises(ValueError, match="hf_floor must be a finite number >= 0"):
+        GuardConfig(hf_floor=-1.0)
+
+
+def test_rollout_window_spans_several_checks() -> None:
+    """every 5, window 10: the check at 10 pools steps 0-9, the one at 15 steps 5-14 (one batch
+    of 2 per step, saturation step / 1000); what no later window reaches is dropped."""
+    from srpo_core.training.guard import HackingGuard, Observation
+
+    def never() -> tuple[Tensor, Tensor]:
+        raise AssertionError("the baseline is set directly")
+
+    guard = HackingGuard(GuardConfig(every=5, window=10), never, observes=True)
+    guard.set_baseline(0, dataclasses.replace(BASE, saturation=0.0))
+    for step in range(15):
+        sat = step / 1000
+        guard.observe_signals(Observation(step, 2, GuardSignals(0.2, sat, 0.2, 0.01, 0.3, 0.0)))
+        if guard.due(step + 1):
+            check = guard.check(step + 1)
+            first = step + 1 - 10
+            expected = sum(range(max(first, 0), step + 1)) / (step + 1 - max(first, 0)) / 1000
+            assert check.signals.saturation == pytest.approx(expected)
+    assert [c.step for c in guard.checks] == [0, 5, 10, 15]
+    assert guard.checks[2].signals.saturation == pytest.approx(4.5 / 1000)
+    assert guard.checks[3].signals.saturation == pytest.approx(9.5 / 1000)
+    assert min(guard.observed) == 10  # steps 10-14 reach the check at 20
+
+
+def test_rollout_guard_counts_pixels_near_black_or_white() -> None:
+    """rollout_guard(): tolerance 64/255 (0.2 counts as near black, 0.3 does not) and a rise of
+    more than 4 points of the image fires."""
+    from srpo_core.training.guard import measure_batch, rollout_guard
+
+    cfg = rollout_guard("stop")
+    assert (cfg.source, cfg.action, cfg.window) == ("rollout", "stop", 10)
+    images = torch.cat([torch.full((1, 3, 4, 4), 0.2), torch.full((1, 3, 4, 4), 0.3)])
+    assert measure_batch(images, cfg.saturation_tolerance).saturation == pytest.approx(0.5)
+    assert measure_batch(images).saturation == 0.0  # the default 2/255
+    base = dataclasses.replace(BASE, saturation=0.25)
+    assert drift_reasons(dataclasses.replace(base, saturation=0.28), base, cfg) == []
+    assert drift_reasons(dataclasses.replace(base, saturation=0.30), base, cfg) == [
+        "pixels within 64/255 of black or white 25.0% -> 30.0%"
+    ]
+    with pytest.raises(ValueError, match=r"saturation_tolerance must be in \(0, 0.5\)"):
+        GuardConfig(saturation_tolerance=0.5)
+
+
+def test_a_replayed_record_makes_the_same_checks_as_the_live_guard() -> None:
+    """bench/guard_trace.py: the signals recorded in a run, replayed through HackingGuard, give
+    the live run's checks (fidelity bench's guard row); other settings replay on the same record."""
+    from bench import guard_trace
+    from srpo_core.training import loop
+    from srpo_core.training.guard import HackingGuard
+
+    cfg = dataclasses.replace(guarded(0.2), guard=GuardConfig(source="rollout", every=4, window=8))
+    trace: dict[str, object] = {}
+    with guard_trace.recording(loop, trace):
+        _, live = run(cfg)
+    assert loop.HackingGuard is HackingGuard  # the recording class is gone again
+    assert trace["baseline"] is not None and trace["batches"]
+    replayed = guard_trace.replay(trace, cfg.guard, cfg.steps)
+    assert [c.step for c in replayed] == [c.step for c in live.guard_checks]
+    for a, b in zip(replayed, live.guard_checks, strict=True):
+        assert a.fired == b.fired and a.reasons == b.reasons
+        assert a.signals.saturation == pytest.approx(b.signals.saturation, abs=1e-6)
+        assert a.signals.reward == pytest.approx(b.signals.reward, nan_ok=True)
+    first = guard_trace.first_firing(trace, cfg.guard, cfg.steps)
+    assert first == next(c.step for c in live.guard_checks if c.fired)
+    never = dataclasses.replace(
+        cfg.guard,
+        max_saturation_rise=0.99,
+        max_colour_loss=0.99,
+        max_hf_rise=1e9,
+        min_diversity_ratio=1e-9,
+    )
+    assert guard_trace.first_firing(trace, never, cfg.steps) is None

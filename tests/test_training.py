@@ -564,6 +564,40 @@ def test_reported_reward_is_the_denoise_score_recomputed_from_pos_and_neg(
             assert math.isnan(m.reward_pos) and math.isnan(m.reward_neg)
 
 
+def test_rollout_guard_samples_its_baseline_once_and_a_resume_keeps_it(tmp_path: Path) -> None:
+    """The rollout guard's baseline (fixed-seed samples of the base model, drawn before step 0)
+    is sampled once; a run stopped after step 3 and resumed with another model reads it from the
+    checkpoint (no new sampling) and reports the same checks as an uninterrupted run."""
+    guard = GuardConfig(enabled=True, source="rollout", every=2, window=4, baseline_samples=4)
+    whole = _trainer(config(steps=6, guard=guard), TinyVelocity()).run()
+
+    def counted(trainer: SRPOTrainer, calls: list[int]) -> SRPOTrainer:
+        assert trainer.guard is not None and trainer.guard.observes
+        sample = trainer.guard.sample
+
+        def counting() -> tuple[Tensor, Tensor]:
+            images, rewards = sample()
+            calls.append(len(images))
+            return images, rewards
+
+        trainer.guard.sample = counting
+        return trainer
+
+    cfg = config(steps=6, guard=guard, checkpoint_path=str(tmp_path / "r.pt"))
+    done: list[int] = []
+    first_calls: list[int] = []
+    first = counted(_trainer(cfg, TinyVelocity()), first_calls)
+    first.run(callback=lambda m: done.append(m.step), should_stop=lambda: len(done) >= 3)
+    second_calls: list[int] = []
+    second = counted(_trainer(cfg, TinyVelocity(seed=99)), second_calls)
+    resumed = second.run()
+    assert first_calls == [4] and second_calls == []
+    assert resumed.resumed_from == 3
+    assert repr(resumed.guard_checks) == repr(whole.guard_checks)  # NaN distance: by repr
+    assert [c.step for c in whole.guard_checks] == [0, 2, 4, 6]
+    assert math.isfinite(whole.guard_checks[0].signals.reward)  # step 0's training reward
+
+
 @pytest.mark.parametrize("action", ["warn", "stop"])
 def test_guard_keeps_its_baseline_and_best_state_across_a_resume(
     tmp_path: Path, action: str

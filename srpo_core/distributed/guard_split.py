@@ -39,7 +39,7 @@ def gather_rows(local: Tensor, device: torch.device, n: int) -> Tensor:
 @torch.no_grad()
 def split_guard_samples(trainer: SRPOTrainer, world_size: int, rank: int) -> tuple[Tensor, Tensor]:
     """The guard's (images (N, 3, H, W), rewards (N,)) made 1/W per rank (module docstring)."""
-    cfg, n = trainer.config, trainer.config.guard.samples
+    cfg, n = trainer.config, trainer.guard_sample_count()
     generator = torch.Generator().manual_seed(cfg.guard.seed)
     eps_all = draw_eps(n, cfg.latent_shape, generator, trainer.device)
     mine = rank_indices(n, world_size, rank)

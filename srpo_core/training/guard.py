@@ -2,24 +2,28 @@
 
 What it measures (``source``):
 
-- "rollout": the samples the training rollout already draws every step (the current
-  policy's images, what a user would sample), decoded without grad; the reward is the step's
-  own denoise-branch training reward (no extra reward pass). Each step's batch is measured when
-  it is drawn; a check pools the ``every`` steps since the previous one, the baseline is step
-  0's batch (the base model, before any update). Cost: one no-grad decode per sample, no extra
-  rollout. Its samples change every step, so there is no distance from fixed base samples.
-- "fixed" (default): every ``every`` steps a fixed set of ``samples`` images (fixed noise, the
-  first prompts) is drawn with its own no-grad rollout; the first, before any update, is the
-  baseline. Always used for offline training (no rollout to reuse). It stays the default
-  because "rollout", measured on the fidelity bench (docs/FIDELITY.md), warned on the shipped
-  toy run in 2 of 2 seeds (its step-0 baseline is one batch).
+- "rollout" (the trainer node's, :func:`rollout_guard`): the samples the training rollout
+  already draws every step (the current policy's images), decoded without grad; a check pools
+  the batches of the last ``window`` steps. The baseline is ``baseline_samples`` fixed-seed
+  samples of the base model, drawn once before training with the training rollout's sampler (in
+  chunks of its batch size; saved in the checkpoint, so a resume keeps it); its reward is step
+  0's training reward (the same quantity the checks pool). Cost: one no-grad decode per rollout
+  sample and the one-off baseline; no extra rollout per check. No distance from base samples
+  (the samples change every step). Its settings were chosen on the fidelity bench's recorded
+  signals (docs/FIDELITY.md).
+- "fixed" (GuardConfig's default, the command line's): every ``every`` steps a fixed set of
+  ``samples`` images (fixed noise, the first prompts) is drawn with its own no-grad rollout;
+  the first, before any update, is the baseline. Always used for offline training (no rollout
+  to reuse) and under torchrun (every rank sees the same images).
 
 A check *fires* when the reward is at or above its baseline (it climbs or stalls) while at least
 one signal has drifted beyond its threshold:
 
-- saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels);
+- saturation: ``sat - sat_base > max_saturation_rise`` (blown-out or crushed pixels: every
+  channel within ``saturation_tolerance`` of 1 or 0);
 - colourfulness: ``1 - C / C_base > max_colour_loss`` (colour drained);
-- high-frequency energy: ``E / E_base - 1 > max_hf_rise`` (texture turning into noise);
+- high-frequency energy: ``E / max(E_base, hf_floor) - 1 > max_hf_rise`` (texture turning into
+  noise);
 - diversity: ``D / D_base < min_diversity_ratio`` (samples collapse onto one picture);
 - distance from base: ``mean_b d_b > max_base_distance`` (far from the base model's samples).
 
@@ -47,12 +51,27 @@ GUARD_ACTIONS = ("warn", "stop")
 """warn: log and report only; stop: end training and keep the best state seen before it fired."""
 DEFAULT_GUARD_EVERY = 5
 DEFAULT_GUARD_SAMPLES = 4
+DEFAULT_BASELINE_SAMPLES = 16
+"""Fixed-seed samples of the base model, drawn once before training: the rollout guard's baseline
+(4 per prompt of a 4-prompt set, like the fidelity bench's probe)."""
 DEFAULT_GUARD_SEED = 20250906
 DEFAULT_MAX_SATURATION_RISE = 0.02
 DEFAULT_MAX_COLOUR_LOSS = 0.5
 DEFAULT_MAX_HF_RISE = 1.0
+DEFAULT_HF_FLOOR = 0.0
+"""Absolute floor of the high-frequency baseline: ``E_base`` is taken as ``max(E_base, floor)``,
+so a smooth base model's tiny texture energy does not make every later texture a doubling."""
 DEFAULT_MIN_DIVERSITY_RATIO = 0.5
 DEFAULT_MAX_BASE_DISTANCE = 0.5
+ROLLOUT_WINDOW = 10
+ROLLOUT_SATURATION_TOL = 64.0 / 255.0
+ROLLOUT_MAX_SATURATION_RISE = 0.04
+"""The rollout guard's settings (:func:`rollout_guard`), chosen on the fidelity bench's 14 runs
+(docs/FIDELITY.md): the training rollout (few steps, no CFG) saturates far less than what a user
+samples (KSampler, CFG), so it counts pixels *near* black or white (every channel within 64/255)
+and fires on a rise of 4 points of the image, pooled over the last 10 steps (20 samples at
+batch 2). On those runs the 2/255 saturation of the rollout missed a run whose user samples were
+2.5 % saturated while its rollouts were under 1 %."""
 TINY = 1e-8
 """Guards ratios of signals that are zero at baseline."""
 
@@ -88,10 +107,30 @@ class GuardConfig:
         default=DEFAULT_GUARD_SAMPLES,
         metadata=_help("Fixed-seed samples per check (>= 2; each costs one no-grad rollout)."),
     )
+    baseline_samples: int = field(
+        default=DEFAULT_BASELINE_SAMPLES,
+        metadata=_help(
+            "Source 'rollout': fixed-seed samples of the base model drawn once before training"
+            " (a no-grad rollout in chunks of micro_batch) as the baseline (>= 2)."
+        ),
+    )
+    window: int = field(
+        default=DEFAULT_GUARD_EVERY,
+        metadata=_help(
+            "Source 'rollout': each check pools the rollout samples of the last N steps (>= 1)."
+        ),
+    )
     seed: int = field(default=DEFAULT_GUARD_SEED, metadata=_help("Seed of the guard's noise."))
     max_saturation_rise: float = field(
         default=DEFAULT_MAX_SATURATION_RISE,
         metadata=_help("Fire when the saturated-pixel fraction rises more than this."),
+    )
+    saturation_tolerance: float = field(
+        default=sig.SATURATION_TOL,
+        metadata=_help(
+            "A pixel counts as saturated when every channel is within this of 1 or of 0"
+            " (images in [0, 1])."
+        ),
     )
     max_colour_loss: float = field(
         default=DEFAULT_MAX_COLOUR_LOSS,
@@ -100,6 +139,13 @@ class GuardConfig:
     max_hf_rise: float = field(
         default=DEFAULT_MAX_HF_RISE,
         metadata=_help("Fire when high-frequency energy rises by more than this fraction."),
+    )
+    hf_floor: float = field(
+        default=DEFAULT_HF_FLOOR,
+        metadata=_help(
+            "Floor of the high-frequency baseline (mean squared luma difference, images in"
+            " [0, 1]): rises are measured from max(baseline, floor)."
+        ),
     )
     min_diversity_ratio: float = field(
         default=DEFAULT_MIN_DIVERSITY_RATIO,
@@ -115,10 +161,17 @@ class GuardConfig:
             raise ValueError(f"guard source must be one of {GUARD_SOURCES}, got {self.source!r}")
         if self.action not in GUARD_ACTIONS:
             raise ValueError(f"guard action must be one of {GUARD_ACTIONS}, got {self.action!r}")
-        if self.every < 1 or self.samples < 2:
+        if self.every < 1 or self.window < 1 or self.samples < 2 or self.baseline_samples < 2:
             raise ValueError(
-                f"guard needs every >= 1 and samples >= 2, got {self.every} and {self.samples}"
+                "guard needs every >= 1, window >= 1, samples >= 2 and baseline_samples >= 2,"
+                f" got {self.every}, {self.window}, {self.samples} and {self.baseline_samples}"
             )
+        if not 0 < self.saturation_tolerance < 0.5:
+            raise ValueError(
+                f"guard saturation_tolerance must be in (0, 0.5), got {self.saturation_tolerance}"
+            )
+        if not (math.isfinite(self.hf_floor) and self.hf_floor >= 0):
+            raise ValueError(f"guard hf_floor must be a finite number >= 0, got {self.hf_floor}")
         for name in (
             "max_saturation_rise",
             "max_colour_loss",
@@ -143,11 +196,14 @@ class GuardSignals:
     base_distance: float
 
 
-def measure(images: Tensor, base: Tensor, reward: Tensor) -> GuardSignals:
-    """Signals of images (N, 3, H, W) against the base samples (N, 3, H, W); reward (N,)."""
+def measure(
+    images: Tensor, base: Tensor, reward: Tensor, tol: float = sig.SATURATION_TOL
+) -> GuardSignals:
+    """Signals of images (N, 3, H, W) against the base samples (N, 3, H, W); reward (N,);
+    ``tol``: the saturation tolerance (:func:`image_signals.saturated_fraction`)."""
     return GuardSignals(
         reward=float(reward.float().mean()),
-        saturation=float(sig.saturated_fraction(images).mean()),
+        saturation=float(sig.saturated_fraction(images, tol).mean()),
         colourfulness=float(sig.colourfulness(images).mean()),
         hf_energy=float(sig.high_frequency_energy(images).mean()),
         diversity=float(sig.diversity(images)),
@@ -155,12 +211,12 @@ def measure(images: Tensor, base: Tensor, reward: Tensor) -> GuardSignals:
     )
 
 
-def measure_batch(images: Tensor) -> GuardSignals:
+def measure_batch(images: Tensor, tol: float = sig.SATURATION_TOL) -> GuardSignals:
     """Signals of a batch of images (N, 3, H, W) with no base samples to compare with (distance
     NaN; diversity NaN for a single image; reward NaN until :meth:`HackingGuard.record_reward`)."""
     return GuardSignals(
         reward=math.nan,
-        saturation=float(sig.saturated_fraction(images).mean()),
+        saturation=float(sig.saturated_fraction(images, tol).mean()),
         colourfulness=float(sig.colourfulness(images).mean()),
         hf_energy=float(sig.high_frequency_energy(images).mean()),
         diversity=float(sig.diversity(images)) if len(images) > 1 else math.nan,
@@ -198,6 +254,25 @@ def pool(observations: list[Observation]) -> GuardSignals:
     )
 
 
+def saturation_label(tol: float) -> str:
+    """What the saturation signal counts, in words, for the tolerance ``tol``."""
+    if tol == sig.SATURATION_TOL:
+        return "saturated pixels"
+    return f"pixels within {tol * 255:.0f}/255 of black or white"
+
+
+def rollout_guard(action: str = "warn") -> GuardConfig:
+    """The rollout guard with its calibrated settings (ROLLOUT_WINDOW and the saturation
+    tolerance and rise above): the trainer node's guard."""
+    return GuardConfig(
+        action=action,
+        source="rollout",
+        window=ROLLOUT_WINDOW,
+        saturation_tolerance=ROLLOUT_SATURATION_TOL,
+        max_saturation_rise=ROLLOUT_MAX_SATURATION_RISE,
+    )
+
+
 def _ratio(now: float, base: float) -> float:
     """``now / base`` (with a tiny floor on base)."""
     return now / max(base, TINY)
@@ -207,11 +282,13 @@ def drift_reasons(now: GuardSignals, base: GuardSignals, config: GuardConfig) ->
     """The signals beyond their thresholds, each as a short readable reason (empty: none)."""
     reasons = []
     if now.saturation - base.saturation > config.max_saturation_rise:
-        reasons.append(f"saturated pixels {base.saturation:.1%} -> {now.saturation:.1%}")
+        what = saturation_label(config.saturation_tolerance)
+        reasons.append(f"{what} {base.saturation:.1%} -> {now.saturation:.1%}")
     if 1.0 - _ratio(now.colourfulness, base.colourfulness) > config.max_colour_loss:
         reasons.append(f"colourfulness {base.colourfulness:.3f} -> {now.colourfulness:.3f}")
-    if _ratio(now.hf_energy, base.hf_energy) - 1.0 > config.max_hf_rise:
-        reasons.append(f"high-frequency energy {base.hf_energy:.4f} -> {now.hf_energy:.4f}")
+    hf_base = max(base.hf_energy, config.hf_floor)
+    if _ratio(now.hf_energy, hf_base) - 1.0 > config.max_hf_rise:
+        reasons.append(f"high-frequency energy {hf_base:.4f} -> {now.hf_energy:.4f}")
     if now.diversity < config.min_diversity_ratio * base.diversity:
         reasons.append(f"diversity {base.diversity:.3f} -> {now.diversity:.3f}")
     if now.base_distance > config.max_base_distance:
@@ -266,63 +343,60 @@ Sampler = Callable[[], tuple[Tensor, Tensor]]
 
 
 class HackingGuard:
-    """Runs the checks. ``sample`` draws the fixed-seed images with the current model ("fixed");
-    None: the loop hands over the rollout's samples through :meth:`observe` ("rollout")."""
+    """Runs the checks. ``sample`` draws the fixed-seed images with the current model: the
+    baseline (both sources) and every check ("fixed"); with ``observes`` ("rollout") the loop
+    hands over the rollout's samples through :meth:`observe` and the checks pool them."""
 
-    def __init__(self, config: GuardConfig, sample: Sampler | None) -> None:
-        self.config, self.sample = config, sample
+    def __init__(self, config: GuardConfig, sample: Sampler, observes: bool = False) -> None:
+        self.config, self.sample, self.observes = config, sample, observes
         self.base_images: Tensor | None = None
         self.base: GuardSignals | None = None
         self.checks: list[GuardCheck] = []
         self.observed: dict[int, list[Observation]] = {}
 
     @property
-    def observes(self) -> bool:
-        """True when the guard measures the training rollout's samples."""
-        return self.sample is None
+    def tol(self) -> float:
+        """The saturation tolerance of this guard's signals."""
+        return self.config.saturation_tolerance
 
     def begin_step(self, step: int) -> None:
         """A step starts (again, after an interrupt rewound it): forget what it observed."""
         self.observed.pop(step, None)
 
-    def observe(self, step: int, images: Tensor) -> bool:
-        """Measure one batch the rollout drew at ``step`` (images (N, 3, H, W) in [0, 1]).
-        Step 0's batches are the baseline: True when this batch started it (the first of
-        step 0 of a run without one)."""
-        made = self.base is None and step == 0 and not self.observed.get(0)
-        observation = Observation(step, len(images), measure_batch(images))
-        self.observed.setdefault(step, []).append(observation)
-        if step == 0:
-            self._rebase()
-        return made
+    def observe(self, step: int, images: Tensor) -> None:
+        """Measure one batch the rollout drew at ``step`` (images (N, 3, H, W) in [0, 1])."""
+        self.observe_signals(Observation(step, len(images), measure_batch(images, self.tol)))
+
+    def observe_signals(self, observation: Observation) -> None:
+        """Keep one measured rollout batch for the check whose window holds its step."""
+        self.observed.setdefault(observation.step, []).append(observation)
 
     def record_reward(self, step: int, reward: float) -> None:
         """The step's training reward (its denoise-branch mean, NaN without one) for the batches
-        observed at ``step``."""
+        observed at ``step``; step 0's (the base model's, before any update) is also the
+        baseline's reward (the checks pool the same quantity)."""
         self.observed[step] = [
             replace(o, signals=replace(o.signals, reward=reward))
             for o in self.observed.get(step, [])
         ]
-        if step == 0:
-            self._rebase()
-
-    def _rebase(self) -> None:
-        """The baseline from what step 0 observed so far (its first check, at step 0)."""
-        self.base = pool(self.observed[0])
-        check = GuardCheck(0, self.base, self.base)
-        if self.checks and self.checks[0].step == 0:
-            self.checks[0] = check
-        else:
-            self.checks.insert(0, check)
+        if step == 0 and self.observes and self.base is not None:
+            self.base = replace(self.base, reward=reward)
+            self.checks[0] = replace(self.checks[0], signals=self.base, base=self.base)
 
     def baseline(self, step: int) -> GuardCheck:
-        """Sample with the model as it is now; later checks compare against this ("fixed")."""
-        if self.sample is None:
-            raise RuntimeError("HackingGuard.baseline needs a sampler (source 'fixed')")
+        """Sample with the model as it is now; later checks compare against this. "fixed": the
+        images are kept for the distance from base; "rollout": only their signals (its reward is
+        step 0's training reward, :meth:`record_reward`)."""
         images, reward = self.sample()
+        if self.observes:
+            return self.set_baseline(step, measure_batch(images, self.tol))
         self.base_images = images
-        self.base = measure(images, images, reward)
-        check = GuardCheck(step, self.base, self.base)
+        return self.set_baseline(step, measure(images, images, reward, self.tol))
+
+    def set_baseline(self, step: int, signals: GuardSignals) -> GuardCheck:
+        """Take ``signals`` as the baseline (the first check, at ``step``)."""
+        self.base = signals
+        check = GuardCheck(step, signals, signals)
         self.checks.append(check)
         return check
 
@@ -364,7 +438,7 @@ class HackingGuard:
         baseline."""
         if self.base is None:
             raise RuntimeError("HackingGuard.check before baseline")
-        signals = self._window(step) if self.sample is None else self._sampled()
+        signals = self._window(step) if self.observes else self._sampled()
         reasons = tuple(drift_reasons(signals, self.base, self.config))
         fired = bool(reasons) and not signals.reward < self.base.reward  # NaN: unknown, fire
         check = GuardCheck(step, signals, self.base, reasons, fired)
@@ -372,17 +446,18 @@ class HackingGuard:
         return check
 
     def _sampled(self) -> GuardSignals:
-        if self.sample is None or self.base_images is None:
+        if self.base_images is None:
             raise RuntimeError("HackingGuard: no fixed-seed baseline")
         images, reward = self.sample()
-        return measure(images, self.base_images, reward)
+        return measure(images, self.base_images, reward, self.tol)
 
     def _window(self, step: int) -> GuardSignals:
-        """Pooled signals of the batches drawn in the ``every`` steps before ``step`` (steps
-        done); older observations are dropped (step 0's stay: they are the baseline)."""
-        first = step - self.config.every
+        """Pooled signals of the batches drawn in the ``window`` steps before ``step`` (steps
+        done); observations the next check's window does not reach are dropped."""
+        first = step - self.config.window
         window = [o for s, batch in self.observed.items() if first <= s < step for o in batch]
         if not window:
             raise RuntimeError(f"HackingGuard: no rollout samples observed before step {step}")
-        self.observed = {s: b for s, b in self.observed.items() if s == 0 or s >= first}
+        keep = step + self.config.every - self.config.window
+        self.observed = {s: b for s, b in self.observed.items() if s >= keep}
         return pool(window)

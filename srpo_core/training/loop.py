@@ -5,8 +5,9 @@ online rollout of the current policy from that eps, or offline latents), run the
 micro-steps (:mod:`.step`, gradients accumulate), then clip, step AdamW, checkpoint, report.
 A step with a non-finite loss or gradient is skipped (no update); too many in a row raise
 :class:`TrainingDivergedError` without touching the last checkpoint. The reward-hacking guard
-(:mod:`.guard`) samples fixed seeds before training and every ``guard.every`` steps; with action
-"stop" a firing check ends the run and the best state seen before it is restored and saved.
+(:mod:`.guard`) samples fixed seeds before training (its baseline) and checks every
+``guard.every`` steps (fixed seeds again, or the rollout's own samples decoded without grad); with
+action "stop" a firing check ends the run and the best state seen before it is restored and saved.
 """
 
 from __future__ import annotations
@@ -149,12 +150,9 @@ class SRPOTrainer:
         self.step = 0
         self.consecutive_skips = 0
         guard = config.guard
-        fixed = guard.source == "fixed" or config.offline  # offline: no rollout to reuse
-        sampler = self.guard_samples if fixed else None
-        self.guard = HackingGuard(guard, sampler) if guard.enabled else None
+        observes = guard.source == "rollout" and not config.offline  # offline: no rollout
+        self.guard = HackingGuard(guard, self.guard_samples, observes) if guard.enabled else None
         self.best: tuple[float, TrainingState] | None = None
-        self._rng_at_step_start: dict[str, Any] | None = None
-        self._base_state: TrainingState | None = None
 
     # --- run control -------------------------------------------------------------------------
 
@@ -179,7 +177,7 @@ class SRPOTrainer:
             seed_global_rngs(self.config.seed)
         history: list[StepMetrics] = []
         interrupted = guard_stopped = False
-        if self.guard is not None and self.guard.base is None and not self.guard.observes:
+        if self.guard is not None and self.guard.base is None:
             self._keep_if_best(self.guard.baseline(self.step))
         elif self.guard is not None and self.guard.pending(self.step):
             guard_stopped = self._guard_pending()
@@ -281,45 +279,63 @@ class SRPOTrainer:
             return False
         return self._guard_stops()
 
+    def guard_sample_count(self) -> int:
+        """How many fixed-seed samples the guard draws: ``baseline_samples`` for the rollout
+        guard's one baseline, ``samples`` per check for the fixed-seed guard."""
+        guard = self.config.guard
+        observes = self.guard is not None and self.guard.observes
+        return guard.baseline_samples if observes else guard.samples
+
     def guard_samples(self) -> tuple[Tensor, Tensor]:
         """The guard's fixed-seed images (N, 3, H, W) and their reward (N,), without grad.
 
-        Noise from the guard's own seed and the first N prompts (cycling), so every check sees
-        the same inputs; the training generator and global RNGs are not touched. The reward is
-        the first control-word pair's (step 0) at k = 0.
+        Noise for all N from the guard's own seed and the first N prompts (cycling), so every
+        check sees the same inputs; the training generator and global RNGs are not touched.
+        Rolled out and decoded in chunks of ``micro_batch`` (or ``batch_size``) samples, the
+        training rollout's size (sample i has the same noise at any chunk size). The reward is
+        the first control-word pair's (step 0) at k = 0; the rollout guard's baseline takes its
+        reward from step 0's training instead, so it skips the reward pass (NaN rewards).
         """
-        cfg, n = self.config, self.config.guard.samples
+        cfg, n = self.config, self.guard_sample_count()
+        scored = self.guard is None or not self.guard.observes
         items = [self.prompts[i % len(self.prompts)] for i in range(n)]
         generator = torch.Generator().manual_seed(cfg.guard.seed)
         eps = draw_eps(n, cfg.latent_shape, generator, self.device)
-        cond = collate_checked(self.collate, items)
-        with torch.no_grad(), autocast_context(self.device, cfg.dtype):
-            x0 = online_x0(bind_cond(self.model, cond), eps, cfg.rollout_steps, cfg.shift)
-            images = self.decoder(x0).float().clamp(0.0, 1.0)
-            k = torch.zeros(n, device=self.device)
-            terms = self.reward(images, [i.text for i in items], branch="denoise", k=k, step=0)
-        return images.cpu(), terms.total.detach().float().cpu()
+        images, rewards = [], []
+        for start, stop in batch_spans(n, cfg.micro_batch or cfg.batch_size):
+            chunk = items[start:stop]
+            cond = collate_checked(self.collate, chunk)
+            with torch.no_grad(), autocast_context(self.device, cfg.dtype):
+                velocity = bind_cond(self.model, cond)
+                x0 = online_x0(velocity, eps[start:stop], cfg.rollout_steps, cfg.shift)
+                image = self.decoder(x0).float().clamp(0.0, 1.0)
+                reward = torch.full((len(chunk),), math.nan)
+                if scored:
+                    k = torch.zeros(len(chunk), device=self.device)
+                    texts = [i.text for i in chunk]
+                    terms = self.reward(image, texts, branch="denoise", k=k, step=0)
+                    reward = terms.total.detach().float()
+            images.append(image.cpu())
+            rewards.append(reward.cpu())
+        return torch.cat(images), torch.cat(rewards)
 
     def _observe(self, x0: Tensor) -> None:
         """Hand the rollout's samples (B, C, H, W) to the guard, decoded without grad (their
-        reward is the step's training reward, recorded after the step). With action "stop",
-        the state before step 0's update is the first candidate best state."""
+        reward is the step's training reward, recorded after the step)."""
         if self.guard is None:
             return
         with torch.no_grad(), autocast_context(self.device, self.config.dtype):
             images = self.decoder(x0).float().clamp(0.0, 1.0)
-        if self.guard.observe(self.step, images) and self.config.guard.action == "stop":
-            state = self._snapshot()
-            self._base_state = replace(state, rng=self._rng_at_step_start or state.rng)
+        self.guard.observe(self.step, images)
 
     def _guard_reward(self, metrics: StepMetrics) -> None:
-        """Give the rollout guard the step's reward; the baseline's best state gets it too."""
+        """Give the rollout guard the step's reward. Step 0's is the baseline's reward: the
+        best state kept at the baseline (the state before any update) gets it too."""
         if self.guard is None or not self.guard.observes:
             return
         self.guard.record_reward(metrics.step, metrics.reward)
-        if self._base_state is not None and self.guard.base is not None:
-            self.best = (self.guard.base.reward, self._base_state)
-            self._base_state = None
+        if metrics.step == 0 and self.best is not None and self.best[1].step == 0:
+            self.best = (metrics.reward, self.best[1])
 
     def _keep_finished_step(
         self,
@@ -384,7 +400,6 @@ class SRPOTrainer:
         levels, x2 with the paired regulariser), then clip and update."""
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        self._rng_at_step_start = capture_rng(self.generator)
         if self.guard is not None:
             self.guard.begin_step(self.step)
         outcomes: list[MicroOutcome] = []

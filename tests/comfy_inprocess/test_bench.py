@@ -156,7 +156,8 @@ def test_cpu_bench_measures_every_row_on_the_toy_world(pack: ModuleType) -> None
     with torch.inference_mode():
         world = toy_world()
     rows = measure_world(world, repeats=1, rollout_steps=1, clock=CLOCKS["cpu"], growth_steps=12)
-    assert [r.name for r in rows] == ["G1", "G1", "G2", "G9", "G9", "G6", "G10", "G10f", "mem"]
+    names = ["G1", "G1", "G2", "G9", "G9", "G6", "G10", "G10b", "G10f", "mem"]
+    assert [r.name for r in rows] == names
     model = world.new_model().model  # KSampler runs the toy in its weights' dtype
     compute = model.manual_cast_dtype or next(model.diffusion_model.parameters()).dtype
     same = {torch.float32: "fp32", torch.bfloat16: "bf16"}[compute]
