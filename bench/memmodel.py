@@ -35,6 +35,10 @@ GB = 1e9
 TFLOP = 1e12
 ADAMW_STATES = 2
 """exp_avg and exp_avg_sq, each the size of its parameter."""
+GUARD_OFF = "off"
+"""The trace measures the SRPO step alone: the reward-hacking guard's one-off baseline (16 fixed
+seed samples before step 0) and its per-step no-grad decode are costed apart (bench.guard_cost,
+docs/PERFORMANCE.md G10)."""
 TRACED_ROLLOUT_STEPS = 1
 """Rollout steps actually traced; the rollout's FLOPs scale linearly with its step count."""
 FLUX_LATENT_FACTOR = 8
@@ -246,6 +250,7 @@ def trainer_kwargs(run: ModelRun) -> dict[str, Any]:
         "preview_every": 0,
         "checkpoint_name": "",
         "checkpoint_every": 0,
+        "hacking_guard": GUARD_OFF,
     }
     if run.lora_dtype is not None:
         varied["lora_dtype"] = run.lora_dtype

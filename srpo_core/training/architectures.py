@@ -128,7 +128,7 @@ class Decoder:
     its VAE takes 128-channel latents and unpatchifies them 2x2 inside ``decode``)."""
     checkpointable: bool = True
     """False: the trainer never checkpoints this decoder's blocks (the Wan 2.1 VAE's blocks
-    update causal caches in place; ``nodes/vae_decoder.py``), so it keeps every block's
+    update causal caches in place; the ComfyUI decoder wrapper), so it keeps every block's
     activations whatever ``decoder_checkpointing`` says."""
 
     @property

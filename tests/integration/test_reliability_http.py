@@ -108,13 +108,14 @@ def test_existing_lora_of_another_rank_warns_what_was_kept(comfy: ComfyServer) -
 
 
 def test_a_nan_reward_step_is_skipped_and_training_finishes(comfy: ComfyServer) -> None:
-    """A test-only node makes the reward model return NaN on its 2nd call. Each step pairs a
-    denoise and an inversion micro-step (two reward calls), so step 1 of 2 is the non-finite one
+    """A test-only node makes the reward model return NaN on its 1st call. The toy prompt trains
+    one micro-step per step (one reward call), and the reward-hacking guard's baseline scores
+    nothing of its own (it takes step 0's training reward), so step 1 of 2 is the non-finite one
     and step 2 must train normally."""
     prompt = training_prompt("nan", steps=2)
     prompt["41"] = {
         "class_type": "TestOnlyNaNRewardModel",
-        "inputs": {"reward_model": [LOADER, 3], "nan_call": 1},
+        "inputs": {"reward_model": [LOADER, 3], "nan_call": 0},
     }
     prompt[REWARD]["inputs"]["reward_model"] = ["41", 0]
     before = len(comfy.log_text())
