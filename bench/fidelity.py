@@ -564,7 +564,7 @@ def variant_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> l
 
 def baseline_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> list[str]:
     """The recorded baseline (the same for every run: the base model and the guard's seed) and
-    step 0's rollout batch of each seed (the former rollout guard's baseline)."""
+    step 0's training batch of each seed (what an earlier rollout guard took as its baseline)."""
     first = [bench.trained(PRECISION_RUNS["shipped (lr 3e-4)"], s) for s in seeds]
     if any(o.trace is None for o in first):
         return []
@@ -580,8 +580,8 @@ def baseline_lines(bench: ToyBench, seeds: Sequence[int], node: GuardConfig) -> 
         "",
         f"Recorded baseline ({node.baseline_samples} fixed-seed samples of the base model):"
         f" {base.saturation:.1%} of the pixels within {tol * 255:.0f}/255 of black or white,"
-        f" high-frequency energy {base.hf_energy:.4f}. Step 0's rollout batch of the shipped"
-        f" run (the former rollout guard's baseline) had high-frequency energy {shown}.",
+        f" high-frequency energy {base.hf_energy:.4f}. Step 0's training batch of the shipped"
+        f" run (an earlier rollout guard's baseline) had high-frequency energy {shown}.",
     ]
 
 

@@ -2,11 +2,12 @@
 
 The fidelity bench (bench/fidelity.py) trains with the trainer node's guard. :func:`recording`
 wraps the guard class the loop builds so that every signal it measures is also written to a
-trace: the baseline's per-sample signals, each rollout batch's per-sample signals and the
-step's training reward. The guard only reads images without grad, so no training draw depends on
-its thresholds: :func:`first_firing` replays the guard's own :class:`HackingGuard` decisions
-on a trace under any :class:`GuardConfig` (the same ``check`` code the trainer runs), which lets
-the precision row be recomputed for the shipped thresholds without training again.
+trace: the baseline's per-sample signals, each observed training batch's per-sample signals (the
+denoise micro-steps' decoded images) and the step's training reward. The guard only reads
+images without grad, so no training draw depends on its thresholds: :func:`first_firing`
+replays the guard's own :class:`HackingGuard` decisions on a trace under any
+:class:`GuardConfig` (the same ``check`` code the trainer runs), which lets the precision row be
+recomputed for the shipped thresholds without training again.
 
 Trace (JSON-safe): ``{"baseline": S, "batches": [{"step": s, **S}], "rewards": {s: r}}`` with
 ``S = {"saturation": [...], "colourfulness": [...], "hf_energy": [...], "diversity": d}``

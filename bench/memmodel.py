@@ -37,7 +37,7 @@ ADAMW_STATES = 2
 """exp_avg and exp_avg_sq, each the size of its parameter."""
 GUARD_OFF = "off"
 """The trace measures the SRPO step alone: the reward-hacking guard's one-off baseline (16 fixed
-seed samples before step 0) and its per-step no-grad decode are costed apart (bench.guard_cost,
+seed samples before step 0) and its per-step signals are costed apart (bench.guard_cost,
 docs/PERFORMANCE.md G10)."""
 TRACED_ROLLOUT_STEPS = 1
 """Rollout steps actually traced; the rollout's FLOPs scale linearly with its step count."""

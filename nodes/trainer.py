@@ -178,10 +178,11 @@ def _trainer_inputs() -> list[Any]:
             options=list(GUARD_CHOICES),
             default="warn",
             tooltip="Reward-hacking guard: before training it samples 16 fixed seeds of the base"
-            " model, then every few steps compares the training rollout's own images (decoded"
-            " without grad) with them on what the reward cannot fake (blown-out pixels, colour,"
+            " model, then every few steps compares the images training decodes for the reward"
+            " anyway with them on what the reward cannot fake (blown-out pixels, colour,"
             " texture, diversity). warn: log and show it on the node; stop: also end training"
-            " and keep the best state before it fired; off: no checks (saves one decode a step).",
+            " and keep the best state before it fired; off: no checks (saves the 16-sample"
+            " baseline before step 1).",
         ),
         io.Int.Input(
             "preview_every",

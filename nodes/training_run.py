@@ -143,10 +143,10 @@ def guard_config(choice: str) -> GuardConfig:
         raise ValueError(f"hacking_guard must be one of {GUARD_CHOICES}, got {choice!r}")
     if choice == GUARD_OFF:
         return GuardConfig(enabled=False)
-    # The rollout guard (srpo_core.training.guard.rollout_guard): the training rollout's own
-    # samples against 16 fixed-seed samples of the base model; precision and cost in
-    # docs/FIDELITY.md and docs/PERFORMANCE.md (G10). The command line keeps GuardConfig's
-    # default ("fixed"): a rollout guard's windows would differ between ranks.
+    # The rollout guard (srpo_core.training.guard.rollout_guard): the images the denoise
+    # micro-steps decode for the reward, against 16 fixed-seed samples of the base model;
+    # precision and cost in docs/FIDELITY.md and docs/PERFORMANCE.md (G10). The command line
+    # keeps GuardConfig's default ("fixed"): a rollout guard's windows would differ between ranks.
     return rollout_guard(choice)
 
 

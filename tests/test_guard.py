@@ -4,6 +4,7 @@ on a tiny world where a brightness reward can be hacked by blowing every pixel o
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -269,6 +270,25 @@ def test_rollout_window_spans_several_checks() -> None:
     assert guard.checks[2].signals.saturation == pytest.approx(4.5 / 1000)
     assert guard.checks[3].signals.saturation == pytest.approx(9.5 / 1000)
     assert min(guard.observed) == 10  # steps 10-14 reach the check at 20
+
+
+def test_rollout_window_with_no_denoise_images_does_not_fire() -> None:
+    """Random pairing can train only the inversion branch for a whole window: the check then has
+    nothing to measure (NaN signals) and does not fire, even against a baseline any measurement
+    would drift from; the next window with images fires as usual."""
+    from srpo_core.training.guard import HackingGuard, Observation
+
+    def never() -> tuple[Tensor, Tensor]:
+        raise AssertionError("the baseline is set directly")
+
+    guard = HackingGuard(GuardConfig(every=2, window=2), never, observes=True)
+    guard.set_baseline(0, dataclasses.replace(BASE, reward=0.0, saturation=0.0))
+    empty = guard.check(2)
+    assert not empty.fired and empty.reasons == ()
+    assert math.isnan(empty.signals.saturation) and math.isnan(empty.signals.reward)
+    blown = GuardSignals(0.5, 0.9, 0.2, 0.01, 0.3, math.nan)
+    guard.observe_signals(Observation(3, 2, blown))
+    assert guard.check(4).fired
 
 
 def test_rollout_guard_counts_pixels_near_black_or_white() -> None:

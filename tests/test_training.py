@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -564,6 +565,88 @@ def test_reported_reward_is_the_denoise_score_recomputed_from_pos_and_neg(
             assert math.isnan(m.reward_pos) and math.isnan(m.reward_neg)
 
 
+def test_rollout_guard_measures_the_images_the_reward_scores_without_decoding_again() -> None:
+    """The rollout guard observes exactly the denoise micro-steps' decoded images (what the reward
+    scored, in micro-batch chunks, concatenated), never the inversion branch's, and the trainer
+    decodes nothing for it: after the baseline, decoder calls == reward calls."""
+    guard = GuardConfig(enabled=True, source="rollout", every=2, window=2, baseline_samples=2)
+    reg = RegularizerConfig(enabled=True, weight=0.5)  # paired: both branches every level
+    cfg = config(steps=4, guard=guard, regularizer=reg, micro_batch=1)
+    model = TinyVelocity()
+    scored: list[tuple[int, Branch, Tensor]] = []
+    decodes: list[int] = []
+
+    class Recorded(Brightness):
+        def __call__(
+            self, images: Tensor, prompts: list[str], *, branch: Branch, k: Tensor, step: int
+        ) -> RewardTerms:
+            scored.append((step, branch, images.detach().clone()))
+            return super().__call__(images, prompts, branch=branch, k=k, step=step)
+
+    def counted_decode(latent: Tensor) -> Tensor:
+        decodes.append(len(latent))
+        return decode(latent)
+
+    trainer = SRPOTrainer(cfg, model, counted_decode, Recorded(), list(model.parameters()), PROMPTS)
+    assert trainer.guard is not None
+    observed: list[tuple[int, Tensor]] = []
+    observe = trainer.guard.observe
+    trainer.guard.observe = lambda step, images: (  # type: ignore[method-assign]
+        observed.append((step, images.clone())),
+        observe(step, images),
+    )[-1]
+    trainer.guard.baseline(0)
+    decodes.clear()
+    for _ in range(cfg.steps):
+        trainer._guard_step(trainer.train_step())
+    assert len(decodes) == len(scored) == cfg.steps * cfg.micro_steps * 2 * cfg.batch_size
+    per_step: dict[int, list[Tensor]] = {}
+    for step, branch, images in scored:
+        if branch == "denoise":
+            per_step.setdefault(step, []).append(images)
+    expected = [
+        (step, torch.cat(chunks[i : i + cfg.batch_size]))
+        for step, chunks in per_step.items()
+        for i in range(0, len(chunks), cfg.batch_size)
+    ]
+    assert [s for s, _ in observed] == [s for s, _ in expected]
+    assert len(observed) == cfg.steps * cfg.micro_steps
+    for (_, got), (_, want) in zip(observed, expected, strict=True):
+        assert torch.equal(got, want.clamp(0.0, 1.0))
+    assert [c.step for c in trainer.guard.checks] == [0, 2, 4]
+
+
+def test_rollout_guard_baseline_is_the_base_model_seen_through_a_denoise_step() -> None:
+    """The baseline's N x K images, against a hand computation: Euler rollout from the guard
+    seed's noise, then
+    ``x0_hat = ((1 - s_hi) x0 + (s_hi - s_lo)(eps - v(x_hi, s_hi))) / (1 - s_lo)``
+    at each level (``sigma_sampling`` "levels": fixed sigmas), decoded; chunk by chunk, level by
+    level. float32 throughout: |error| <= 1e-5 (a few roundings, amplified by 1 / (1 - s_lo))."""
+    guard = GuardConfig(enabled=True, source="rollout", baseline_samples=4)
+    cfg = config(guard=guard, sigma_sampling="levels")
+    model = TinyVelocity()
+    images, rewards = _trainer(cfg, model).guard_samples()
+    eps = torch.randn((4, *LATENT), generator=torch.Generator().manual_seed(guard.seed))
+    cond = torch.cat([PROMPTS[i % 3].cond for i in range(4)])
+    schedule = sigma_schedule(ROLLOUT_STEPS, cfg.shift).tolist()
+    with torch.no_grad():
+        x = eps.clone()
+        for s, s_next in itertools.pairwise(schedule):
+            x = x + (s_next - s) * model(x, torch.full((4,), s), cond)
+        want = []
+        for chunk in (slice(0, 2), slice(2, 4)):
+            for s_hi in cfg.interval.levels(cfg.micro_steps).tolist():
+                s_lo = max(s_hi - cfg.interval.span, 0.0)
+                x0, e, c = x[chunk], eps[chunk], cond[chunk]
+                x_hi = (1 - s_hi) * x0 + s_hi * e
+                v = model(x_hi, torch.full((2,), s_hi), c)
+                x0_hat = ((1 - s_hi) * x0 + (s_hi - s_lo) * (e - v)) / (1 - s_lo)
+                want.append(decode(x0_hat))
+    assert images.shape == (4 * cfg.micro_steps, 3, *LATENT[1:])
+    torch.testing.assert_close(images, torch.cat(want), atol=1e-5, rtol=0)
+    assert bool(rewards.isnan().all())  # its reward is step 0's training reward
+
+
 def test_rollout_guard_samples_its_baseline_once_and_a_resume_keeps_it(tmp_path: Path) -> None:
     """The rollout guard's baseline (fixed-seed samples of the base model, drawn before step 0)
     is sampled once; a run stopped after step 3 and resumed with another model reads it from the
@@ -591,7 +674,7 @@ def test_rollout_guard_samples_its_baseline_once_and_a_resume_keeps_it(tmp_path:
     second_calls: list[int] = []
     second = counted(_trainer(cfg, TinyVelocity(seed=99)), second_calls)
     resumed = second.run()
-    assert first_calls == [4] and second_calls == []
+    assert first_calls == [4 * cfg.micro_steps] and second_calls == []  # N samples x K levels
     assert resumed.resumed_from == 3
     assert repr(resumed.guard_checks) == repr(whole.guard_checks)  # NaN distance: by repr
     assert [c.step for c in whole.guard_checks] == [0, 2, 4, 6]

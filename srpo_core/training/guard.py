@@ -2,15 +2,16 @@
 
 What it measures (``source``):
 
-- "rollout" (the trainer node's, :func:`rollout_guard`): the samples the training rollout
-  already draws every step (the current policy's images), decoded without grad; a check pools
-  the batches of the last ``window`` steps. The baseline is ``baseline_samples`` fixed-seed
-  samples of the base model, drawn once before training with the training rollout's sampler (in
-  chunks of its batch size; saved in the checkpoint, so a resume keeps it); its reward is step
-  0's training reward (the same quantity the checks pool). Cost: one no-grad decode per rollout
-  sample and the one-off baseline; no extra rollout per check. No distance from base samples
-  (the samples change every step). Its settings were chosen on the fidelity bench's recorded
-  signals (docs/FIDELITY.md).
+- "rollout" (the trainer node's, :func:`rollout_guard`): the images the training step decodes
+  anyway, ``D(x0_hat)`` of every denoise micro-step (what the reward scores; detached, no extra
+  decode); a check pools the batches of the last ``window`` steps. The baseline is
+  ``baseline_samples`` fixed-seed samples of the base model seen the same way (a no-grad
+  rollout with the training rollout's sampler, in chunks of its batch size, then a denoise
+  micro-step at each planned noise level), drawn once before training and saved in the
+  checkpoint, so a resume keeps it; its reward is step 0's training reward (the same quantity
+  the checks pool). Cost: the signals themselves and the one-off baseline; no decode or
+  rollout per check. No distance from base samples (the samples change every step). Its
+  settings were chosen on the fidelity bench's recorded signals (docs/FIDELITY.md).
 - "fixed" (GuardConfig's default, the command line's): every ``every`` steps a fixed set of
   ``samples`` images (fixed noise, the first prompts) is drawn with its own no-grad rollout;
   the first, before any update, is the baseline. Always used for offline training (no rollout
@@ -46,7 +47,7 @@ from torch import Tensor
 from .. import image_signals as sig
 
 GUARD_SOURCES = ("rollout", "fixed")
-"""rollout: the training rollout's own samples; fixed: an extra fixed-seed rollout per check."""
+"""rollout: the images training decodes anyway; fixed: an extra fixed-seed rollout per check."""
 GUARD_ACTIONS = ("warn", "stop")
 """warn: log and report only; stop: end training and keep the best state seen before it fired."""
 DEFAULT_GUARD_EVERY = 5
@@ -97,9 +98,9 @@ class GuardConfig:
     source: str = field(
         default="fixed",
         metadata=_help(
-            "'rollout': measure the samples the training rollout draws anyway (no extra"
-            " sampling); 'fixed': an extra fixed-seed rollout of `samples` images per check"
-            " (offline training always uses it)."
+            "'rollout': measure the images the denoise micro-steps decode for the reward anyway"
+            " (no extra sampling or decoding); 'fixed': an extra fixed-seed rollout of"
+            " `samples` images per check (offline training always uses it)."
         ),
     )
     every: int = field(default=DEFAULT_GUARD_EVERY, metadata=_help("Check every N steps."))
@@ -111,13 +112,14 @@ class GuardConfig:
         default=DEFAULT_BASELINE_SAMPLES,
         metadata=_help(
             "Source 'rollout': fixed-seed samples of the base model drawn once before training"
-            " (a no-grad rollout in chunks of micro_batch) as the baseline (>= 2)."
+            " (a no-grad rollout in chunks of micro_batch, then a denoise micro-step at each"
+            " noise level, decoded) as the baseline (>= 2)."
         ),
     )
     window: int = field(
         default=DEFAULT_GUARD_EVERY,
         metadata=_help(
-            "Source 'rollout': each check pools the rollout samples of the last N steps (>= 1)."
+            "Source 'rollout': each check pools the training images of the last N steps (>= 1)."
         ),
     )
     seed: int = field(default=DEFAULT_GUARD_SEED, metadata=_help("Seed of the guard's noise."))
@@ -231,6 +233,11 @@ class Observation:
     step: int
     count: int
     signals: GuardSignals
+
+
+UNMEASURED = GuardSignals(*(math.nan,) * 6)
+"""The signals of a window that observed nothing (every step trained the inversion branch only,
+random pairing): NaN compares false with every threshold, so such a check never fires."""
 
 
 def pool(observations: list[Observation]) -> GuardSignals:
@@ -364,7 +371,8 @@ class HackingGuard:
         self.observed.pop(step, None)
 
     def observe(self, step: int, images: Tensor) -> None:
-        """Measure one batch the rollout drew at ``step`` (images (N, 3, H, W) in [0, 1])."""
+        """Measure one batch of training images of ``step`` (the denoise micro-steps' decoded
+        ``D(x0_hat)``, (N, 3, H, W) in [0, 1])."""
         self.observe_signals(Observation(step, len(images), measure_batch(images, self.tol)))
 
     def observe_signals(self, observation: Observation) -> None:
@@ -456,8 +464,6 @@ class HackingGuard:
         done); observations the next check's window does not reach are dropped."""
         first = step - self.config.window
         window = [o for s, batch in self.observed.items() if first <= s < step for o in batch]
-        if not window:
-            raise RuntimeError(f"HackingGuard: no rollout samples observed before step {step}")
         keep = step + self.config.every - self.config.window
         self.observed = {s: b for s, b in self.observed.items() if s >= keep}
-        return pool(window)
+        return pool(window) if window else UNMEASURED

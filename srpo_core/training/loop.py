@@ -6,7 +6,7 @@ micro-steps (:mod:`.step`, gradients accumulate), then clip, step AdamW, checkpo
 A step with a non-finite loss or gradient is skipped (no update); too many in a row raise
 :class:`TrainingDivergedError` without touching the last checkpoint. The reward-hacking guard
 (:mod:`.guard`) samples fixed seeds before training (its baseline) and checks every
-``guard.every`` steps (fixed seeds again, or the rollout's own samples decoded without grad); with
+``guard.every`` steps (fixed seeds again, or the images the denoise micro-steps decoded); with
 action "stop" a firing check ends the run and the best state seen before it is restored and saved.
 """
 
@@ -60,7 +60,9 @@ from .step import (
     MicroStep,
     autocast_context,
     clip_gradients,
+    denoise_view,
     plan_micro_steps,
+    plan_sigmas,
     run_chunked_micro_step,
 )
 
@@ -292,15 +294,19 @@ class SRPOTrainer:
         Noise for all N from the guard's own seed and the first N prompts (cycling), so every
         check sees the same inputs; the training generator and global RNGs are not touched.
         Rolled out and decoded in chunks of ``micro_batch`` (or ``batch_size``) samples, the
-        training rollout's size (sample i has the same noise at any chunk size). The reward is
-        the first control-word pair's (step 0) at k = 0; the rollout guard's baseline takes its
-        reward from step 0's training instead, so it skips the reward pass (NaN rewards).
+        training rollout's size (sample i has the same noise at any chunk size). The fixed-seed
+        guard decodes the samples and scores them with the first control-word pair's reward
+        (step 0) at k = 0. The rollout guard's baseline sees the base model as its checks see
+        training: through a denoise micro-step at each of the K planned noise levels (sigmas
+        drawn after the noise from the guard's seed; N x K images), and takes its reward from
+        step 0's training instead (NaN rewards, no reward pass).
         """
         cfg, n = self.config, self.guard_sample_count()
-        scored = self.guard is None or not self.guard.observes
+        viewed = self.guard is not None and self.guard.observes
         items = [self.prompts[i % len(self.prompts)] for i in range(n)]
         generator = torch.Generator().manual_seed(cfg.guard.seed)
         eps = draw_eps(n, cfg.latent_shape, generator, self.device)
+        levels = plan_sigmas(cfg, n, generator) if viewed else []
         images, rewards = [], []
         for start, stop in batch_spans(n, cfg.micro_batch or cfg.batch_size):
             chunk = items[start:stop]
@@ -308,25 +314,31 @@ class SRPOTrainer:
             with torch.no_grad(), autocast_context(self.device, cfg.dtype):
                 velocity = bind_cond(self.model, cond)
                 x0 = online_x0(velocity, eps[start:stop], cfg.rollout_steps, cfg.shift)
+            if viewed:
+                for sigma in levels:
+                    seen = denoise_view(
+                        velocity, self.decoder, x0, eps[start:stop], sigma[start:stop], cfg
+                    )
+                    images.append(seen.cpu())
+                    rewards.append(torch.full((len(chunk),), math.nan))
+                continue
+            with torch.no_grad(), autocast_context(self.device, cfg.dtype):
                 image = self.decoder(x0).float().clamp(0.0, 1.0)
-                reward = torch.full((len(chunk),), math.nan)
-                if scored:
-                    k = torch.zeros(len(chunk), device=self.device)
-                    texts = [i.text for i in chunk]
-                    terms = self.reward(image, texts, branch="denoise", k=k, step=0)
-                    reward = terms.total.detach().float()
+                k = torch.zeros(len(chunk), device=self.device)
+                texts = [i.text for i in chunk]
+                terms = self.reward(image, texts, branch="denoise", k=k, step=0)
             images.append(image.cpu())
-            rewards.append(reward.cpu())
+            rewards.append(terms.total.detach().float().cpu())
         return torch.cat(images), torch.cat(rewards)
 
-    def _observe(self, x0: Tensor) -> None:
-        """Hand the rollout's samples (B, C, H, W) to the guard, decoded without grad (their
-        reward is the step's training reward, recorded after the step)."""
+    def _observe(self, outcomes: list[MicroOutcome]) -> None:
+        """Hand the denoise micro-steps' decoded images to the rollout guard (their reward is
+        the step's training reward, recorded after the step)."""
         if self.guard is None:
             return
-        with torch.no_grad(), autocast_context(self.device, self.config.dtype):
-            images = self.decoder(x0).float().clamp(0.0, 1.0)
-        self.guard.observe(self.step, images)
+        for outcome in outcomes:
+            if outcome.images is not None:
+                self.guard.observe(self.step, outcome.images)
 
     def _guard_reward(self, metrics: StepMetrics) -> None:
         """Give the rollout guard the step's reward. Step 0's is the baseline's reward: the
@@ -432,8 +444,6 @@ class SRPOTrainer:
             x0 = offline_x0(self.offline_latents, idx, self.device)
         else:
             x0 = self._rollout(Batch(texts, cond, eps, eps, conds))
-            if self.guard is not None and self.guard.observes:
-                self._observe(x0)
         return Batch(texts, cond, x0, eps, conds)
 
     def _rollout(self, noise: Batch) -> Tensor:
@@ -455,7 +465,9 @@ class SRPOTrainer:
     def _run_batch(self, batch: Batch, keep_first_image: bool) -> list[MicroOutcome]:
         plan = plan_micro_steps(self.config, len(batch.prompts), self.generator)
         preview = keep_first_image and self._preview_due()
-        return self.run_plan(batch, plan, keep_first_image=preview)
+        outcomes = self.run_plan(batch, plan, keep_first_image=preview)
+        self._observe(outcomes)
+        return outcomes
 
     def run_plan(
         self, batch: Batch, plan: list[MicroStep], keep_first_image: bool = False
@@ -464,6 +476,7 @@ class SRPOTrainer:
         accumulate, each loss divided by ``len(plan) * grad_accum``."""
         chunks = [(chunk, bind_cond(self.model, chunk.cond)) for chunk in self.split(batch)]
         n_micro = len(plan) * self.config.grad_accum
+        observed = self.guard is not None and self.guard.observes
         return [
             run_chunked_micro_step(
                 chunks,
@@ -474,6 +487,7 @@ class SRPOTrainer:
                 self.step,
                 n_micro=n_micro,
                 keep_image=keep_first_image and j == 0,
+                keep_images=observed and micro.branch == "denoise",
             )
             for j, micro in enumerate(plan)
         ]

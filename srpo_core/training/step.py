@@ -52,6 +52,8 @@ class MicroOutcome:
 
     ``reward`` is the score the branch trained (on the inversion branch the reward with its
     control words swapped); ``branch`` says which, so reports can keep to the denoise branch.
+    ``images``: the decoded ``D(x0_hat)`` of the whole batch (B, 3, H, W), float32 in [0, 1],
+    detached, on the compute device, when asked for (the rollout guard measures them), else None.
     """
 
     loss: float
@@ -61,6 +63,7 @@ class MicroOutcome:
     finite: bool
     image: Tensor | None
     branch: Branch = "denoise"
+    images: Tensor | None = None
 
 
 def inversion_count(n_micro: int, share: float, generator: torch.Generator) -> int:
@@ -143,6 +146,28 @@ def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractCon
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def denoise_view(
+    velocity: VelocityFn,
+    decoder: Decoder,
+    x0: Tensor,
+    eps: Tensor,
+    sigma_hi: Tensor,
+    config: TrainConfig,
+) -> Tensor:
+    """What a denoise micro-step's reward sees, without grad: ``D(x0_hat)`` with
+    ``x0_hat = direct_align(x0, eps, sigma_hi, sigma_lo(sigma_hi), v, "denoise")``.
+
+    x0, eps (B, C, H, W); sigma_hi (B,) float64 -> images (B, 3, H', W') float32 in [0, 1]
+    (the rollout guard's view: its baseline is the base model seen this way).
+    """
+    device = x0.device
+    sigma_hi = sigma_hi.to(device)
+    with torch.no_grad(), autocast_context(device, config.dtype):
+        sigma_lo = config.interval.sigma_lo(sigma_hi)
+        x0_hat = direct_align(x0, eps, sigma_hi, sigma_lo, velocity, "denoise")
+        return decoder(x0_hat).float().clamp(0.0, 1.0)
+
+
 def run_micro_step(
     velocity: VelocityFn,
     decoder: Decoder,
@@ -154,13 +179,15 @@ def run_micro_step(
     *,
     n_micro: int,
     keep_image: bool = False,
+    keep_images: bool = False,
     batch_size: int | None = None,
 ) -> MicroOutcome:
     """Direct-Align, decode, reward, loss and backward for one micro-step (module docstring).
 
     Backward runs only for a finite loss; a non-finite one is reported (``finite=False``) so the
     caller skips the update. ``n_micro``: micro-steps accumulated into this update;
-    ``batch_size``: ``batch`` is a chunk of a batch of this many samples (see
+    ``keep_images``: also return the decoded batch (``MicroOutcome.images``); ``batch_size``:
+    ``batch`` is a chunk of a batch of this many samples (see
     :func:`~.losses.micro_step_loss`).
     """
     device = batch.x0.device
@@ -186,6 +213,7 @@ def run_micro_step(
         finite=finite,
         image=image[0].detach().float().cpu() if keep_image else None,
         branch=micro.branch,
+        images=image.detach().float().clamp(0.0, 1.0) if keep_images else None,
     )
 
 
@@ -199,6 +227,7 @@ def run_chunked_micro_step(
     *,
     n_micro: int,
     keep_image: bool = False,
+    keep_images: bool = False,
 ) -> MicroOutcome:
     """One micro-step on a batch given as consecutive chunks (each with its velocity), one chunk's
     graph alive at a time.
@@ -207,7 +236,8 @@ def run_chunked_micro_step(
     loss scaled to ``sum_(b in c)(...) / (B n_micro)``: the chunks' losses sum to the whole
     batch's and their accumulated gradients equal its gradient. The outcome is the whole
     batch's: loss summed, rewards concatenated, finite when every chunk is, the first chunk's
-    image. A single chunk is exactly :func:`run_micro_step`.
+    image, the chunks' images (``keep_images``) concatenated. A single chunk is exactly
+    :func:`run_micro_step`.
     """
     total = sum(len(batch.prompts) for batch, _ in chunks)
     outcomes, start = [], 0
@@ -225,6 +255,7 @@ def run_chunked_micro_step(
                 step,
                 n_micro=n_micro,
                 keep_image=keep_image and start == 0,
+                keep_images=keep_images,
                 batch_size=total if len(chunks) > 1 else None,
             )
         )
@@ -236,7 +267,8 @@ def run_chunked_micro_step(
 
 def merge_outcomes(parts: Sequence[MicroOutcome]) -> MicroOutcome:
     """The outcome of a micro-step run in chunks: losses summed (each already carries its share
-    of the batch), rewards concatenated in batch order, finite if all are, the first image."""
+    of the batch), rewards and images concatenated in batch order, finite if all are, the first
+    preview image."""
     if len(parts) == 1:
         return parts[0]
     return MicroOutcome(
@@ -247,7 +279,14 @@ def merge_outcomes(parts: Sequence[MicroOutcome]) -> MicroOutcome:
         finite=all(p.finite for p in parts),
         image=parts[0].image,
         branch=parts[0].branch,
+        images=_cat_or_none([p.images for p in parts]),
     )
+
+
+def _cat_or_none(images: Sequence[Tensor | None]) -> Tensor | None:
+    """The chunks' kept images concatenated along the batch; None when they were not kept."""
+    kept = [i for i in images if i is not None]
+    return torch.cat(kept) if kept else None
 
 
 def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:

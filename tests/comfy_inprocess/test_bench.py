@@ -166,3 +166,5 @@ def test_cpu_bench_measures_every_row_on_the_toy_world(pack: ModuleType) -> None
     for row in rows:
         assert math.isfinite(row.ratio) and row.ratio > 0, row
         assert row.a_s > 0 and row.b_s > 0, row
+    share = float(rows[6].note.removeprefix("guard's own time ").split("%")[0])
+    assert 0 < share < 100, rows[6].note  # the guard's observe and check were clocked
