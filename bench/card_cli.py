@@ -143,7 +143,7 @@ def list_models() -> list[str]:
 
 def card_main(args: argparse.Namespace) -> int:
     """--list-models, --families, --cards, --check, --card."""
-    from .flux_memory import trace_all
+    from .trace_runs import trace_all
 
     if args.list_models:
         print("\n".join(list_models()))

@@ -57,7 +57,7 @@ def family_runs(resolution: int, base: str) -> list[ModelRun]:
 def family_lines(name: str, results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
     """Markdown: memory, FLOPs, the family-table rows and the estimate against the trace."""
     from .card_cli import check_lines
-    from .flux_memory import flop_table, memory_table
+    from .trace_runs import flop_table, memory_table
 
     results = list(results)
     shapes = family_shapes(name)
@@ -78,7 +78,7 @@ def family_lines(name: str, results: Iterable[tuple[ModelRun, RunReport | str]])
 
 def family_main(name: str, resolution: int, base: str, jobs: int) -> int:
     """Trace the family at ``resolution`` with each base dtype of ``base``; print the tables."""
-    from .flux_memory import trace_all
+    from .trace_runs import trace_all
 
     shapes = family_shapes(name)
     runs = family_runs(resolution, base)

@@ -29,15 +29,13 @@ import argparse
 import itertools
 import sys
 import time
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
+from srpo_core.training.memory_estimate import CONTEXT_GB, MARGIN_FRACTION
+
 from .card_cli import card_main
-from .memmodel import GB, TFLOP, FeatureGap, ModelRun, RunReport
-from .shapes import FLUX_DEV, WorldShapes
+from .memmodel import GB, ModelRun, RunReport
+from .trace_runs import flop_table, gb_text, memory_table, saved_table, trace_all
 
 RESOLUTIONS = (720, 1024)
 RANKS = (16, 32)
@@ -73,23 +71,6 @@ MICRO_BATCH_RUNS = tuple(
 """Batch 2 at the shipped setting, whole and in micro-batches of 1."""
 
 
-@dataclass(frozen=True)
-class Device:
-    """A GPU the time floors are given for."""
-
-    name: str
-    bf16_tflops: float = field(metadata={"help": "Dense bf16 tensor-core peak, TFLOP/s."})
-    memory_gb: float
-
-
-H100 = Device("H100 SXM", 989.0, 80.0)
-RTX_4090 = Device("RTX 4090", 165.0, 24.0)
-DEVICES = (H100, RTX_4090)
-
-MARGIN_FRACTION = 0.10
-"""Kept on top of the traced peak for allocator fragmentation and kernel workspaces."""
-CUDA_CONTEXT_GB = 1.0
-"""CUDA context, cuBLAS/cuDNN handles: device memory torch's allocator never sees."""
 TARGET_FP8_720_GB = 22.0
 TARGET_ACTIVATIONS_GB = {720: 8.0, 1024: 12.0}
 """Issue 7 targets: peak of the shipped setting with fp8 at 720 px; peak minus weights at
@@ -128,94 +109,6 @@ def grid(
     return runs + list(FEATURE_RUNS)
 
 
-def with_margin(peak_bytes: int) -> float:
-    """GB a card needs for a traced peak: ``peak * (1 + MARGIN_FRACTION) + CUDA_CONTEXT_GB``."""
-    return peak_bytes / GB * (1 + MARGIN_FRACTION) + CUDA_CONTEXT_GB
-
-
-def _worker_init() -> None:
-    from scripts.comfy_harness.inprocess import import_comfy, import_pack
-
-    import_comfy()
-    import_pack()
-
-
-def _trace(run: ModelRun, shapes: WorldShapes = FLUX_DEV) -> RunReport | str:
-    from .memmodel import trace
-
-    try:
-        return trace(run, shapes)
-    except FeatureGap as gap:
-        return f"gap: {gap}"
-
-
-def trace_all(
-    runs: list[ModelRun], jobs: int, shapes: WorldShapes = FLUX_DEV
-) -> list[RunReport | str]:
-    """Trace every run of the ``shapes`` models in ``jobs`` fresh processes (each imports
-    ComfyUI once)."""
-    context = get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init) as pool:
-        return list(pool.map(_trace, runs, [shapes] * len(runs)))
-
-
-def _gb(value: float) -> str:
-    return f"{value / GB:.1f}"
-
-
-def memory_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
-    """Markdown rows: the memory of each run."""
-    lines = [
-        "| setting | weights GB | LoRA + AdamW GB | activation peak GB | total peak GB |"
-        " peak in | with margin GB | fits 24 GB |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for run, report in results:
-        if isinstance(report, str):
-            lines.append(f"| {run.label} | {report} |||||||")
-            continue
-        need = with_margin(report.peak)
-        lines.append(
-            f"| {run.label} | {_gb(report.weights)} | {_gb(report.trainable_and_optimizer)} |"
-            f" {_gb(report.activations)} | {_gb(report.peak)} | {report.peak_phase} |"
-            f" {need:.1f} | {'yes' if need <= RTX_4090.memory_gb else 'no'} |"
-        )
-    return lines
-
-
-def saved_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
-    """Markdown rows: what the micro-step's parts keep alive for backward."""
-    lines = [
-        "| setting | transformer GB | VAE decoder GB | reward GB |",
-        "|---|---|---|---|",
-    ]
-    for run, report in results:
-        if isinstance(report, str):
-            continue
-        kept = [_gb(report.saved.get(part, 0)) for part in ("transformer", "decoder", "reward")]
-        lines.append(f"| {run.label} | {' | '.join(kept)} |")
-    return lines
-
-
-def flop_table(results: Iterable[tuple[ModelRun, RunReport | str]]) -> list[str]:
-    """Markdown rows: FLOPs per rollout step, micro-step and SRPO step; time floors."""
-    floors = " | ".join(f"{d.name} floor s" for d in DEVICES)
-    lines = [
-        f"| setting | rollout step TFLOP | micro-step TFLOP | SRPO step TFLOP | {floors} |",
-        "|---|---|---|---|" + "---|" * len(DEVICES),
-    ]
-    for run, report in results:
-        if isinstance(report, str):
-            continue
-        step = report.srpo_step_flops
-        times = " | ".join(f"{step / TFLOP / d.bf16_tflops:.2f}" for d in DEVICES)
-        lines.append(
-            f"| {run.label} | {report.rollout_step_flops / TFLOP:.1f} |"
-            f" {report.micro_step_flops / TFLOP:.1f} | {step / TFLOP:.0f} | {times} |"
-        )
-    return lines
-
-
 def target_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
     """The issue's memory targets against the traced runs."""
     lines = []
@@ -226,7 +119,7 @@ def target_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
         if run.resolution == 720 and run.rank == 16 and run.base_dtype.startswith("fp8"):
             ok = report.peak / GB <= TARGET_FP8_720_GB
             lines.append(
-                f"- shipped setting, fp8, 720: peak {_gb(report.peak)} GB"
+                f"- shipped setting, fp8, 720: peak {gb_text(report.peak)} GB"
                 f" (target <= {TARGET_FP8_720_GB:.0f}): {'met' if ok else 'MISSED'}"
             )
         if run.rank == 32 and run.resolution in TARGET_ACTIVATIONS_GB:
@@ -234,7 +127,7 @@ def target_lines(results: list[tuple[ModelRun, RunReport | str]]) -> list[str]:
             extra = report.peak - report.weights
             ok = extra / GB <= limit
             lines.append(
-                f"- {run.label}: peak minus weights {_gb(extra)} GB (target <= {limit:.0f}):"
+                f"- {run.label}: peak minus weights {gb_text(extra)} GB (target <= {limit:.0f}):"
                 f" {'met' if ok else 'MISSED'}"
             )
     return lines
@@ -244,7 +137,7 @@ NOT_SEEN = (
     "Fake tensors see every tensor torch allocates, not: the caching allocator's rounding and"
     " fragmentation, cuBLAS/cuDNN workspaces (a VAE convolution's can be large), the CUDA"
     " context, and anything outside torch. The margin column adds"
-    f" {MARGIN_FRACTION:.0%} of the peak plus {CUDA_CONTEXT_GB:.0f} GB for them. Not in the"
+    f" {MARGIN_FRACTION:.0%} of the peak plus {CONTEXT_GB:.0f} GB for them. Not in the"
     " traced set: the text encoders (the trainer takes conditioning; ComfyUI offloads them),"
     " previews, and the VAE encoder's activations (only the decoder runs)."
 )

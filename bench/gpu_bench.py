@@ -57,8 +57,6 @@ FLOOR_TARGET = 1.2
 G1_TARGET = 1.05
 G2_TARGET = 0.10
 G9_TARGET = 1.0
-COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-"""The trainer's training_dtype, also used for the VAE and the reward."""
 CAP_EXIT_OOM = 3
 """Exit status of the capped child when it ran out of memory."""
 
@@ -115,7 +113,7 @@ def import_comfy(device: str) -> None:
 def build(config: BenchConfig) -> tuple[Any, Any]:
     """The world and the trainer's prepared setup (as the node does) for ``config``."""
     from .memmodel import ModelRun, prepare
-    from .world import build_world
+    from .world import COMPUTE_DTYPES, build_world
 
     device = torch.device(config.device)
     dtype = COMPUTE_DTYPES[config.training_dtype]

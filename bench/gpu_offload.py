@@ -70,8 +70,7 @@ def host_world(config: Any) -> Any:
     random weights are drawn on the device (fast), then moved to the host before any cap."""
     import comfy.model_patcher
 
-    from .gpu_bench import COMPUTE_DTYPES
-    from .world import World, build_flux, build_reward, build_vae
+    from .world import COMPUTE_DTYPES, World, build_flux, build_reward, build_vae
 
     device, dtype = torch.device(config.device), COMPUTE_DTYPES[config.training_dtype]
     host = torch.device("cpu")

@@ -20,6 +20,9 @@ import torch
 from .fake_trace import is_fake
 from .shapes import WEIGHT_STD, WorldShapes
 
+COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+"""The trainer's training_dtype, also used for the VAE and the reward."""
+
 FP8_DTYPES = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 BASE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32, **FP8_DTYPES}
 """UNETLoader's weight dtypes (fp8 ones compute in bf16 through ComfyUI's manual-cast ops)."""

@@ -45,9 +45,6 @@ FAMILY_SIZE_TOLERANCE = 0.05
 """A named family's shapes describe the loaded model only when its parameter count is within this
 fraction of the released model's (the shape tables are of the released sizes; a smaller variant
 or a test's tiny instance gets no estimate rather than the released model's)."""
-OFFLOAD_SETTING = "offload_blocks"
-"""The trainer setting block offloading answers to (SRPO Training Settings, MemoryConfig); the
-ladder includes offloading where the settings node has it."""
 TORCH_BASE_DTYPES = {torch.float8_e4m3fn: "fp8_e4m3fn", torch.float8_e5m2: "fp8_e5m2"}
 
 
@@ -69,13 +66,6 @@ def parse_budget(value: str) -> float | None:
             f'memory_budget must be "auto" or a number of GiB such as 24, got {value!r}'
         )
     return number
-
-
-def offload_supported() -> bool:
-    """Whether the trainer can offload blocks (the settings node has ``offload_blocks``)."""
-    from .training_settings import TrainingSettings
-
-    return OFFLOAD_SETTING in {f.name for f in dataclasses.fields(TrainingSettings)}
 
 
 def decoder_of(vae: Any) -> Decoder:
@@ -185,6 +175,7 @@ def apply(settings: Any, chosen: Settings) -> Any:
         settings.memory,
         decoder_checkpointing=chosen.decoder_checkpointing,
         decoder_tile=chosen.decoder_tile,
+        offload_blocks=chosen.offload_blocks,
     )
     return dataclasses.replace(settings, config=config, memory=memory)
 
@@ -218,7 +209,7 @@ def plan(model: Any, vae: Any, reward: Any, settings: Any, budget: str) -> tuple
     wanted = estimate_settings(settings, base_dtype_of(model))
     limit, whole_card = budget_bytes(model, parse_budget(budget))
     choice = memory_plan.pick(
-        arch, wanted, limit, change_base=False, offload=offload_supported(), context=whole_card
+        arch, wanted, limit, change_base=False, offload=True, context=whole_card
     )
     if not choice.fits:
         message = memory_plan.refusal(choice)
@@ -227,8 +218,4 @@ def plan(model: Any, vae: Any, reward: Any, settings: Any, budget: str) -> tuple
     text = memory_plan.describe(choice)
     node_text(text)
     log.info(text)
-    chosen = apply(settings, choice.settings)
-    if OFFLOAD_SETTING in {f.name for f in dataclasses.fields(chosen.memory)}:
-        memory = dataclasses.replace(chosen.memory, offload_blocks=choice.settings.offload_blocks)
-        chosen = dataclasses.replace(chosen, memory=memory)
-    return chosen, choice
+    return apply(settings, choice.settings), choice

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .tomlconf import NONE, RunFileError, choices_of, closest, scalar
+from .tomlconf import NONE, RunFileError, choices_of, closest, scalar, toml_reader
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -73,8 +73,6 @@ def _optional(hint: Any) -> tuple[Any, bool]:
 
 def _toml_value(text: str, flag: str) -> Any:
     """``text`` read as one TOML value (arrays of arrays, quoted strings)."""
-    from .runfile import toml_reader
-
     toml = toml_reader()
     try:
         return toml.loads(f"v = {text}")["v"]

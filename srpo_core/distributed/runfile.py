@@ -10,7 +10,6 @@ without edits. ``tomllib`` (Python 3.11+) reads it.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from ..rewards import ControlWordRewardConfig
 from ..training import TrainConfig
 from .overrides import Overrides, merge, nest
-from .tomlconf import RunFileError, from_dict, to_toml
+from .tomlconf import RunFileError, from_dict, to_toml, toml_reader
 
 FORMAT = "srpo-run"
 VERSION = 1
@@ -322,16 +321,6 @@ def with_world_size(run: RunFile, world_size: int) -> RunFile:
 def _one_of(name: str, value: str, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
-
-
-def toml_reader() -> Any:
-    """``tomllib`` (Python 3.11+) or, on 3.10, the ``tomli`` package it came from."""
-    for name in ("tomllib", "tomli"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise RunFileError("reading a run file needs Python 3.11+ (tomllib) or `pip install tomli`")
 
 
 def dumps(run: RunFile) -> str:

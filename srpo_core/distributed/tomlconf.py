@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import json
 import types
 import typing
@@ -33,6 +34,16 @@ T = TypeVar("T")
 
 class RunFileError(ValueError):
     """A run file (or a table of it) does not fit the config it describes."""
+
+
+def toml_reader() -> Any:
+    """``tomllib`` (Python 3.11+) or, on 3.10, the ``tomli`` package it came from."""
+    for name in ("tomllib", "tomli"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise RunFileError("reading a run file needs Python 3.11+ (tomllib) or `pip install tomli`")
 
 
 def scalar(value: Any) -> str:
