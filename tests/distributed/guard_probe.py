@@ -13,7 +13,7 @@ import torch
 
 from srpo_core.distributed import cli, guard_split
 from srpo_core.distributed.trainer import ShardedTrainer
-from srpo_core.training import loop
+from srpo_core.training import guarded
 
 
 def main(config: str) -> None:
@@ -31,7 +31,7 @@ def main(config: str) -> None:
         return online_x0
 
     guard_split.online_x0 = counting(guard_split)  # type: ignore[attr-defined]
-    loop.online_x0 = counting(loop)  # type: ignore[attr-defined]
+    guarded.online_x0 = counting(guarded)  # type: ignore[attr-defined]
 
     def recording(self: ShardedTrainer) -> tuple[torch.Tensor, torch.Tensor]:
         start = len(rolled)
