@@ -163,10 +163,9 @@ class GuardedTrainer:
         if self.best is None or not check.signals.reward < self.best[0]:
             self.best = (check.signals.reward, self._snapshot())
 
-    def _snapshot(self) -> TrainingState:
-        """The state as it is now, with its own copy of the optimiser state (``state_dict()``
-        references the live tensors)."""
-        state = make_state(
+    def current_state(self) -> TrainingState:
+        """The training state as it is now (its optimiser state references the live tensors)."""
+        return make_state(
             self.step,
             self.consecutive_skips,
             self.params,
@@ -174,6 +173,10 @@ class GuardedTrainer:
             self.generator,
             self.config,
         )
+
+    def _snapshot(self) -> TrainingState:
+        """The state as it is now, with its own copy of the optimiser state."""
+        state = self.current_state()
         return replace(state, optimizer=copy.deepcopy(state.optimizer))
 
     def _guard_stops(self) -> bool:

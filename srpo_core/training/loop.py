@@ -29,7 +29,6 @@ from .checkpoint import (
     capture_rng,
     check_compatible,
     load_checkpoint,
-    make_state,
     restore_rng,
     restore_state,
     save_checkpoint,
@@ -196,14 +195,7 @@ class SRPOTrainer(GuardedTrainer):
         """Atomically write the checkpoint (when a path is configured); return the path."""
         path = self.config.checkpoint_path
         if path is not None:
-            state = make_state(
-                self.step,
-                self.consecutive_skips,
-                self.params,
-                self.optimizer,
-                self.generator,
-                self.config,
-            )
+            state = self.current_state()
             state.guard = self.guard_state()
             save_checkpoint(path, state)
         return path
