@@ -145,8 +145,8 @@ def guard_config(choice: str) -> GuardConfig:
         return GuardConfig(enabled=False)
     # The rollout guard (srpo_core.training.guard.rollout_guard): the images the denoise
     # micro-steps decode for the reward, against 16 fixed-seed samples of the base model;
-    # precision and cost in docs/FIDELITY.md and docs/PERFORMANCE.md (G10). The command line
-    # keeps GuardConfig's default ("fixed"): a rollout guard's windows would differ between ranks.
+    # precision and cost in docs/FIDELITY.md and docs/PERFORMANCE.md (G10). An exported run file
+    # carries it; under torchrun its ranks share their measurements (distributed/guard_split).
     return rollout_guard(choice)
 
 

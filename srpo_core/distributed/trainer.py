@@ -34,7 +34,7 @@ from .dcp import (
     read_meta,
     start_save,
 )
-from .guard_split import split_guard_samples
+from .guard_split import share_step, split_guard_samples
 from .parallel import (
     AgreedFiniteReward,
     World,
@@ -115,6 +115,13 @@ class ShardedTrainer(SRPOTrainer):
         if not is_distributed():
             return super().guard_samples()
         return split_guard_samples(self, self.plan.world.size, self.plan.world.rank)
+
+    def _guard_reward(self, metrics: StepMetrics) -> None:
+        """The rollout guard's step, shared by the ranks when distributed (:func:`share_step`),
+        then recorded as on one process."""
+        if is_distributed() and self.guard is not None and self.guard.observes:
+            metrics = share_step(self, metrics)
+        super()._guard_reward(metrics)
 
     def draw_batch(self) -> Batch:
         """The next local sample's batch, from its own stream (also used for its plan)."""

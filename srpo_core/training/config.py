@@ -224,8 +224,8 @@ class TrainConfig:
     guard: GuardConfig = field(
         default_factory=GuardConfig,
         metadata=_help(
-            "Reward-hacking guard: image signals the reward cannot fake, on the rollout's"
-            " samples (or fixed-seed ones).",
+            "Reward-hacking guard: image signals the reward cannot fake, on the images training"
+            " decodes for the reward (or fixed-seed ones).",
             hashed=False,
         ),
     )

@@ -14,8 +14,10 @@ What it measures (``source``):
   settings were chosen on the fidelity bench's recorded signals (docs/FIDELITY.md).
 - "fixed" (GuardConfig's default, the command line's): every ``every`` steps a fixed set of
   ``samples`` images (fixed noise, the first prompts) is drawn with its own no-grad rollout;
-  the first, before any update, is the baseline. Always used for offline training (no rollout
-  to reuse) and under torchrun (every rank sees the same images).
+  the first, before any update, is the baseline. Always used for offline training (no
+  training images to reuse). Under torchrun both sources split their fixed-seed samples over the
+  ranks, and the rollout guard's ranks share each step's measurements
+  (:mod:`srpo_core.distributed.guard_split`), so every rank makes the same checks.
 
 A check *fires* when the reward is at or above its baseline (it climbs or stalls) while at least
 one signal has drifted beyond its threshold:
@@ -352,7 +354,8 @@ Sampler = Callable[[], tuple[Tensor, Tensor]]
 class HackingGuard:
     """Runs the checks. ``sample`` draws the fixed-seed images with the current model: the
     baseline (both sources) and every check ("fixed"); with ``observes`` ("rollout") the loop
-    hands over the rollout's samples through :meth:`observe` and the checks pool them."""
+    hands over the images the denoise micro-steps decoded through :meth:`observe` and the checks
+    pool them."""
 
     def __init__(self, config: GuardConfig, sample: Sampler, observes: bool = False) -> None:
         self.config, self.sample, self.observes = config, sample, observes

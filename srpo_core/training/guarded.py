@@ -86,38 +86,52 @@ class GuardedTrainer:
         return guard.baseline_samples if observes else guard.samples
 
     def guard_samples(self) -> tuple[Tensor, Tensor]:
-        """The guard's fixed-seed images (N, 3, H, W) and their reward (N,), without grad.
+        """The guard's fixed-seed images and their reward, without grad: :meth:`guard_images` of
+        all N samples (:meth:`guard_inputs`)."""
+        n = self.guard_sample_count()
+        eps, levels = self.guard_inputs()
+        return self.guard_images(list(range(n)), eps, levels)
 
-        Noise for all N from the guard's own seed and the first N prompts (cycling), so every
-        check sees the same inputs; the training generator and global RNGs are not touched.
-        Rolled out and decoded in chunks of ``micro_batch`` (or ``batch_size``) samples, the
-        training rollout's size (sample i has the same noise at any chunk size). The fixed-seed
-        guard decodes the samples and scores them with the first control-word pair's reward
-        (step 0) at k = 0. The rollout guard's baseline sees the base model as its checks see
-        training: through a denoise micro-step at each of the K planned noise levels (sigmas
-        drawn after the noise from the guard's seed; N x K images), and takes its reward from
-        step 0's training instead (NaN rewards, no reward pass).
-        """
+    def guard_inputs(self) -> tuple[Tensor, list[Tensor]]:
+        """The N fixed-seed samples' noise eps (N, C, H, W) and, for the rollout guard, the K
+        planned noise levels (K tensors (N,), float64; none for the fixed-seed guard), drawn in
+        that order from the guard's own seed: sample i has the same inputs at any world size, and
+        the training generator and global RNGs are not touched."""
         cfg, n = self.config, self.guard_sample_count()
-        viewed = self.guard is not None and self.guard.observes
-        items = [self.prompts[i % len(self.prompts)] for i in range(n)]
         generator = torch.Generator().manual_seed(cfg.guard.seed)
         eps = draw_eps(n, cfg.latent_shape, generator, self.device)
-        levels = plan_sigmas(cfg, n, generator) if viewed else []
+        viewed = self.guard is not None and self.guard.observes
+        return eps, plan_sigmas(cfg, n, generator) if viewed else []
+
+    def guard_images(
+        self, indices: list[int], eps: Tensor, levels: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Images and rewards of the guard's samples ``indices`` (prompt ``i mod len(prompts)``,
+        noise ``eps`` (c, C, H, W), ``levels``: K tensors (c,)), without grad, rolled out in
+        chunks of ``micro_batch`` (or ``batch_size``) samples, the training rollout's size.
+
+        The fixed-seed guard (no levels) decodes each sample and scores it with the first
+        control-word pair's reward (step 0) at k = 0: (c, 3, H, W) and (c,). The rollout guard's
+        baseline sees the base model as its checks see training: each sample through a denoise
+        micro-step at each of the K levels, decoded, sample by sample (c K, 3, H, W); its reward
+        is step 0's training reward instead (NaN, no reward pass).
+        """
+        cfg = self.config
+        items = [self.prompts[i % len(self.prompts)] for i in indices]
         images, rewards = [], []
-        for start, stop in batch_spans(n, cfg.micro_batch or cfg.batch_size):
-            chunk = items[start:stop]
+        for start, stop in batch_spans(len(items), cfg.micro_batch or cfg.batch_size):
+            chunk, noise = items[start:stop], eps[start:stop]
             cond = collate_checked(self.collate, chunk)
             with torch.no_grad(), autocast_context(self.device, cfg.dtype):
                 velocity = bind_cond(self.model, cond)
-                x0 = online_x0(velocity, eps[start:stop], cfg.rollout_steps, cfg.shift)
-            if viewed:
-                for sigma in levels:
-                    seen = denoise_view(
-                        velocity, self.decoder, x0, eps[start:stop], sigma[start:stop], cfg
-                    )
-                    images.append(seen.cpu())
-                    rewards.append(torch.full((len(chunk),), math.nan))
+                x0 = online_x0(velocity, noise, cfg.rollout_steps, cfg.shift)
+            if levels:
+                seen = [
+                    denoise_view(velocity, self.decoder, x0, noise, sigma[start:stop], cfg)
+                    for sigma in levels
+                ]
+                images.append(torch.stack(seen, dim=1).flatten(0, 1).cpu())
+                rewards.append(torch.full((len(chunk) * len(levels),), math.nan))
                 continue
             with torch.no_grad(), autocast_context(self.device, cfg.dtype):
                 image = self.decoder(x0).float().clamp(0.0, 1.0)

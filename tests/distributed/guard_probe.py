@@ -1,6 +1,7 @@
 """``[torchrun ...] -m tests.distributed.guard_probe --config RUN``: the CLI, recording for this
-rank every guard check's images and rewards and how many samples this rank rolled out for the
-guard, in ``<output_dir>/guard-rank<r>.pt``."""
+rank every guard sampling's images and rewards and how many samples this rank rolled out for it
+("samples"), and the run's guard checks ("checks", ``GuardCheck.to_dict``), in
+``<output_dir>/guard-rank<r>.pt``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-from srpo_core.distributed import cli, guard_split
+from srpo_core.distributed import cli
 from srpo_core.distributed.trainer import ShardedTrainer
 from srpo_core.training import guarded
 
@@ -30,7 +31,6 @@ def main(config: str) -> None:
 
         return online_x0
 
-    guard_split.online_x0 = counting(guard_split)  # type: ignore[attr-defined]
     guarded.online_x0 = counting(guarded)  # type: ignore[attr-defined]
 
     def recording(self: ShardedTrainer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,9 +40,19 @@ def main(config: str) -> None:
         return images, rewards
 
     ShardedTrainer.guard_samples = recording  # type: ignore[method-assign]
+    results: list[Any] = []
+    run = ShardedTrainer.run
+
+    def keeping(self: ShardedTrainer, *args: Any, **kwargs: Any) -> Any:
+        results.append(run(self, *args, **kwargs))
+        return results[-1]
+
+    ShardedTrainer.run = keeping  # type: ignore[method-assign]
     out = cli.run_from_file(config)
     rank = int(os.environ.get("RANK", "0"))
-    torch.save(checks, Path(out).parent / f"guard-rank{rank}.pt")
+    guard_checks = [c.to_dict() for c in results[-1].guard_checks]
+    record = {"samples": checks, "checks": guard_checks}
+    torch.save(record, Path(out).parent / f"guard-rank{rank}.pt")
 
 
 if __name__ == "__main__":
