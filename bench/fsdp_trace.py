@@ -367,6 +367,19 @@ class Measured:
     micro_steps: int
 
 
+def real_sigmas(trainer: Any, unset_fake: Any) -> None:
+    """The rollout guard's baseline levels drawn as real tensors (Direct-Align checks their
+    values, as the micro-step's plan above); its noise stays fake."""
+    from srpo_core.training.step import plan_sigmas
+
+    inputs = trainer.guard_inputs
+    if not (trainer.guard.observes):
+        return
+    with unset_fake():
+        levels = plan_sigmas(trainer.config, trainer.guard_sample_count(), torch.Generator())
+    trainer.guard_inputs = lambda: (inputs()[0], levels)
+
+
 def run_phases(trainer: Any, tracker: CategoryTracker) -> Measured:
     """``train_step``'s pieces in its order, each a tracked phase, then a guard check (the
     trainer's ``guard_samples``: its samples split over the ranks), which runs between steps
@@ -399,6 +412,7 @@ def run_phases(trainer: Any, tracker: CategoryTracker) -> Measured:
             clip_gradients(trainer.params, trainer.config.max_grad_norm)
             trainer.optimizer.step()
         if trainer.guard is not None:
+            real_sigmas(trainer, unset_fake_temporarily)
             with tracker.phase("guard"):
                 trainer.guard_samples()
     return Measured(local_bytes(grads), gathered[0] if gathered else 0, len(micro))

@@ -16,7 +16,7 @@ the one run right after the 16-sample baseline measured slow whatever it was (an
 trainer in that slot: 1.12 against an identical one on the toy world).
 - G10b: the rollout guard's baseline (``baseline_samples`` fixed-seed samples of the base model,
   drawn once before training) / one step without guard (informational: a one-off cost, in steps).
-- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, the command line's
+- G10f: fixed-seed guard (an extra ``samples``-image rollout per check, GuardConfig's
   default) / no guard (informational).
 """
 

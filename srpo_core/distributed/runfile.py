@@ -16,6 +16,7 @@ from typing import Any
 
 from ..rewards import ControlWordRewardConfig
 from ..training import TrainConfig
+from ..training.guard import rollout_guard
 from .overrides import Overrides, merge, nest
 from .tomlconf import RunFileError, from_dict, to_toml, toml_reader
 
@@ -274,7 +275,10 @@ class RunFile:
     log: LogConfig = field(default_factory=LogConfig)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            dtype="bf16", checkpoint_path=None, gradient_checkpointing=True
+            dtype="bf16",
+            checkpoint_path=None,
+            gradient_checkpointing=True,
+            guard=rollout_guard(),
         )
     )
     reward: ControlWordRewardConfig = field(default_factory=ControlWordRewardConfig)

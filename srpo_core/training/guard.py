@@ -12,7 +12,7 @@ What it measures (``source``):
   the checks pool). Cost: the signals themselves and the one-off baseline; no decode or
   rollout per check. No distance from base samples (the samples change every step). Its
   settings were chosen on the fidelity bench's recorded signals (docs/FIDELITY.md).
-- "fixed" (GuardConfig's default, the command line's): every ``every`` steps a fixed set of
+- "fixed" (GuardConfig's default; offline training's): every ``every`` steps a fixed set of
   ``samples`` images (fixed noise, the first prompts) is drawn with its own no-grad rollout;
   the first, before any update, is the baseline. Always used for offline training (no
   training images to reuse). Under torchrun both sources split their fixed-seed samples over the
