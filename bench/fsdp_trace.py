@@ -369,11 +369,11 @@ class Measured:
 
 def real_sigmas(trainer: Any, unset_fake: Any) -> None:
     """The rollout guard's baseline levels drawn as real tensors (Direct-Align checks their
-    values, as the micro-step's plan above); its noise stays fake."""
+    values, as :func:`run_phases` plans the micro-steps); its noise stays fake."""
     from srpo_core.training.step import plan_sigmas
 
     inputs = trainer.guard_inputs
-    if not (trainer.guard.observes):
+    if not trainer.guard.observes:
         return
     with unset_fake():
         levels = plan_sigmas(trainer.config, trainer.guard_sample_count(), torch.Generator())
