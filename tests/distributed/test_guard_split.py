@@ -44,20 +44,8 @@ def test_two_ranks_share_the_guard_and_see_the_same_images(tmp_path: Path) -> No
         train_rollout_steps=1,
         train_guard=GuardConfig(samples=SAMPLES, every=1),
     )
-    shutil.copytree(tmp_path / "two", tmp_path / "one")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={PROCESSES}", "-m", "tests.distributed.guard_probe",
-           "--config", str(run_file)]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert done.returncode == 0, done.stderr[-4000:]
-    torch.set_num_threads(1)
-    guard_probe.main(str(tmp_path / "one" / "run.toml"))
-    one = torch.load(tmp_path / "one" / "out" / "guard-rank0.pt", weights_only=True)["samples"]
-    ranks = [
-        torch.load(tmp_path / "two" / "out" / f"guard-rank{r}.pt", weights_only=True)["samples"]
-        for r in range(PROCESSES)
-    ]
+    records = torchrun_probe(tmp_path, run_file)
+    one, ranks = records[0]["samples"], [r["samples"] for r in records[1:]]
     assert len(one) == len(ranks[0]) == 2, "the baseline and one check"
     assert all(c["rolled"] == SAMPLES for c in one)
     for checks in ranks:
