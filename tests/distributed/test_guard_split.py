@@ -36,15 +36,7 @@ def test_rank_indices_cover_every_sample_once_and_wrap_evenly() -> None:
 
 @pytest.mark.slow
 def test_two_ranks_share_the_guard_and_see_the_same_images(tmp_path: Path) -> None:
-    run_file = build(
-        tmp_path / "two",
-        parallel=ParallelConfig(param_dtype="fp32", export_dtype="fp32", checkpoint_every=0),
-        train_steps=1,
-        train_micro_steps=1,
-        train_rollout_steps=1,
-        train_guard=GuardConfig(samples=SAMPLES, every=1),
-    )
-    records = torchrun_probe(tmp_path, run_file)
+    records = torchrun_probe(tmp_path, GuardConfig(samples=SAMPLES, every=1), steps=1)
     one, ranks = records[0]["samples"], [r["samples"] for r in records[1:]]
     assert len(one) == len(ranks[0]) == 2, "the baseline and one check"
     assert all(c["rolled"] == SAMPLES for c in one)
@@ -59,11 +51,22 @@ def test_two_ranks_share_the_guard_and_see_the_same_images(tmp_path: Path) -> No
 
 SIGNAL_ATOL = 1e-5
 """Signals are means of images in [0, 1] that agree to ~1e-6 (IMAGE_ATOL's reasoning); the
-reward is a difference of two cosine scores of those images: the same order."""
+reward is a difference of two cosine scores of those images: the same order. The saturation
+signal counts pixels past a threshold, so a pixel that close to it may flip: one pixel of one
+image more (1 / (H W) of a mean over at least one image) is allowed on top."""
 
 
-def torchrun_probe(tmp_path: Path, run_file: Path) -> list[dict[str, Any]]:
-    """Run the probe on PROCESSES gloo ranks and on one process; return [one, rank 0, rank 1]."""
+def torchrun_probe(tmp_path: Path, guard: GuardConfig, steps: int) -> list[dict[str, Any]]:
+    """The tiny world trained ``steps`` steps (one noise level, one rollout step) with ``guard``,
+    probed on PROCESSES gloo ranks and on one process; returns [one, rank 0, rank 1]."""
+    run_file = build(
+        tmp_path / "two",
+        parallel=ParallelConfig(param_dtype="fp32", export_dtype="fp32", checkpoint_every=0),
+        train_steps=steps,
+        train_micro_steps=1,
+        train_rollout_steps=1,
+        train_guard=guard,
+    )
     shutil.copytree(run_file.parent, tmp_path / "one")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -88,20 +91,15 @@ def test_rollout_guard_ranks_share_their_measurements_and_check_as_one_process(
     process training the same 2 samples, within SIGNAL_ATOL. Each rank rolled out half of the
     baseline's 4 samples."""
     guard = GuardConfig(source="rollout", every=1, window=1, baseline_samples=4)
-    run_file = build(
-        tmp_path / "two",
-        parallel=ParallelConfig(param_dtype="fp32", export_dtype="fp32", checkpoint_every=0),
-        train_steps=2,
-        train_micro_steps=1,
-        train_rollout_steps=1,
-        train_guard=guard,
-    )
-    one, rank0, rank1 = torchrun_probe(tmp_path, run_file)
+    one, rank0, rank1 = torchrun_probe(tmp_path, guard, steps=2)
     assert repr(rank0["checks"]) == repr(rank1["checks"])  # NaN distance: by repr
     assert [c["step"] for c in rank0["checks"]] == [c["step"] for c in one["checks"]] == [0, 1, 2]
     assert [s["rolled"] for s in rank0["samples"]] == [2]
     assert [s["rolled"] for s in one["samples"]] == [4]
+    height, width = rank0["samples"][0]["images"].shape[-2:]
+    tolerance = {name: SIGNAL_ATOL for name in ("reward", "colourfulness", "hf_energy")}
+    tolerance["saturation"] = 1 / (height * width) + SIGNAL_ATOL  # a count: one pixel may flip
     for check_one, check_two in zip(one["checks"][:2], rank0["checks"][:2], strict=True):
-        for name in ("reward", "saturation", "colourfulness", "hf_energy"):
+        for name, atol in tolerance.items():
             got, want = check_two["signals"][name], check_one["signals"][name]
-            assert abs(got - want) <= SIGNAL_ATOL, (check_two["step"], name, got, want)
+            assert abs(got - want) <= atol, (check_two["step"], name, got, want)
